@@ -1,0 +1,195 @@
+"""The `tfdnadet` command: parse options, call a library function, render its result.
+
+JSON goes to stdout; progress bars and messages go to stderr. Known errors are one line on stderr and exit
+code 1, usage errors 2, "some inputs failed" 3.
+"""
+
+import contextlib
+import json
+import os
+import sys
+from typing import List, Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's C++ start-up chatter off the terminal
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+EXIT_ERROR, EXIT_SOME_FAILED = 1, 3
+
+ConfigOption = typer.Option(None, "--config", "-c", help="YAML config file or built-in name: paper, cpu, tiny (default: cpu).")
+SetOption = typer.Option(None, "--set", help="Override any config value: --set data.base_size=64 (repeatable).")
+
+
+def _config(config: Optional[str], options: dict, settings: Optional[List[str]]):
+    from tfdnadet.config import load_config
+    from tfdnadet.errors import TfdnadetError
+
+    overrides = dict(options)
+    for item in settings or []:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise TfdnadetError(f"--set expects SECTION.KEY=VALUE. Received: {item!r}")
+        import yaml
+
+        overrides[key.strip()] = yaml.safe_load(value)
+    return load_config(config, overrides)
+
+
+def _progress_verbosity() -> int:
+    return 1 if sys.stderr.isatty() else 2
+
+
+@contextlib.contextmanager
+def _progress_to_stderr():
+    """Keras writes its progress bar to stdout; keep stdout for results."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def _warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+
+
+@app.command("train-stage2")
+def train_stage2_command(
+    data: str = typer.Option(..., "--data", "-d", help="Class folders ROOT/<class>/**, a CSV manifest or an annotation txt."),
+    out_dir: str = typer.Option(..., "--out", "-o", help="Run directory: checkpoints, history.csv, curves.png, model/."),
+    config: Optional[str] = ConfigOption,
+    init: Optional[str] = typer.Option(None, "--init", help="Initialise the encoder from a model directory (e.g. stage 1)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
+    epochs: Optional[int] = typer.Option(None, help="train.epochs"),
+    steps_per_epoch: Optional[int] = typer.Option(None, help="train.steps_per_epoch"),
+    learning_rate: Optional[float] = typer.Option(None, help="train.learning_rate"),
+    precision: Optional[str] = typer.Option(None, help="train.precision: float32, mixed_float16, mixed_bfloat16"),
+    distribution: Optional[str] = typer.Option(None, help="train.distribution: default, mirrored, multi_worker"),
+    loss: Optional[str] = typer.Option(None, help="train.loss: pcl (SupCon + CE) or ce"),
+    jit_compile: Optional[bool] = typer.Option(None, "--jit/--no-jit", help="train.jit_compile (XLA)"),
+    seed: Optional[int] = typer.Option(None, help="train.seed"),
+    width: Optional[float] = typer.Option(None, help="model.width (encoder channel multiplier)"),
+    images_per_class: Optional[int] = typer.Option(None, help="data.images_per_class (k in a class-balanced batch)"),
+    patches_per_image: Optional[int] = typer.Option(None, help="data.patches_per_image"),
+    patch_size: Optional[int] = typer.Option(None, help="data.patch_size"),
+    base_size: Optional[int] = typer.Option(None, help="data.base_size (first resize)"),
+    input_size: Optional[int] = typer.Option(None, help="data.input_size (second resize)"),
+    classes: Optional[str] = typer.Option(None, help="data.class_names for integer labels, comma separated"),
+    settings: Optional[List[str]] = SetOption,
+):
+    """Train the architecture classifier (stage 2) on labelled images."""
+    from tfdnadet.training.stage2 import train_stage2
+
+    if resume and config is None and os.path.isfile(os.path.join(out_dir, "config.yaml")):
+        config = os.path.join(out_dir, "config.yaml")
+    cfg = _config(
+        config,
+        {
+            "train.epochs": epochs,
+            "train.steps_per_epoch": steps_per_epoch,
+            "train.learning_rate": learning_rate,
+            "train.precision": precision,
+            "train.distribution": distribution,
+            "train.loss": loss,
+            "train.jit_compile": jit_compile,
+            "train.seed": seed,
+            "model.width": width,
+            "data.images_per_class": images_per_class,
+            "data.patches_per_image": patches_per_image,
+            "data.patch_size": patch_size,
+            "data.base_size": base_size,
+            "data.input_size": input_size,
+            "data.class_names": classes.split(",") if classes else None,
+        },
+        settings,
+    )
+    with _progress_to_stderr():
+        result = train_stage2(
+            data, out_dir, cfg, init_model=init, resume=resume, verbose=_progress_verbosity(), on_skipped=_warn
+        )
+    err.print(f"trained {result.epochs_completed} epoch(s), {result.steps} steps; model written to {result.model_dir}")
+    out.print_json(json.dumps({"model": result.model_dir, "epochs": result.epochs_completed, "steps": result.steps}))
+
+
+@app.command("predict")
+def predict_command(
+    model: str = typer.Argument(..., help="Model directory."),
+    paths: List[str] = typer.Argument(..., help="Image files or folders."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per image (JSON lines) on stdout."),
+    batch_size: int = typer.Option(16, help="Images per inference batch."),
+    top_k: int = typer.Option(3, help="How many classes to list per image."),
+):
+    """Attribute images to the architecture that made them (or to real)."""
+    from tfdnadet.inference import attribute
+    from tfdnadet.models.detector import load_detector
+
+    detector = load_detector(model)
+    results, failures = attribute(detector, paths, batch_size, top_k)
+    if as_json:
+        for result in results:
+            print(json.dumps(result.to_dict()))
+    else:
+        table = Table("file", "class", "probability", f"top-{top_k}")
+        for r in results:
+            table.add_row(r.path, r.label, f"{r.probability:.3f}", ", ".join(f"{n} {p:.2f}" for n, p in r.top))
+        out.print(table)
+    for path, reason in failures:
+        err.print(f"[red]failed:[/red] {path}: {reason}", highlight=False)
+    if failures:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@app.command("evaluate")
+def evaluate_command(
+    model: str = typer.Argument(..., help="Model directory."),
+    data: str = typer.Option(..., "--data", "-d", help="Labelled images: class folders, CSV manifest or annotation txt."),
+    out_dir: Optional[str] = typer.Option(None, "--out", "-o", help="Write evaluation.json and a confusion-matrix PNG here."),
+    batch_size: int = typer.Option(16, help="Images per inference batch."),
+    classes: Optional[str] = typer.Option(None, help="Names of integer labels (annotation txt), comma separated."),
+):
+    """Accuracy, macro-F1, per-class precision/recall and the confusion matrix on labelled images."""
+    from tfdnadet.evaluation.evaluate import evaluate_dataset, write_evaluation
+    from tfdnadet.models.detector import load_detector
+
+    detector = load_detector(model)
+    metrics = evaluate_dataset(detector, data, batch_size, classes.split(",") if classes else None)
+    if metrics["skipped"]:
+        _warn(f"skipped {len(metrics['skipped'])} unusable image file(s), e.g. {metrics['skipped'][0]['path']}: {metrics['skipped'][0]['reason']}")
+    _print_metrics(metrics)
+    if out_dir:
+        written = write_evaluation(metrics, out_dir)
+        err.print(f"wrote {written['json']} and {written['confusion_png']}")
+
+
+def _print_metrics(metrics: dict) -> None:
+    out.print(f"images: {metrics['count']}   accuracy: {metrics['accuracy']:.4f}   macro-F1: {metrics['macro_f1']:.4f}")
+    table = Table("class", "precision", "recall", "f1", "support")
+    for name, m in metrics["per_class"].items():
+        table.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+    out.print(table)
+    names = metrics["class_names"]
+    confusion = Table("true \\ predicted", *names, title="confusion matrix")
+    for name, row in zip(names, metrics["confusion_matrix"]):
+        if sum(row):
+            confusion.add_row(name, *[str(v) for v in row])
+    out.print(confusion)
+
+
+def main() -> None:
+    from tfdnadet.errors import TfdnadetError
+
+    try:
+        app()
+    except TfdnadetError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(EXIT_ERROR)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

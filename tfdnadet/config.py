@@ -1,0 +1,146 @@
+"""Configs: YAML files loaded into dataclasses; unknown keys are errors."""
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Optional
+
+import yaml
+
+from tfdnadet.errors import TfdnadetError
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+LOSSES = ("pcl", "ce")
+
+
+@dataclass
+class DataConfig:
+    base_size: int = 128  # [5.1] first resize to the data set's lowest resolution
+    input_size: int = 512  # [5.1] then up to 512 px to magnify the traces
+    patch_size: int = 64  # [5.1, App. E] 64 px patches (crop ratio 1/8)
+    patches_per_image: int = 16  # [5.1] 16 random patches per image
+    images_per_class: int = 32  # [5.1] batch = 32 x #classes, class balanced
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    class_names: Optional[list] = None  # names of integer labels in annotation files
+    max_pixels: int = 100_000_000  # larger images are refused (decompression bombs)
+    augment: list = field(default_factory=list)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "dnadet"
+    width: float = 1.0  # channel multiplier of Table 7 (64..512 at 1.0)
+    projection_hidden: int = 512  # [App. A, Table 7] Linear 512, ReLU
+    projection_dim: int = 128  # [App. A, Table 7] Linear 128, Normalize
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20  # [App. D] models taken at epoch 20
+    steps_per_epoch: Optional[int] = None  # None: one pass over the training images
+    learning_rate: float = 1e-4  # [5.1] celebA setting
+    decay_steps: int = 500  # [5.1] x0.9 every 500 iterations
+    decay_rate: float = 0.9
+    temperature: float = 0.07  # SupCon temperature (Khosla et al. 2020)
+    loss: str = "pcl"  # pcl: SupCon + CE, uncertainty weighted [4.2]; ce: Base ablation
+    precision: str = "float32"
+    jit_compile: bool = False
+    distribution: str = "default"  # default | mirrored (all local GPUs, or `devices`) | multi_worker
+    devices: Optional[list] = None  # e.g. ["/gpu:0", "/gpu:1"]; None: TensorFlow's choice
+    seed: int = 0
+    eval_batch_size: int = 16
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, values: Any, where: str):
+    if values is None:
+        return cls()
+    if not isinstance(values, dict):
+        raise TfdnadetError(f"Config section '{where}' must be a mapping, got {type(values).__name__}.")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise TfdnadetError(
+                f"Unknown config key '{where}.{key}'. Known keys in '{where}': {', '.join(known)}."
+            )
+        sub = known[key].type
+        if dataclasses.is_dataclass(sub):
+            value = _build(sub, value, f"{where}.{key}" if where else key)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict) -> Config:
+    """Build and validate a Config from nested dicts."""
+    config = _build(Config, values or {}, "")
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    d, t = config.data, config.train
+    checks = [
+        (t.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}. Received: {t.precision!r}"),
+        (t.distribution in STRATEGIES, f"train.distribution must be one of {STRATEGIES}. Received: {t.distribution!r}"),
+        (t.loss in LOSSES, f"train.loss must be one of {LOSSES}. Received: {t.loss!r}"),
+        (d.patch_size <= d.input_size, f"data.patch_size ({d.patch_size}) must not exceed data.input_size ({d.input_size})"),
+        (d.base_size > 0 and d.input_size > 0, "data.base_size and data.input_size must be positive"),
+        (0 <= d.val_fraction < 1, f"data.val_fraction must be in [0, 1). Received: {d.val_fraction}"),
+        (d.images_per_class >= 1 and d.patches_per_image >= 1, "data.images_per_class and data.patches_per_image must be >= 1"),
+        (t.epochs >= 1, f"train.epochs must be >= 1. Received: {t.epochs}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise TfdnadetError(message)
+
+
+def builtin_config_names() -> list:
+    return sorted(p.name[:-5] for p in resources.files("tfdnadet.configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config(source: Optional[str] = None, overrides: Optional[dict] = None) -> Config:
+    """Load a config from a YAML path or a built-in name (paper, cpu, tiny); apply dotted overrides."""
+    values = _read_yaml(source or "cpu")
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        values.setdefault(section, {})
+        values[section][key] = value
+    return config_from_dict(values)
+
+
+def _read_yaml(source: str) -> dict:
+    if os.path.exists(source):
+        text = open(source, encoding="utf-8").read()
+    elif source in builtin_config_names():
+        text = resources.files("tfdnadet.configs").joinpath(f"{source}.yaml").read_text(encoding="utf-8")
+    else:
+        raise TfdnadetError(
+            f"Config not found: {source!r} is neither a file nor a built-in config ({', '.join(builtin_config_names())})."
+        )
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise TfdnadetError(f"Config {source!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise TfdnadetError(f"Config {source!r} must be a mapping of sections (data, model, train).")
+    return values
+
+
+def save_config(config: Config, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config.to_dict(), f, sort_keys=False)

@@ -1,0 +1,1 @@
+"""Reading image folders and manifests, decoding, and tf.data pipelines."""

@@ -1,0 +1,50 @@
+"""Decoding one image file into an 8-bit RGB array, whatever its format."""
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from tfdnadet.errors import TfdnadetError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+class ImageError(TfdnadetError):
+    """An image that cannot be used: unreadable, corrupt, too small or too large."""
+
+
+def decode_image(source, max_pixels: int = 100_000_000, min_size: int = 1) -> np.ndarray:
+    """Decode a path or bytes into uint8 [H, W, 3] RGB (first frame, EXIF orientation applied)."""
+    try:
+        handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+        with Image.open(handle) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(f"image too large: {width}x{height} exceeds max_pixels={max_pixels}")
+            if min(width, height) < min_size:
+                raise ImageError(f"image smaller than a patch: {width}x{height}, need at least {min_size} px per side")
+            image.seek(0)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb8(image)
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"not a readable image ({_first_line(exc)})") from None
+
+
+def _to_rgb8(image: Image.Image) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if array.max() > 255 else 255.0
+        gray = np.clip(np.round(array / peak * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    if image.mode != "RGB":
+        image = image.convert("RGBA").convert("RGB") if "transparency" in image.info else image.convert("RGB")
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,39 @@
+"""Evaluating a model on a labelled data set: metrics, a confusion-matrix PNG and a JSON file."""
+
+import json
+import os
+from typing import Optional
+
+import numpy as np
+
+from tfdnadet.atomic import atomic_path
+from tfdnadet.data.sources import align_to_classes, read_dataset
+from tfdnadet.errors import TfdnadetError
+from tfdnadet.evaluation.metrics import classification_metrics
+from tfdnadet.evaluation.plots import plot_confusion_matrix
+from tfdnadet.inference import load_for_detector, predict_loaded
+from tfdnadet.models.detector import MULTICLASS, Detector
+
+
+def evaluate_dataset(detector: Detector, data: str, batch_size: int = 16, class_names: Optional[list] = None) -> dict:
+    """Metrics of the multiclass head on a folder/manifest whose classes are a subset of the model's."""
+    images = align_to_classes(read_dataset(data, class_names), detector.class_names)
+    loaded = load_for_detector(detector, images.paths, images.labels)
+    if not len(loaded.labels):
+        raise TfdnadetError(f"No usable images in {data}: {loaded.failure_summary()}")
+    probabilities = predict_loaded(detector, loaded, batch_size)[MULTICLASS]
+    metrics = classification_metrics(loaded.labels, np.argmax(probabilities, axis=1), detector.class_names)
+    metrics["data"] = data
+    metrics["skipped"] = [{"path": p, "reason": r} for p, r in loaded.failures]
+    return metrics
+
+
+def write_evaluation(metrics: dict, out_dir: str, name: str = "evaluation") -> dict:
+    """Write NAME.json and NAME_confusion.png into out_dir; return their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {"json": os.path.join(out_dir, f"{name}.json"), "confusion_png": os.path.join(out_dir, f"{name}_confusion.png")}
+    plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), metrics["class_names"], paths["confusion_png"], f"{name}: {os.path.basename(str(metrics['data']))}")
+    with atomic_path(paths["json"]) as temporary:
+        with open(temporary, "w") as f:
+            json.dump(metrics, f, indent=2)
+    return paths

@@ -1,0 +1,64 @@
+"""PNG pictures: confusion matrices and training curves."""
+
+import csv
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tfdnadet.atomic import atomic_path  # noqa: E402
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: list, path: str, title: str = "Confusion matrix") -> None:
+    """Row-normalised confusion matrix (true class per row), counts written in the cells."""
+    matrix = np.asarray(matrix)
+    rows = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, rows, out=np.zeros(matrix.shape, float), where=rows > 0)
+    size = max(4.0, 0.7 * len(class_names) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            if matrix[i, j]:
+                ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", color="white" if share[i, j] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, fraction=0.046, label="share of true class")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_training_curves(history_csv: str, path: str) -> None:
+    """Loss and accuracy per epoch from a Keras CSVLogger file."""
+    with open(history_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) + 1 for r in rows]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in ("loss", "supcon", "ce", "val_loss"):
+        if key in rows[0]:
+            loss_ax.plot(epochs, [float(r[key]) for r in rows], marker="o", label=key)
+    for key in ("accuracy", "val_accuracy"):
+        if key in rows[0]:
+            acc_ax.plot(epochs, [float(r[key]) for r in rows], marker="o", label=key)
+    loss_ax.set_title("loss")
+    acc_ax.set_title("accuracy")
+    acc_ax.set_ylim(0, 1.02)
+    for ax in (loss_ax, acc_ax):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path: str) -> None:
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary, dpi=110, format="png")
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""The encoder (backbone), heads, and the detector that holds one backbone and named heads."""

@@ -1,0 +1,78 @@
+"""The DNA-Det encoder [App. A, Table 7]: 8 Conv-BN-LeakyReLU blocks and global average pooling."""
+
+import keras
+
+from tfdnadet.errors import TfdnadetError
+
+# (filters, kernel, stride) per block [Table 7]; padding 1 everywhere, as in the paper's PyTorch code.
+ENCODER_BLOCKS = (
+    (64, 4, 2),
+    (64, 3, 1),
+    (128, 4, 2),
+    (128, 3, 1),
+    (256, 4, 2),
+    (256, 3, 1),
+    (512, 4, 2),
+    (512, 3, 1),
+)
+LEAKY_SLOPE = 0.2  # [App. A] slope of every LeakyReLU
+GRADCAM_LAYER = 4  # [5.1] Grad-CAM maps are shown on layer 4
+
+BACKBONES = {}
+
+
+def register_backbone(name: str):
+    def wrap(cls):
+        BACKBONES[name] = cls
+        return cls
+
+    return wrap
+
+
+def create_backbone(backbone: str, **kwargs) -> keras.Model:
+    if backbone not in BACKBONES:
+        raise TfdnadetError(f"Unknown backbone. Received: backbone={backbone!r}. Known: {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[backbone](**kwargs)
+
+
+def block_layer_name(index: int) -> str:
+    """Name of the output layer of encoder block `index` (1-based): a real, named feature map."""
+    return f"block{index}"
+
+
+@register_backbone("dnadet")
+@keras.saving.register_keras_serializable(package="tfdnadet")
+class Encoder(keras.Model):
+    """Fully convolutional: trains on patches, predicts on full images of any size."""
+
+    def __init__(self, width: float = 1.0, dtype=None, **kwargs):
+        # === Functional Model ===
+        images = keras.Input(shape=(None, None, 3), name="images")
+        x = images
+        for index, (filters, kernel, stride) in enumerate(ENCODER_BLOCKS, start=1):
+            x = keras.layers.ZeroPadding2D(1, name=f"block{index}_pad", dtype=dtype)(x)
+            x = keras.layers.Conv2D(
+                channels(filters, width), kernel, strides=stride, padding="valid", name=f"block{index}_conv", dtype=dtype
+            )(x)
+            x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"block{index}_bn", dtype=dtype)(x)
+            x = keras.layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=block_layer_name(index), dtype=dtype)(x)
+        features = keras.layers.GlobalAveragePooling2D(name="pool", dtype=dtype)(x)
+        super().__init__(inputs=images, outputs=features, dtype=dtype, **kwargs)
+
+        # === Config ===
+        self.width = width
+        self.feature_dim = channels(ENCODER_BLOCKS[-1][0], width)
+
+    def feature_model(self, layer: int = GRADCAM_LAYER) -> keras.Model:
+        """A model returning (block `layer` feature map, pooled features), sharing these weights."""
+        if not 1 <= layer <= len(ENCODER_BLOCKS):
+            raise TfdnadetError(f"Encoder layer must be 1..{len(ENCODER_BLOCKS)}. Received: layer={layer}")
+        feature_map = self.get_layer(block_layer_name(layer)).output
+        return keras.Model(self.inputs, [feature_map, self.outputs[0]], name=f"encoder_block{layer}")
+
+    def get_config(self):
+        return {"width": self.width, "name": self.name, "trainable": self.trainable, "dtype": self.dtype_policy.name}
+
+
+def channels(filters: int, width: float) -> int:
+    return max(1, int(round(filters * width)))

@@ -1,0 +1,1 @@
+"""Trainers: stage 2 (architecture classification) and the shared patchwise contrastive loop."""

@@ -1,0 +1,70 @@
+"""Callbacks every trainer uses: atomic checkpoints, a guard against non-finite losses, curve plots."""
+
+import json
+import math
+import os
+
+import keras
+
+from tfdnadet.atomic import atomic_path
+from tfdnadet.evaluation.plots import plot_training_curves
+
+CHECKPOINT_WEIGHTS = "weights.weights.h5"
+CHECKPOINT_STATE = "state.json"
+
+
+class AtomicCheckpoint(keras.callbacks.Callback):
+    """After each good epoch, replace RUN_DIR/checkpoint (weights + optimizer + epoch) in one rename."""
+
+    def __init__(self, directory: str):
+        super().__init__()
+        self.directory = directory
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.model.stop_training and not _finite(logs):
+            return
+        with atomic_path(self.directory, directory=True) as temporary:
+            self.model.save_weights(os.path.join(temporary, CHECKPOINT_WEIGHTS))
+            state = {"epoch": epoch + 1, "step": int(self.model.optimizer.iterations)}
+            with open(os.path.join(temporary, CHECKPOINT_STATE), "w") as f:
+                json.dump(state, f)
+
+
+def read_checkpoint_state(directory: str):
+    """The checkpoint's state ({'epoch', 'step'}), or None when there is no complete checkpoint."""
+    path = os.path.join(directory, CHECKPOINT_STATE)
+    if not os.path.isfile(path) or not os.path.isfile(os.path.join(directory, CHECKPOINT_WEIGHTS)):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops at the first NaN/inf loss and remembers where, so the trainer can say so."""
+
+    def __init__(self):
+        super().__init__()
+        self.stopped_at = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.stopped_at is None and not _finite(logs):
+            self.stopped_at = int(self.model.optimizer.iterations)
+            self.model.stop_training = True
+
+
+class TrainingCurves(keras.callbacks.Callback):
+    """Redraws RUN_DIR/curves.png from history.csv after each epoch."""
+
+    def __init__(self, history_csv: str, png: str):
+        super().__init__()
+        self.history_csv = history_csv
+        self.png = png
+
+    def on_epoch_end(self, epoch, logs=None):
+        if os.path.isfile(self.history_csv):
+            plot_training_curves(self.history_csv, self.png)
+
+
+def _finite(logs) -> bool:
+    loss = (logs or {}).get("loss")
+    return loss is None or math.isfinite(float(loss))

@@ -1,0 +1,51 @@
+"""The training-time model of patchwise contrastive learning [4.2]: encoder + projection + classifier."""
+
+import keras
+import tensorflow as tf
+
+from tfdnadet.losses import UncertaintyWeighting, supcon_loss
+from tfdnadet.models.heads import MulticlassHead, ProjectionHead
+
+
+class PatchContrastiveModel(keras.Model):
+    """Trains the backbone with SupCon on projections + CE on logits, weighted by learned uncertainty.
+
+    With loss="ce" only the cross-entropy is used (the paper's Base / Base+PT ablations).
+    """
+
+    def __init__(self, backbone, num_classes, projection_hidden=512, projection_dim=128, temperature=0.07, loss="pcl", **kwargs):
+        super().__init__(**kwargs)
+        # === Layers ===
+        self.backbone = backbone
+        self.projection = ProjectionHead(
+            backbone.feature_dim, projection_hidden, projection_dim, dtype=backbone.dtype_policy, name="projection"
+        )
+        self.classifier = MulticlassHead(backbone.feature_dim, num_classes, name="multiclass")
+        self.weighting = UncertaintyWeighting(2, name="uncertainty_weighting")
+        self.weighting.build()
+        # === Metrics ===
+        self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.supcon_metric = keras.metrics.Mean(name="supcon")
+        self.ce_metric = keras.metrics.Mean(name="ce")
+        # === Config ===
+        self.num_classes = num_classes
+        self.temperature = temperature
+        self.loss_mode = loss
+
+    def call(self, images, training=False):
+        features = self.backbone(images, training=training)
+        return {"logits": self.classifier(features, training=training), "projection": self.projection(features, training=training)}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        logits = tf.cast(y_pred["logits"], tf.float32)
+        ce = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+        if self.loss_mode == "pcl":
+            contrastive = supcon_loss(y_pred["projection"], y, self.temperature)
+            total = self.weighting([contrastive, ce])
+            self.supcon_metric.update_state(contrastive)
+        else:
+            total = ce
+        self.ce_metric.update_state(ce)
+        self.accuracy_metric.update_state(y, logits)
+        # Keras sums gradients over replicas, so each replica contributes its share.
+        return total / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)

@@ -1,0 +1,52 @@
+"""Stage 2 [4.2]: architecture classification (real + N architectures) with patchwise contrastive learning."""
+
+import math
+import os
+from typing import Optional
+
+from tfdnadet.config import Config
+from tfdnadet.data.pipeline import check_classes_present, load_images, make_image_dataset, make_patch_dataset
+from tfdnadet.data.sources import read_dataset, split_train_val
+from tfdnadet.training.trainer import TrainResult, fit_patch_model
+
+
+def train_stage2(
+    data: str,
+    run_dir: str,
+    config: Config,
+    *,
+    init_model: Optional[str] = None,
+    resume: bool = False,
+    verbose: int = 1,
+    callbacks: tuple = (),
+    on_skipped=None,
+) -> TrainResult:
+    """Train the architecture classifier on a folder/manifest; `on_skipped(message)` hears about bad files."""
+    d = config.data
+    images = read_dataset(data, d.class_names)
+    train_list, val_list = split_train_val(images, d.val_fraction, d.split_seed)
+    train = load_images(train_list, d.base_size, d.max_pixels, min_size=d.patch_size)
+    val = load_images(val_list, d.base_size, d.max_pixels, min_size=d.patch_size)
+    for loaded in (train, val):
+        if loaded.failures and on_skipped:
+            on_skipped(loaded.failure_summary())
+    check_classes_present(train, images.class_names, "training")
+    k_times_c = d.images_per_class * len(images.class_names)
+    steps = config.train.steps_per_epoch or max(1, math.ceil(len(train.labels) / k_times_c))
+    train_dataset = make_patch_dataset(train.images, train.labels, len(images.class_names), d, seed=config.train.seed)
+    val_dataset = (
+        make_image_dataset(val.images, val.labels, d.input_size, config.train.eval_batch_size) if len(val.labels) else None
+    )
+    return fit_patch_model(
+        train_dataset,
+        steps,
+        val_dataset,
+        images.class_names,
+        config,
+        run_dir,
+        init_model=init_model,
+        resume=resume,
+        verbose=verbose,
+        callbacks=callbacks,
+        model_info={"data_source": os.path.abspath(data), "stage": 2, "init_model": init_model},
+    )

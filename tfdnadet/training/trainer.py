@@ -1,0 +1,147 @@
+"""The patchwise contrastive training loop shared by stage 1 and stage 2."""
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import keras
+import tensorflow as tf
+
+from tfdnadet.config import Config, save_config
+from tfdnadet.errors import TfdnadetError
+from tfdnadet.models.detector import MULTICLASS, Detector, load_backbone, save_detector
+from tfdnadet.models.encoder import create_backbone
+from tfdnadet.training.callbacks import (
+    CHECKPOINT_WEIGHTS,
+    AtomicCheckpoint,
+    StopOnNonFiniteLoss,
+    TrainingCurves,
+    read_checkpoint_state,
+)
+from tfdnadet.training.patch_model import PatchContrastiveModel
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    model_dir: str
+    epochs_completed: int
+    steps: int
+    history: dict = field(default_factory=dict)
+
+
+def make_strategy(name: str, devices: Optional[list] = None) -> tf.distribute.Strategy:
+    """The tf.distribute strategy named in the config."""
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy(devices=devices)
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def build_patch_model(config: Config, num_classes: int, init_model: Optional[str] = None) -> PatchContrastiveModel:
+    """Encoder (optionally initialised from a model directory) + heads, compiled with the paper's Adam decay."""
+    m, t = config.model, config.train
+    backbone = create_backbone(m.backbone, width=m.width, dtype=t.precision, name="encoder")
+    if init_model:
+        _copy_backbone_weights(load_backbone(init_model), backbone, init_model)
+    model = PatchContrastiveModel(
+        backbone, num_classes, m.projection_hidden, m.projection_dim, t.temperature, t.loss, name="patch_model"
+    )
+    schedule = keras.optimizers.schedules.ExponentialDecay(t.learning_rate, t.decay_steps, t.decay_rate, staircase=True)
+    optimizer = keras.optimizers.Adam(schedule)
+    if t.precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer, jit_compile=t.jit_compile)
+    return model
+
+
+def _copy_backbone_weights(source: keras.Model, target: keras.Model, where: str) -> None:
+    shapes = [tuple(w.shape) for w in source.weights], [tuple(w.shape) for w in target.weights]
+    if shapes[0] != shapes[1]:
+        raise TfdnadetError(
+            f"--init {where}: its encoder (width {getattr(source, 'width', '?')}) does not match this config's "
+            f"(model.width {getattr(target, 'width', '?')})."
+        )
+    target.set_weights(source.get_weights())
+
+
+def fit_patch_model(
+    train_dataset: tf.data.Dataset,
+    steps_per_epoch: int,
+    val_dataset: Optional[tf.data.Dataset],
+    class_names: list,
+    config: Config,
+    run_dir: str,
+    *,
+    init_model: Optional[str] = None,
+    resume: bool = False,
+    verbose: int = 1,
+    callbacks: tuple = (),
+    model_info: Optional[dict] = None,
+) -> TrainResult:
+    """Train with checkpoints each epoch and write RUN_DIR/model; resume continues from the checkpoint."""
+    checkpoint_dir = os.path.join(run_dir, "checkpoint")
+    state = read_checkpoint_state(checkpoint_dir)
+    if state and not resume:
+        raise TfdnadetError(f"{run_dir} already holds a training run: pass --resume to continue it, or choose another --out.")
+    os.makedirs(run_dir, exist_ok=True)
+    save_config(config, os.path.join(run_dir, "config.yaml"))
+    keras.utils.set_random_seed(config.train.seed)
+
+    with make_strategy(config.train.distribution, config.train.devices).scope():
+        model = build_patch_model(config, len(class_names), None if state else init_model)
+        if state:
+            _restore(model, checkpoint_dir, train_dataset)
+    initial_epoch = state["epoch"] if state else 0
+
+    history_csv = os.path.join(run_dir, "history.csv")
+    guard = StopOnNonFiniteLoss()
+    all_callbacks = [
+        guard,
+        AtomicCheckpoint(checkpoint_dir),
+        keras.callbacks.CSVLogger(history_csv, append=bool(state)),
+        TrainingCurves(history_csv, os.path.join(run_dir, "curves.png")),
+        *callbacks,
+    ]
+    history = {}
+    if initial_epoch < config.train.epochs:
+        fitted = model.fit(
+            train_dataset,
+            steps_per_epoch=steps_per_epoch,
+            epochs=config.train.epochs,
+            initial_epoch=initial_epoch,
+            validation_data=val_dataset,
+            callbacks=all_callbacks,
+            verbose=verbose,
+            shuffle=False,  # the data set shuffles itself
+        )
+        history = fitted.history
+    if guard.stopped_at is not None:
+        raise TfdnadetError(
+            f"Training stopped: the loss became NaN/inf at step {guard.stopped_at}. The last good checkpoint is kept in "
+            f"{checkpoint_dir}; lower train.learning_rate or use float32, then --resume."
+        )
+    model_dir = os.path.join(run_dir, "model")
+    detector = Detector(
+        model.backbone,
+        {},
+        {},
+        {k: getattr(config.data, k) for k in ("base_size", "input_size", "patch_size", "max_pixels")},
+        {**config.to_dict(), **(model_info or {})},
+    )
+    detector.add_head(MULTICLASS, model.classifier, {"class_names": list(class_names)})
+    save_detector(detector, model_dir)
+    final_state = read_checkpoint_state(checkpoint_dir) or {"epoch": 0, "step": 0}
+    with open(os.path.join(run_dir, "run.json"), "w") as f:
+        json.dump({"class_names": list(class_names), **final_state, **(model_info or {})}, f, indent=2)
+    return TrainResult(run_dir, model_dir, final_state["epoch"], final_state["step"], history)
+
+
+def _restore(model: PatchContrastiveModel, checkpoint_dir: str, dataset: tf.data.Dataset) -> None:
+    """Build model and optimizer variables, then load the checkpoint's weights into both."""
+    spec = dataset.element_spec[0]
+    model(tf.zeros([1, *spec.shape[1:]], spec.dtype))
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(os.path.join(checkpoint_dir, CHECKPOINT_WEIGHTS))
