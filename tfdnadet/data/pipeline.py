@@ -126,10 +126,12 @@ def make_patch_dataset(
     )
 
 
-def make_image_dataset(images: np.ndarray, labels, input_size: int, batch_size: int) -> tf.data.Dataset:
+def make_image_dataset(
+    images: np.ndarray, labels, input_size: int, batch_size: int, drop_remainder: bool = False
+) -> tf.data.Dataset:
     """Full (resized) images for inference [5.1]: batches of float32 [B, S, S, 3] (with labels if given)."""
     parts = images if labels is None else (images, labels)
-    dataset = tf.data.Dataset.from_tensor_slices(parts).batch(batch_size)
+    dataset = tf.data.Dataset.from_tensor_slices(parts).batch(batch_size, drop_remainder=drop_remainder)
     if labels is None:
         dataset = dataset.map(lambda x: to_model_input(x, input_size), num_parallel_calls=tf.data.AUTOTUNE)
     else:

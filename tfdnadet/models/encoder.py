@@ -68,7 +68,7 @@ class Encoder(keras.Model):
         if not 1 <= layer <= len(ENCODER_BLOCKS):
             raise TfdnadetError(f"Encoder layer must be 1..{len(ENCODER_BLOCKS)}. Received: layer={layer}")
         feature_map = self.get_layer(block_layer_name(layer)).output
-        return keras.Model(self.inputs, [feature_map, self.outputs[0]], name=f"encoder_block{layer}")
+        return keras.Model(self.inputs[0], [feature_map, self.outputs[0]], name=f"encoder_block{layer}")
 
     def get_config(self):
         return {"width": self.width, "name": self.name, "trainable": self.trainable, "dtype": self.dtype_policy.name}

@@ -25,7 +25,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             return
         with atomic_path(self.directory, directory=True) as temporary:
             self.model.save_weights(os.path.join(temporary, CHECKPOINT_WEIGHTS))
-            state = {"epoch": epoch + 1, "step": int(self.model.optimizer.iterations)}
+            state = {"epoch": epoch + 1, "step": int(self.model.optimizer.iterations.numpy())}
             with open(os.path.join(temporary, CHECKPOINT_STATE), "w") as f:
                 json.dump(state, f)
 
@@ -48,7 +48,7 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if self.stopped_at is None and not _finite(logs):
-            self.stopped_at = int(self.model.optimizer.iterations)
+            self.stopped_at = int(self.model.optimizer.iterations.numpy())
             self.model.stop_training = True
 
 

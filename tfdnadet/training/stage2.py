@@ -5,7 +5,7 @@ import os
 from typing import Optional
 
 from tfdnadet.config import Config
-from tfdnadet.data.pipeline import check_classes_present, load_images, make_image_dataset, make_patch_dataset
+from tfdnadet.data.pipeline import check_classes_present, load_images, make_patch_dataset
 from tfdnadet.data.sources import read_dataset, split_train_val
 from tfdnadet.training.trainer import TrainResult, fit_patch_model
 
@@ -34,13 +34,10 @@ def train_stage2(
     k_times_c = d.images_per_class * len(images.class_names)
     steps = config.train.steps_per_epoch or max(1, math.ceil(len(train.labels) / k_times_c))
     train_dataset = make_patch_dataset(train.images, train.labels, len(images.class_names), d, seed=config.train.seed)
-    val_dataset = (
-        make_image_dataset(val.images, val.labels, d.input_size, config.train.eval_batch_size) if len(val.labels) else None
-    )
     return fit_patch_model(
         train_dataset,
         steps,
-        val_dataset,
+        (val.images, val.labels),
         images.class_names,
         config,
         run_dir,

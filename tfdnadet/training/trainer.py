@@ -9,6 +9,7 @@ import keras
 import tensorflow as tf
 
 from tfdnadet.config import Config, save_config
+from tfdnadet.data.pipeline import make_image_dataset
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.detector import MULTICLASS, Detector, load_backbone, save_detector
 from tfdnadet.models.encoder import create_backbone
@@ -70,7 +71,7 @@ def _copy_backbone_weights(source: keras.Model, target: keras.Model, where: str)
 def fit_patch_model(
     train_dataset: tf.data.Dataset,
     steps_per_epoch: int,
-    val_dataset: Optional[tf.data.Dataset],
+    val_images: Optional[tuple],
     class_names: list,
     config: Config,
     run_dir: str,
@@ -81,7 +82,10 @@ def fit_patch_model(
     callbacks: tuple = (),
     model_info: Optional[dict] = None,
 ) -> TrainResult:
-    """Train with checkpoints each epoch and write RUN_DIR/model; resume continues from the checkpoint."""
+    """Train with checkpoints each epoch and write RUN_DIR/model; resume continues from the checkpoint.
+
+    `val_images` is (uint8 base-size images, labels), validated on as full images at the input size.
+    """
     checkpoint_dir = os.path.join(run_dir, "checkpoint")
     state = read_checkpoint_state(checkpoint_dir)
     if state and not resume:
@@ -90,10 +94,12 @@ def fit_patch_model(
     save_config(config, os.path.join(run_dir, "config.yaml"))
     keras.utils.set_random_seed(config.train.seed)
 
-    with make_strategy(config.train.distribution, config.train.devices).scope():
+    strategy = make_strategy(config.train.distribution, config.train.devices)
+    with strategy.scope():
         model = build_patch_model(config, len(class_names), None if state else init_model)
         if state:
             _restore(model, checkpoint_dir, train_dataset)
+    val_dataset = _validation_dataset(val_images, config, strategy.num_replicas_in_sync)
     initial_epoch = state["epoch"] if state else 0
 
     history_csv = os.path.join(run_dir, "history.csv")
@@ -137,6 +143,15 @@ def fit_patch_model(
     with open(os.path.join(run_dir, "run.json"), "w") as f:
         json.dump({"class_names": list(class_names), **final_state, **(model_info or {})}, f, indent=2)
     return TrainResult(run_dir, model_dir, final_state["epoch"], final_state["step"], history)
+
+
+def _validation_dataset(val_images: Optional[tuple], config: Config, replicas: int) -> Optional[tf.data.Dataset]:
+    if val_images is None or len(val_images[1]) < replicas:
+        return None
+    # Replicas split each batch evenly, so batches are a multiple of their count and a ragged rest is left out.
+    batch = max(replicas, min(config.train.eval_batch_size, len(val_images[1])) // replicas * replicas)
+    images, labels = val_images
+    return make_image_dataset(images, labels, config.data.input_size, batch, drop_remainder=replicas > 1)
 
 
 def _restore(model: PatchContrastiveModel, checkpoint_dir: str, dataset: tf.data.Dataset) -> None:

@@ -1,0 +1,33 @@
+import pytest
+
+from tfdnadet.config import builtin_config_names, load_config
+from tfdnadet.errors import TfdnadetError
+
+
+def test_builtin_configs_load_with_their_sizes():
+    assert {"paper", "cpu", "tiny"} <= set(builtin_config_names())
+    paper = load_config("paper")
+    assert (paper.data.base_size, paper.data.input_size, paper.data.patch_size, paper.data.patches_per_image) == (128, 512, 64, 16)
+    assert paper.model.width == 1.0 and paper.train.learning_rate == pytest.approx(1e-4)
+    assert load_config("tiny").model.width < load_config("cpu").model.width
+
+
+def test_unknown_key_is_an_error_naming_the_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("data:\n  base_size: 64\n  patchsize: 32\n")
+    with pytest.raises(TfdnadetError, match=r"data\.patchsize"):
+        load_config(str(path))
+    path.write_text("trian:\n  epochs: 1\n")
+    with pytest.raises(TfdnadetError, match="trian"):
+        load_config(str(path))
+
+
+def test_overrides_and_validation():
+    config = load_config("tiny", {"train.epochs": 7, "data.patch_size": 16, "model.width": None})
+    assert config.train.epochs == 7 and config.data.patch_size == 16
+    with pytest.raises(TfdnadetError, match="precision"):
+        load_config("tiny", {"train.precision": "float8"})
+    with pytest.raises(TfdnadetError, match="patch_size"):
+        load_config("tiny", {"data.patch_size": 1000})
+    with pytest.raises(TfdnadetError, match="not found"):
+        load_config("no-such-config")

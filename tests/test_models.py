@@ -1,0 +1,87 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from tfdnadet.errors import TfdnadetError
+from tfdnadet.models.detector import MULTICLASS, Detector, load_detector, save_detector
+from tfdnadet.models.encoder import BACKBONES, Encoder, create_backbone
+from tfdnadet.models.heads import MulticlassHead, ProjectionHead
+
+
+def check_keras_round_trip(model, inputs, tmp_path):
+    """The shared check for every model class: config round trip, .keras save/load in safe mode, same outputs."""
+    rebuilt = model.__class__.from_config(model.get_config())
+    assert rebuilt.count_params() == model.count_params()
+    path = str(tmp_path / f"{model.name}.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True, compile=False)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(inputs)), keras.ops.convert_to_numpy(loaded(inputs)))
+
+
+def test_encoder_follows_table_7():
+    encoder = Encoder(width=1.0)
+    shapes = [encoder.get_layer(f"block{i}").output.shape[-1] for i in range(1, 9)]
+    assert shapes == [64, 64, 128, 128, 256, 256, 512, 512]
+    feature_map, features = encoder.feature_model(4)(np.zeros((1, 64, 64, 3), np.float32))
+    assert feature_map.shape == (1, 16, 16, 128) and features.shape == (1, 512)
+    # Fully convolutional: a 512 px full image and a 64 px patch give the same feature size.
+    assert encoder(np.zeros((1, 96, 96, 3), np.float32)).shape == (1, 512)
+    assert Encoder(width=0.25)(np.zeros((1, 64, 64, 3), np.float32)).shape == (1, 128)
+    with pytest.raises(TfdnadetError, match="layer"):
+        encoder.feature_model(9)
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_every_backbone_round_trips(backbone, tmp_path):
+    model = create_backbone(backbone, width=0.125, name="encoder")
+    check_keras_round_trip(model, np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32"), tmp_path)
+
+
+def test_heads_round_trip_and_projection_is_unit_norm(tmp_path):
+    features = np.random.default_rng(0).normal(size=(4, 16)).astype("float32")
+    projection = ProjectionHead(16, 32, 8, name="projection")
+    np.testing.assert_allclose(np.linalg.norm(projection(features), axis=1), 1.0, rtol=1e-5)
+    check_keras_round_trip(projection, features, tmp_path)
+    check_keras_round_trip(MulticlassHead(16, 5, name="multiclass"), features, tmp_path)
+
+
+def test_mixed_precision_keeps_outputs_float32():
+    encoder = Encoder(width=0.125, dtype="mixed_float16")
+    features = encoder(np.zeros((2, 32, 32, 3), np.float32))
+    assert keras.backend.standardize_dtype(features.dtype) == "float16"
+    assert keras.backend.standardize_dtype(MulticlassHead(encoder.feature_dim, 3)(features).dtype) == "float32"
+    assert keras.backend.standardize_dtype(ProjectionHead(encoder.feature_dim, 16, 8, dtype="mixed_float16")(features).dtype) == "float32"
+
+
+def make_detector(width=0.125, classes=("real", "progan", "sngan")):
+    backbone = Encoder(width=width, name="encoder")
+    detector = Detector(backbone, {}, {}, {"base_size": 32, "input_size": 64, "patch_size": 32, "max_pixels": 10**8}, {})
+    detector.add_head(MULTICLASS, MulticlassHead(backbone.feature_dim, len(classes), name="multiclass"), {"class_names": list(classes)})
+    return detector
+
+
+def test_detector_directory_round_trip(tmp_path):
+    detector = make_detector()
+    images = np.random.default_rng(1).uniform(-1, 1, (3, 64, 64, 3)).astype("float32")
+    save_detector(detector, str(tmp_path / "model"))
+    assert sorted(os.listdir(tmp_path / "model")) == ["backbone.keras", "detector.json", "heads"]
+    assert sorted(os.listdir(tmp_path / "model" / "heads" / MULTICLASS)) == ["head.json", "head.keras"]
+    loaded = load_detector(str(tmp_path / "model"))
+    assert loaded.class_names == ["real", "progan", "sngan"]
+    np.testing.assert_array_equal(detector.predict(images)[MULTICLASS], loaded.predict(images)[MULTICLASS])
+    np.testing.assert_allclose(loaded.predict(images)[MULTICLASS].sum(axis=1), 1.0, rtol=1e-5)
+    # Saving again over an existing model directory replaces it whole.
+    save_detector(make_detector(), str(tmp_path / "model"))
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+
+def test_head_from_another_backbone_is_refused(tmp_path):
+    save_detector(make_detector(), str(tmp_path / "a"))
+    save_detector(make_detector(), str(tmp_path / "b"))
+    os.replace(tmp_path / "b" / "heads" / MULTICLASS, tmp_path / "a" / "heads" / "other")
+    with pytest.raises(TfdnadetError, match="another backbone"):
+        load_detector(str(tmp_path / "a"))
+    with pytest.raises(TfdnadetError, match="not found"):
+        load_detector(str(tmp_path / "missing"))
