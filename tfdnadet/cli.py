@@ -178,6 +178,21 @@ def _print_metrics(metrics: dict) -> None:
     out.print(confusion)
 
 
+@app.command("quickstart")
+def quickstart_command(
+    out_dir: str = typer.Option("tfdnadet-quickstart", "--out", "-o", help="Where data, run and results go (reused)."),
+):
+    """The embedded default job: make images of several generator architectures, train, evaluate."""
+    from tfdnadet.quickstart import run_quickstart
+
+    with _progress_to_stderr():
+        result = run_quickstart(out_dir, verbose=_progress_verbosity())
+    out.print("[bold]Attribution of images from generator seeds never seen in training[/bold]")
+    _print_metrics(result.metrics)
+    for name, path in result.files.items():
+        out.print(f"{name}: {path}")
+
+
 def main() -> None:
     from tfdnadet.errors import TfdnadetError
 
