@@ -52,6 +52,12 @@ def _progress_to_stderr():
         yield
 
 
+def _print_table(table: Table) -> None:
+    """On a terminal fit the screen; in a pipe or file keep every cell on one line, for grep and friends."""
+    wide = Console(soft_wrap=True, width=None if out.is_terminal else 10_000)
+    wide.print(table)
+
+
 def _warn(message: str) -> None:
     err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
 
@@ -135,7 +141,7 @@ def predict_command(
         table = Table("file", "class", "probability", f"top-{top_k}")
         for r in results:
             table.add_row(r.path, r.label, f"{r.probability:.3f}", ", ".join(f"{n} {p:.2f}" for n, p in r.top))
-        out.print(table)
+        _print_table(table)
     for path, reason in failures:
         err.print(f"[red]failed:[/red] {path}: {reason}", highlight=False)
     if failures:
@@ -169,13 +175,13 @@ def _print_metrics(metrics: dict) -> None:
     table = Table("class", "precision", "recall", "f1", "support")
     for name, m in metrics["per_class"].items():
         table.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
-    out.print(table)
+    _print_table(table)
     names = metrics["class_names"]
     confusion = Table("true \\ predicted", *names, title="confusion matrix")
     for name, row in zip(names, metrics["confusion_matrix"]):
         if sum(row):
             confusion.add_row(name, *[str(v) for v in row])
-    out.print(confusion)
+    _print_table(confusion)
 
 
 @app.command("quickstart")
