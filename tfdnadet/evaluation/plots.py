@@ -30,7 +30,7 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: list, path: str, titl
                 ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", color="white" if share[i, j] > 0.5 else "black")
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of true class")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_training_curves(history_csv: str, path: str) -> None:
@@ -55,10 +55,11 @@ def plot_training_curves(history_csv: str, path: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig, path: str) -> None:
+def save_figure(fig, path: str) -> None:
+    """Write a matplotlib figure as PNG atomically and free it."""
     with atomic_path(path) as temporary:
         fig.savefig(temporary, dpi=110, format="png")
     plt.close(fig)
