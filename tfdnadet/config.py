@@ -55,10 +55,19 @@ class TrainConfig:
 
 
 @dataclass
+class Stage1Config:
+    # [4.1] one class per (operation, parameter): {op: [parameter per class]}; None = the paper's 170 classes
+    transforms: Optional[dict] = None
+    crops: int = 20_000  # [4.1] random base-size crops of natural photos that the transformations are applied to
+    images_per_class: int = 2  # class-balanced batches as in stage 2 [5.1], but k x 170 classes must fit a step
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -91,7 +100,7 @@ def config_from_dict(values: dict) -> Config:
 
 
 def validate(config: Config) -> None:
-    d, t = config.data, config.train
+    d, t, s = config.data, config.train, config.stage1
     checks = [
         (t.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}. Received: {t.precision!r}"),
         (t.distribution in STRATEGIES, f"train.distribution must be one of {STRATEGIES}. Received: {t.distribution!r}"),
@@ -101,6 +110,7 @@ def validate(config: Config) -> None:
         (0 <= d.val_fraction < 1, f"data.val_fraction must be in [0, 1). Received: {d.val_fraction}"),
         (d.images_per_class >= 1 and d.patches_per_image >= 1, "data.images_per_class and data.patches_per_image must be >= 1"),
         (t.epochs >= 1, f"train.epochs must be >= 1. Received: {t.epochs}"),
+        (s.crops >= 1 and s.images_per_class >= 1, "stage1.crops and stage1.images_per_class must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:

@@ -86,6 +86,13 @@ def random_patches(images: tf.Tensor, count: int, patch_size: int, seed=None) ->
     return tf.image.crop_and_resize(images, boxes, owners, [patch_size, patch_size], method="bilinear")
 
 
+def to_patch_batch(batch: tf.Tensor, labels: tf.Tensor, data_config) -> tuple:
+    """uint8 base-size images [B, s, s, 3] and labels -> model-input patches [B * P, p, p, 3] and their labels."""
+    full = to_model_input(batch, data_config.input_size)
+    patches = random_patches(full, data_config.patches_per_image, data_config.patch_size)
+    return patches, tf.repeat(labels, data_config.patches_per_image)
+
+
 def make_patch_dataset(
     images: np.ndarray,
     labels: np.ndarray,
@@ -114,9 +121,7 @@ def make_patch_dataset(
     def to_patches(batch, batch_labels):
         if augment is not None:
             batch = augment(batch)
-        full = to_model_input(batch, data_config.input_size)
-        patches = random_patches(full, data_config.patches_per_image, data_config.patch_size)
-        return patches, tf.repeat(batch_labels, data_config.patches_per_image)
+        return to_patch_batch(batch, batch_labels, data_config)
 
     return (
         tf.data.Dataset.zip(tuple(per_class))

@@ -1,0 +1,220 @@
+"""The stage-1 transformation bank [4.1]: each (operation, parameter) pair is one class, applied with TF ops.
+
+A bank is a table {operation: [parameter of each class]}; a parameter with two parts is a list,
+e.g. resample [0.5, "bicubic"]. Every operation maps one uint8 [H, W, 3] image to another of the same size,
+so the bank runs inside tf.data.
+"""
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tfdnadet.data.pipeline import to_patch_batch
+from tfdnadet.errors import TfdnadetError
+
+JPEG_QUALITIES = tuple(range(30, 100, 3))  # 30, 33, ..., 99: 24 values
+KERNEL_SIZES = tuple(range(3, 30, 2))  # 3, 5, ..., 29: 14 values
+RESAMPLE_FACTORS = tuple(round(0.15 + 0.05 * i, 2) for i in range(16))  # 0.15, 0.20, ..., 0.90
+RESAMPLE_METHODS = ("nearest", "bilinear", "bicubic", "area", "lanczos3")
+NOISE_VARIANCES = tuple(range(10, 50, 3))  # 10, 13, ..., 49 on the 0-255 scale: 14 values
+
+# The paper's 170 classes [4.1]: 24 + 24 compression, 14 + 14 blurring, 80 resampling, 14 noising.
+PAPER_BANK = {
+    "jpeg": list(JPEG_QUALITIES),
+    # The second quality mirrors the first across the range (30 -> 99, 33 -> 96, ...), so the two never coincide.
+    "double_jpeg": [[q, JPEG_QUALITIES[0] + JPEG_QUALITIES[-1] - q] for q in JPEG_QUALITIES],
+    "gaussian_blur": list(KERNEL_SIZES),
+    "median_blur": list(KERNEL_SIZES),
+    "resample": [[factor, method] for method in RESAMPLE_METHODS for factor in RESAMPLE_FACTORS],
+    "noise": list(NOISE_VARIANCES),
+}
+
+
+def jpeg(image: tf.Tensor, quality: int) -> tf.Tensor:
+    return tf.io.decode_jpeg(tf.io.encode_jpeg(image, quality=quality), channels=3)
+
+
+def double_jpeg(image: tf.Tensor, quality: int, second_quality: int) -> tf.Tensor:
+    return jpeg(jpeg(image, quality), second_quality)
+
+
+def gaussian_blur(image: tf.Tensor, kernel: int) -> tf.Tensor:
+    """Depthwise convolution with a k x k Gaussian; sigma follows the kernel size as OpenCV's default does."""
+    sigma = 0.3 * ((kernel - 1) * 0.5 - 1) + 0.8
+    offsets = np.arange(kernel) - kernel // 2
+    weights = np.exp(-(offsets**2) / (2 * sigma**2))
+    weights = np.outer(weights, weights) / np.sum(weights) ** 2
+    filters = tf.constant(np.tile(weights[:, :, None, None], [1, 1, 3, 1]), tf.float32)
+    padded = _pad(tf.cast(image, tf.float32), kernel // 2)
+    blurred = tf.nn.depthwise_conv2d(padded[None], filters, [1, 1, 1, 1], "VALID")[0]
+    return _to_uint8(blurred)
+
+
+def median_blur(image: tf.Tensor, kernel: int) -> tf.Tensor:
+    """The median of each k x k window, per channel (windows from extract_patches, median by top_k)."""
+    windows = tf.image.extract_patches(
+        _pad(image, kernel // 2)[None], [1, kernel, kernel, 1], [1, 1, 1, 1], [1, 1, 1, 1], "VALID"
+    )[0]
+    shape = tf.shape(image)
+    windows = tf.reshape(windows, [shape[0], shape[1], kernel * kernel, 3])  # window pixels, then channels
+    windows = tf.transpose(windows, [0, 1, 3, 2])
+    return tf.math.top_k(windows, kernel * kernel // 2 + 1, sorted=True).values[..., -1]
+
+
+def resample(image: tf.Tensor, factor: float, method: str) -> tf.Tensor:
+    """Downscale by `factor` and back up to the original size, both with `method` (no antialiasing)."""
+    size = tf.shape(image)[:2]
+    small = tf.maximum(1, tf.cast(tf.round(tf.cast(size, tf.float32) * factor), tf.int32))
+    down = tf.image.resize(tf.cast(image, tf.float32), small, method=method)
+    return _to_uint8(tf.image.resize(down, size, method=method))
+
+
+def gaussian_noise(image: tf.Tensor, variance: float) -> tf.Tensor:
+    noise = tf.random.normal(tf.shape(image), stddev=float(np.sqrt(variance)))
+    return _to_uint8(tf.cast(image, tf.float32) + noise)
+
+
+def _pad(image: tf.Tensor, width: int) -> tf.Tensor:
+    # Mirrored borders, so the edges are not darkened as zero padding would.
+    return tf.pad(image, [[width, width], [width, width], [0, 0]], mode="SYMMETRIC")
+
+
+def _to_uint8(image: tf.Tensor) -> tf.Tensor:
+    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+@dataclass(frozen=True)
+class Operation:
+    function: Callable
+    params: tuple  # names of the parameters, in the order `function` takes them
+    name: str  # class name pattern
+
+
+OPERATIONS = {
+    "jpeg": Operation(jpeg, ("quality",), "jpeg_q{quality}"),
+    "double_jpeg": Operation(double_jpeg, ("quality", "second_quality"), "double_jpeg_q{quality}_q{second_quality}"),
+    "gaussian_blur": Operation(gaussian_blur, ("kernel",), "gaussian_blur_k{kernel}"),
+    "median_blur": Operation(median_blur, ("kernel",), "median_blur_k{kernel}"),
+    "resample": Operation(resample, ("factor", "method"), "resample_{method}_x{factor:g}"),
+    "noise": Operation(gaussian_noise, ("variance",), "noise_var{variance:g}"),
+}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_quality(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 100
+
+
+PARAMETER_CHECKS = {
+    "quality": (_is_quality, "an integer in 1..100"),
+    "second_quality": (_is_quality, "an integer in 1..100"),
+    "kernel": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 3 and v % 2 == 1, "an odd integer >= 3"),
+    "factor": (lambda v: _is_number(v) and 0 < v < 1, "a number between 0 and 1"),
+    "method": (lambda v: v in RESAMPLE_METHODS, f"one of {', '.join(RESAMPLE_METHODS)}"),
+    "variance": (lambda v: _is_number(v) and v > 0, "a positive number"),
+}
+
+
+@dataclass(frozen=True)
+class Transform:
+    """One class of the bank: an operation with its parameters."""
+
+    op: str
+    params: tuple
+
+    @property
+    def name(self) -> str:
+        return OPERATIONS[self.op].name.format(**dict(zip(OPERATIONS[self.op].params, self.params)))
+
+    def __call__(self, image: tf.Tensor) -> tf.Tensor:
+        return OPERATIONS[self.op].function(image, *self.params)
+
+
+class TransformBank:
+    """The classes of stage 1, read from a table; `apply(image, label)` transforms one image by its class."""
+
+    def __init__(self, table: Optional[dict] = None, image_size: Optional[int] = None):
+        self.transforms = parse_table(PAPER_BANK if table is None else table)
+        if image_size is not None:
+            _check_image_size(self.transforms, image_size)
+
+    @property
+    def class_names(self) -> list:
+        return [t.name for t in self.transforms]
+
+    def __len__(self) -> int:
+        return len(self.transforms)
+
+    def apply(self, image: tf.Tensor, label: tf.Tensor) -> tf.Tensor:
+        """uint8 [H, W, 3] -> the same image transformed by class `label` (runs only that class's branch)."""
+        branches = [lambda t=t: t(image) for t in self.transforms]
+        return tf.ensure_shape(tf.switch_case(label, branches), image.shape)
+
+
+def parse_table(table) -> list:
+    """{op: [parameter per class]} -> [Transform]; bad operations or parameters are a TfdnadetError."""
+    if not isinstance(table, dict) or not table:
+        raise TfdnadetError("stage1.transforms must be a mapping {operation: [parameters of each class]}.")
+    transforms = []
+    for op, values in table.items():
+        if op not in OPERATIONS:
+            raise TfdnadetError(f"Unknown stage-1 transformation. Received: {op!r}. Known: {', '.join(OPERATIONS)}.")
+        if not isinstance(values, list) or not values:
+            raise TfdnadetError(f"stage1.transforms.{op} must be a non-empty list, one parameter per class.")
+        transforms += [Transform(op, _parse_params(op, value)) for value in values]
+    names = [t.name for t in transforms]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise TfdnadetError(f"stage1.transforms lists the same class more than once: {', '.join(repeated)}.")
+    return transforms
+
+
+def _parse_params(op: str, value) -> tuple:
+    names = OPERATIONS[op].params
+    params = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    if len(params) != len(names):
+        raise TfdnadetError(f"stage1.transforms.{op}: each class needs [{', '.join(names)}]. Received: {value!r}")
+    for name, param in zip(names, params):
+        check, expected = PARAMETER_CHECKS[name]
+        if not check(param):
+            raise TfdnadetError(f"stage1.transforms.{op}: {name} must be {expected}. Received: {param!r}")
+    return params
+
+
+def _check_image_size(transforms: list, size: int) -> None:
+    largest = max((t.params[0] for t in transforms if t.op in ("gaussian_blur", "median_blur")), default=1)
+    if largest // 2 > size:
+        raise TfdnadetError(f"stage1.transforms: blur kernel {largest} is too large for {size} px images (data.base_size).")
+
+
+def transform_images(images: np.ndarray, labels: np.ndarray, bank: TransformBank, batch_size: int = 64) -> np.ndarray:
+    """Apply class labels[i] to images[i] (uint8 [N, S, S, 3]) in one tf.data pass."""
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
+        .map(bank.apply, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(batch_size)
+    )
+    parts = list(dataset.as_numpy_iterator())
+    return np.concatenate(parts) if parts else np.zeros_like(images)
+
+
+def make_transform_dataset(crops: np.ndarray, bank: TransformBank, data_config, images_per_class: int, seed: int = 0) -> tf.data.Dataset:
+    """Endless class-balanced batches [4.1]: every class transforms k random crops -> patches and labels.
+
+    Random crops meet the classes in a fixed order, so each batch holds each class exactly k times.
+    """
+    labels = np.repeat(np.arange(len(bank), dtype=np.int32), images_per_class)
+    images = tf.data.Dataset.from_tensor_slices(crops).shuffle(len(crops), seed=seed, reshuffle_each_iteration=True).repeat()
+    classes = tf.data.Dataset.from_tensor_slices(labels).repeat()
+    return (
+        tf.data.Dataset.zip((images, classes))
+        .map(lambda image, label: (bank.apply(image, label), label), num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(len(labels), drop_remainder=True)
+        .map(lambda batch, batch_labels: to_patch_batch(batch, batch_labels, data_config), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )

@@ -1,0 +1,87 @@
+"""Stage 1 [4.1]: pretrain the encoder on image-transformation classification with patchwise contrastive learning."""
+
+import math
+import os
+from typing import Optional
+
+import numpy as np
+
+from tfdnadet.config import Config
+from tfdnadet.data.images import IMAGE_EXTENSIONS, ImageError, decode_image
+from tfdnadet.data.sources import list_image_files
+from tfdnadet.data.transforms import TransformBank, make_transform_dataset, transform_images
+from tfdnadet.errors import TfdnadetError
+from tfdnadet.training.trainer import TrainResult, fit_patch_model
+from tfdnadet.zoo.photos import load_photos, random_crops
+
+BUILTIN_PHOTOS = "built-in photos (scikit-image, scikit-learn)"
+
+
+def train_stage1(
+    data: Optional[str],
+    run_dir: str,
+    config: Config,
+    *,
+    resume: bool = False,
+    verbose: int = 1,
+    callbacks: tuple = (),
+    on_skipped=None,
+) -> TrainResult:
+    """Pretrain on transformed crops of the photos in `data` (None: the built-in photos); writes RUN_DIR/model."""
+    d, s = config.data, config.stage1
+    bank = TransformBank(s.transforms, d.base_size)
+    crops = natural_crops(data, s.crops, d.base_size, config.train.seed, d.max_pixels, on_skipped)
+    held_out = int(len(crops) * d.val_fraction)
+    train_crops, val_crops = crops[held_out:], crops[:held_out]
+    val_labels = np.arange(held_out, dtype=np.int32) % len(bank)
+    validation = (transform_images(val_crops, val_labels, bank), val_labels) if held_out else None
+    steps = config.train.steps_per_epoch or max(1, math.ceil(len(train_crops) / (s.images_per_class * len(bank))))
+    return fit_patch_model(
+        make_transform_dataset(train_crops, bank, d, s.images_per_class, seed=config.train.seed),
+        steps,
+        validation,
+        bank.class_names,
+        config,
+        run_dir,
+        resume=resume,
+        verbose=verbose,
+        callbacks=callbacks,
+        model_info={"data_source": os.path.abspath(data) if data else BUILTIN_PHOTOS, "stage": 1},
+    )
+
+
+def natural_crops(data: Optional[str], count: int, size: int, seed: int, max_pixels: int, on_skipped=None) -> np.ndarray:
+    """`count` random size x size uint8 crops of the photos in a folder, or of the built-in photos when None.
+
+    Crops are spread evenly over the photos of a folder, which are visited in a seeded random order and
+    decoded one at a time, so a large folder is never held in memory.
+    """
+    if data is None:
+        return random_crops(list(load_photos()), count, size, seed)
+    paths = _photo_files(data)
+    rng = np.random.default_rng(seed)
+    per_photo = math.ceil(count / len(paths))
+    crops, failures = [], []
+    for index in rng.permutation(len(paths)):
+        if len(crops) * per_photo >= count:
+            break
+        try:
+            photo = decode_image(paths[index], max_pixels, min_size=size)
+        except ImageError as exc:
+            failures.append((paths[index], str(exc)))
+            continue
+        crops.append(random_crops([photo], per_photo, size, seed + int(index)))
+    if failures and on_skipped:
+        on_skipped(f"skipped {len(failures)} unusable photo(s), e.g. {failures[0][0]}: {failures[0][1]}")
+    if not crops:
+        raise TfdnadetError(f"No usable photos in {data}: all {len(paths)} image file(s) failed to decode or are under {size} px.")
+    return np.concatenate(crops)[:count]
+
+
+def _photo_files(data: str) -> list:
+    if not os.path.isdir(data):
+        raise TfdnadetError(f"--data {data}: no such folder (give a folder of natural photos, or leave --data out for the built-in ones).")
+    paths = list_image_files(data)
+    if not paths:
+        raise TfdnadetError(f"--data {data}: the folder holds no image files ({', '.join(IMAGE_EXTENSIONS)}).")
+    return paths
