@@ -50,11 +50,14 @@ def load_for_detector(detector: Detector, paths: list, labels=None) -> LoadedIma
     return load_images(ImageList(list(paths), labels, []), p["base_size"], p["max_pixels"], min_size=p["patch_size"])
 
 
-def predict_loaded(detector: Detector, loaded: LoadedImages, batch_size: int = 16) -> dict:
-    """Per-head probabilities for decoded base-size images: {head: [N, ...]}."""
+def predict_loaded(detector: Detector, loaded: LoadedImages, batch_size: int = 16, transform=None) -> dict:
+    """Per-head probabilities for decoded base-size images: {head: [N, ...]}.
+
+    `transform` maps each batch of model inputs to what is predicted (e.g. its patches) before the heads run.
+    """
     outputs = {}
     for batch in make_image_dataset(loaded.images, None, detector.preprocessing["input_size"], batch_size):
-        for name, values in detector.predict(batch).items():
+        for name, values in detector.predict(transform(batch) if transform else batch).items():
             outputs.setdefault(name, []).append(values)
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
