@@ -84,6 +84,7 @@ def train_stage2_command(
     base_size: Optional[int] = typer.Option(None, help="data.base_size (first resize)"),
     input_size: Optional[int] = typer.Option(None, help="data.input_size (second resize)"),
     classes: Optional[str] = typer.Option(None, help="data.class_names for integer labels, comma separated"),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Let a manifest list files outside its own folder."),
     settings: Optional[List[str]] = SetOption,
 ):
     """Train the architecture classifier (stage 2) on labelled images."""
@@ -114,7 +115,14 @@ def train_stage2_command(
     )
     with _progress_to_stderr():
         result = train_stage2(
-            data, out_dir, cfg, init_model=init, resume=resume, verbose=_progress_verbosity(), on_skipped=_warn
+            data,
+            out_dir,
+            cfg,
+            init_model=init,
+            resume=resume,
+            verbose=_progress_verbosity(),
+            on_skipped=_warn,
+            allow_outside_root=allow_outside_root,
         )
     err.print(f"trained {result.epochs_completed} epoch(s), {result.steps} steps; model written to {result.model_dir}")
     out.print_json(json.dumps({"model": result.model_dir, "epochs": result.epochs_completed, "steps": result.steps}))
@@ -155,19 +163,54 @@ def evaluate_command(
     out_dir: Optional[str] = typer.Option(None, "--out", "-o", help="Write evaluation.json and a confusion-matrix PNG here."),
     batch_size: int = typer.Option(16, help="Images per inference batch."),
     classes: Optional[str] = typer.Option(None, help="Names of integer labels (annotation txt), comma separated."),
+    attack: Optional[str] = typer.Option(
+        None, "--attack", help="Table 5 robustness: crop, blur, jpeg, noise, relight, combo (comma separated) or all."
+    ),
+    attack_seed: int = typer.Option(0, "--attack-seed", help="Seed of the deterministic test attacks."),
+    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Let a manifest list files outside its own folder."),
 ):
     """Accuracy, macro-F1, per-class precision/recall and the confusion matrix on labelled images."""
     from tfdnadet.evaluation.evaluate import evaluate_dataset, write_evaluation
     from tfdnadet.models.detector import load_detector
 
     detector = load_detector(model)
-    metrics = evaluate_dataset(detector, data, batch_size, classes.split(",") if classes else None)
+    if attack:
+        _evaluate_attacks(detector, {"closed-set": data}, attack, attack_seed, batch_size, classes, allow_outside_root, out_dir)
+        return
+    metrics = evaluate_dataset(detector, data, batch_size, classes.split(",") if classes else None, allow_outside_root)
     if metrics["skipped"]:
         _warn(f"skipped {len(metrics['skipped'])} unusable image file(s), e.g. {metrics['skipped'][0]['path']}: {metrics['skipped'][0]['reason']}")
     _print_metrics(metrics)
     if out_dir:
         written = write_evaluation(metrics, out_dir)
         err.print(f"wrote {written['json']} and {written['confusion_png']}")
+
+
+def _evaluate_attacks(detector, test_sets, attack, seed, batch_size, classes, allow_outside_root, out_dir) -> None:
+    from tfdnadet.data.perturb import parse_attacks
+    from tfdnadet.evaluation.robustness import robustness_table, write_robustness
+
+    names = classes.split(",") if classes else None
+    table = robustness_table(detector, test_sets, parse_attacks(attack), seed, batch_size, names, allow_outside_root)
+    for row in table["rows"].values():
+        if row["skipped"]:
+            _warn(f"{row['data']}: skipped {len(row['skipped'])} unusable image file(s), e.g. {row['skipped'][0]['path']}: {row['skipped'][0]['reason']}")
+    _print_robustness(table)
+    if out_dir:
+        path = os.path.join(out_dir, "robustness.json")
+        write_robustness(table, path)
+        err.print(f"wrote {path}")
+
+
+def _print_robustness(table: dict) -> None:
+    """The layout of Table 5: accuracy (%) per attack, one row per test set."""
+    from tfdnadet.data.perturb import ATTACK_TITLES
+
+    titles = {"clean": "Clean", **ATTACK_TITLES}
+    grid = Table("test set", "images", *(titles[c] for c in table["columns"]), title=f"accuracy (%) under attack, seed {table['seed']}")
+    for name, row in table["rows"].items():
+        grid.add_row(name, str(row["count"]), *(f"{100 * row['scores'][c]['accuracy']:.2f}" for c in table["columns"]))
+    _print_table(grid)
 
 
 def _print_metrics(metrics: dict) -> None:

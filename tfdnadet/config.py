@@ -8,6 +8,8 @@ from typing import Any, Optional
 
 import yaml
 
+from tfdnadet.atomic import atomic_path
+from tfdnadet.data.perturb import parse_augment
 from tfdnadet.errors import TfdnadetError
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -26,6 +28,7 @@ class DataConfig:
     split_seed: int = 0
     class_names: Optional[list] = None  # names of integer labels in annotation files
     max_pixels: int = 100_000_000  # larger images are refused (decompression bombs)
+    # [5.5] train augmentation, in order: [{op: crop|blur|jpeg|noise|relight, p: 0.5, <parameter>: [low, high]}]
     augment: list = field(default_factory=list)
 
 
@@ -115,6 +118,7 @@ def validate(config: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise TfdnadetError(message)
+    parse_augment(d.augment)
 
 
 def builtin_config_names() -> list:
@@ -152,5 +156,5 @@ def _read_yaml(source: str) -> dict:
 
 
 def save_config(config: Config, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as f:
         yaml.safe_dump(config.to_dict(), f, sort_keys=False)

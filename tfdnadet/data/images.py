@@ -3,7 +3,7 @@
 import io
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from tfdnadet.errors import TfdnadetError
 
@@ -30,7 +30,9 @@ def decode_image(source, max_pixels: int = 100_000_000, min_size: int = 1) -> np
             return _to_rgb8(image)
     except ImageError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # PIL's own limit, checked in Image.open before ours
+        raise ImageError(f"image too large: {_first_line(exc)}") from None
+    except Exception as exc:  # a damaged file raises many kinds of errors inside PIL's format plugins
         raise ImageError(f"not a readable image ({_first_line(exc)})") from None
 
 

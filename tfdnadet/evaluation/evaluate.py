@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 
 from tfdnadet.atomic import atomic_path
+from tfdnadet.data.pipeline import LoadedImages
 from tfdnadet.data.sources import align_to_classes, read_dataset
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.evaluation.metrics import classification_metrics
@@ -15,17 +16,30 @@ from tfdnadet.inference import load_for_detector, predict_loaded
 from tfdnadet.models.detector import MULTICLASS, Detector
 
 
-def evaluate_dataset(detector: Detector, data: str, batch_size: int = 16, class_names: Optional[list] = None) -> dict:
+def evaluate_dataset(
+    detector: Detector, data: str, batch_size: int = 16, class_names: Optional[list] = None, allow_outside_root: bool = False
+) -> dict:
     """Metrics of the multiclass head on a folder/manifest whose classes are a subset of the model's."""
-    images = align_to_classes(read_dataset(data, class_names), detector.class_names)
-    loaded = load_for_detector(detector, images.paths, images.labels)
-    if not len(loaded.labels):
-        raise TfdnadetError(f"No usable images in {data}: {loaded.failure_summary()}")
-    probabilities = predict_loaded(detector, loaded, batch_size)[MULTICLASS]
-    metrics = classification_metrics(loaded.labels, np.argmax(probabilities, axis=1), detector.class_names)
+    loaded = load_labelled(detector, data, class_names, allow_outside_root)
+    metrics = loaded_metrics(detector, loaded, batch_size)
     metrics["data"] = data
     metrics["skipped"] = [{"path": p, "reason": r} for p, r in loaded.failures]
     return metrics
+
+
+def load_labelled(detector: Detector, data: str, class_names: Optional[list] = None, allow_outside_root: bool = False) -> LoadedImages:
+    """Decode a labelled folder/manifest for the model, labels in the model's class order."""
+    images = align_to_classes(read_dataset(data, class_names, allow_outside_root), detector.class_names)
+    loaded = load_for_detector(detector, images.paths, images.labels)
+    if not len(loaded.labels):
+        raise TfdnadetError(f"No usable images in {data}: {loaded.failure_summary()}")
+    return loaded
+
+
+def loaded_metrics(detector: Detector, loaded: LoadedImages, batch_size: int = 16) -> dict:
+    """Classification metrics of the multiclass head on decoded, labelled images."""
+    probabilities = predict_loaded(detector, loaded, batch_size)[MULTICLASS]
+    return classification_metrics(loaded.labels, np.argmax(probabilities, axis=1), detector.class_names)
 
 
 def write_evaluation(metrics: dict, out_dir: str, name: str = "evaluation") -> dict:

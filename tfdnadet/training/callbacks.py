@@ -1,5 +1,6 @@
 """Callbacks every trainer uses: atomic checkpoints, a guard against non-finite losses, curve plots."""
 
+import csv
 import json
 import math
 import os
@@ -37,6 +38,18 @@ def read_checkpoint_state(directory: str):
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def truncate_history(history_csv: str, epochs: int) -> None:
+    """Keep the header and the rows of the first `epochs` epochs (those a checkpoint holds) of a CSVLogger file."""
+    if not os.path.isfile(history_csv):
+        return
+    with open(history_csv, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [row for row in rows[1:] if row and row[0].isdigit() and int(row[0]) < epochs]
+    with atomic_path(history_csv) as temporary:
+        with open(temporary, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):

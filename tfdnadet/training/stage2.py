@@ -5,6 +5,7 @@ import os
 from typing import Optional
 
 from tfdnadet.config import Config
+from tfdnadet.data.perturb import make_augment
 from tfdnadet.data.pipeline import check_classes_present, load_images, make_patch_dataset
 from tfdnadet.data.sources import read_dataset, split_train_val
 from tfdnadet.training.trainer import TrainResult, fit_patch_model
@@ -20,10 +21,11 @@ def train_stage2(
     verbose: int = 1,
     callbacks: tuple = (),
     on_skipped=None,
+    allow_outside_root: bool = False,
 ) -> TrainResult:
     """Train the architecture classifier on a folder/manifest; `on_skipped(message)` hears about bad files."""
     d = config.data
-    images = read_dataset(data, d.class_names)
+    images = read_dataset(data, d.class_names, allow_outside_root)
     train_list, val_list = split_train_val(images, d.val_fraction, d.split_seed)
     train = load_images(train_list, d.base_size, d.max_pixels, min_size=d.patch_size)
     val = load_images(val_list, d.base_size, d.max_pixels, min_size=d.patch_size)
@@ -33,7 +35,10 @@ def train_stage2(
     check_classes_present(train, images.class_names, "training")
     k_times_c = d.images_per_class * len(images.class_names)
     steps = config.train.steps_per_epoch or max(1, math.ceil(len(train.labels) / k_times_c))
-    train_dataset = make_patch_dataset(train.images, train.labels, len(images.class_names), d, seed=config.train.seed)
+    augment = make_augment(d.augment, config.train.seed) if d.augment else None
+    train_dataset = make_patch_dataset(
+        train.images, train.labels, len(images.class_names), d, seed=config.train.seed, augment=augment
+    )
     return fit_patch_model(
         train_dataset,
         steps,

@@ -19,6 +19,7 @@ from tfdnadet.training.callbacks import (
     StopOnNonFiniteLoss,
     TrainingCurves,
     read_checkpoint_state,
+    truncate_history,
 )
 from tfdnadet.training.patch_model import PatchContrastiveModel
 
@@ -103,11 +104,14 @@ def fit_patch_model(
     initial_epoch = state["epoch"] if state else 0
 
     history_csv = os.path.join(run_dir, "history.csv")
+    if state:
+        truncate_history(history_csv, initial_epoch)
     guard = StopOnNonFiniteLoss()
     all_callbacks = [
         guard,
-        AtomicCheckpoint(checkpoint_dir),
+        # The history row goes first: an epoch killed before its checkpoint runs again, and its row is dropped then.
         keras.callbacks.CSVLogger(history_csv, append=bool(state)),
+        AtomicCheckpoint(checkpoint_dir),
         TrainingCurves(history_csv, os.path.join(run_dir, "curves.png")),
         *callbacks,
     ]
@@ -125,9 +129,11 @@ def fit_patch_model(
         )
         history = fitted.history
     if guard.stopped_at is not None:
+        good = read_checkpoint_state(checkpoint_dir)
+        kept = f"The last good checkpoint (epoch {good['epoch']}) is kept in {checkpoint_dir}" if good else "No epoch finished"
         raise TfdnadetError(
-            f"Training stopped: the loss became NaN/inf at step {guard.stopped_at}. The last good checkpoint is kept in "
-            f"{checkpoint_dir}; lower train.learning_rate or use float32, then --resume."
+            f"Training stopped: the loss became NaN/inf at step {guard.stopped_at}. {kept}; "
+            "lower train.learning_rate or use float32, then --resume."
         )
     model_dir = os.path.join(run_dir, "model")
     detector = Detector(

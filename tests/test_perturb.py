@@ -1,0 +1,184 @@
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+
+from conftest import run_cli
+from tfdnadet.config import load_config
+from tfdnadet.data import perturb
+from tfdnadet.data.pipeline import make_patch_dataset
+from tfdnadet.errors import TfdnadetError
+
+SEED = [3, 4]
+
+
+def noise_images(count=6, size=32, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+
+
+def grey(value=100, count=4, size=32):
+    return np.full((count, size, size, 3), value, np.uint8)
+
+
+@pytest.mark.parametrize("name", perturb.ATTACKS)
+def test_attacks_keep_shape_and_are_deterministic_for_a_seed(name):
+    images = noise_images()
+    first = perturb.apply_attack(images, name, seed=1)
+    assert first.shape == images.shape and first.dtype == np.uint8
+    np.testing.assert_array_equal(first, perturb.apply_attack(images, name, seed=1))
+    assert not np.array_equal(first, perturb.apply_attack(images, name, seed=2))
+    assert not np.array_equal(first, images)
+
+
+def test_crop_zooms_into_a_5_to_20_percent_smaller_window():
+    ramp = np.tile((np.arange(32) * 8).astype(np.uint8)[None, :, None], [32, 1, 3])[None].repeat(8, axis=0)
+    cropped = perturb.crop(ramp, SEED).numpy().astype(float)
+    slopes = (cropped[:, 16, -1, 0] - cropped[:, 16, 0, 0]) / 31
+    # Resizing a window of (1 - cut) x 32 px back to 32 px scales the ramp's slope of 8 by (1 - cut).
+    assert np.all(slopes >= 8 * 0.8 - 0.1) and np.all(slopes <= 8 * 0.95 + 0.1), slopes
+    assert np.all(cropped[:, :, 0, 0] >= 0) and np.all(cropped[:, 16, 0, 0] <= 8 * 0.2 * 31 + 1)
+
+
+def test_gaussian_blur_spreads_a_point_by_its_own_kernel_size_per_image():
+    point = np.zeros((2, 21, 21, 3), np.uint8)
+    point[:, 10, 10] = 255
+    blurred = perturb.gaussian_blur(point, tf.constant([3, 9]), 9).numpy().astype(float)
+    assert np.count_nonzero(blurred[0, ..., 0]) <= 9  # 3 x 3 support
+    assert np.count_nonzero(blurred[1, ..., 0]) > 25
+    assert abs(blurred[0, ..., 0].sum() - 255) < 10 and abs(blurred[1, ..., 0].sum() - 255) < 20
+    np.testing.assert_array_equal(blurred[1, ..., 0], blurred[1, ..., 0].T)  # symmetric
+    np.testing.assert_array_equal(perturb.blur(grey(), SEED).numpy(), grey())  # flat stays flat, borders included
+    np.testing.assert_array_equal(perturb.blur(noise_images(), SEED, kernel_sizes=(1,)).numpy(), noise_images())
+
+
+def test_jpeg_quality_sets_the_damage():
+    images = perturb.blur(noise_images(), SEED, kernel_sizes=(5,)).numpy()  # smooth, as photos are
+    low = perturb.jpeg(images, SEED, quality=(10, 10)).numpy().astype(float)
+    high = perturb.jpeg(images, SEED, quality=(95, 95)).numpy().astype(float)
+    assert np.abs(low - images).mean() > 2 * np.abs(high - images).mean()
+
+
+def test_noise_has_the_variance_asked_for():
+    changed = perturb.noise(grey(count=8, size=64), SEED, variance=(16.0, 16.0)).numpy().astype(float)
+    std = (changed - 100).std()
+    assert 3.8 < std < 4.3, std  # sqrt(16) plus rounding
+
+
+def test_relight_changes_brightness_contrast_and_gamma():
+    brighter = perturb.relight(grey(100), SEED, brightness=(0.1, 0.1), contrast=(1, 1), gamma=(1, 1)).numpy()
+    assert np.all(brighter == 126)  # 100 + 25.5, rounded
+    darker = perturb.relight(grey(128), SEED, brightness=(0, 0), contrast=(1, 1), gamma=(2, 2)).numpy()
+    assert np.all(darker == 64)  # 255 * (128 / 255)^2
+    halves = np.concatenate([grey(50, 1, 16), grey(150, 1, 16)], axis=2)
+    flat = perturb.relight(halves, SEED, brightness=(0, 0), contrast=(0.5, 0.5), gamma=(1, 1)).numpy()
+    assert flat[0, 0, 0, 0] == 75 and flat[0, 0, -1, 0] == 125  # half the distance to the mean of 100
+
+
+def test_steps_apply_with_their_probability():
+    images = noise_images(count=64, size=16)
+    never = perturb.perturb(images, [perturb.Step("noise", 0.0)], SEED).numpy()
+    np.testing.assert_array_equal(never, images)
+    half = perturb.perturb(images, [perturb.Step("jpeg", 0.5)], SEED).numpy()
+    changed = sum(not np.array_equal(a, b) for a, b in zip(half, images))
+    assert 20 <= changed <= 44, changed
+    combo = perturb.attack_steps("combo")
+    assert [s.op for s in combo] == list(perturb.COMBINATION) and {s.p for s in combo} == {0.5}
+
+
+def test_parse_augment_reads_the_config_format():
+    steps = perturb.parse_augment([{"op": "jpeg", "p": 0.5, "quality": [30, 60]}, {"op": "blur", "kernel_sizes": [3, 5]}])
+    assert steps == [perturb.Step("jpeg", 0.5, (("quality", (30, 60)),)), perturb.Step("blur", 1.0, (("kernel_sizes", (3, 5)),))]
+    assert perturb.parse_augment([]) == []
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ("jpeg", "must be a list"),
+        (["jpeg"], r"data.augment\[0\] must be a mapping with an 'op' key"),
+        ([{"op": "sharpen"}], "unknown op 'sharpen'. Known ops: crop, blur, jpeg, noise, relight"),
+        ([{"op": "jpeg", "p": 1.5}], r"p must be a probability in \[0, 1\]"),
+        ([{"op": "jpeg", "qualty": [1, 2]}], "op 'jpeg' has no parameter 'qualty'. Known: op, p, quality"),
+        ([{"op": "jpeg", "quality": [80, 20]}], r"quality must be \[low, high\] with 1 <= low <= high <= 100"),
+        ([{"op": "noise", "variance": 5}], r"variance must be \[low, high\]"),
+        ([{"op": "blur", "kernel_sizes": [3, 4]}], "kernel_sizes must be a list of odd positive integers"),
+    ],
+)
+def test_bad_augment_configs_are_clear_errors(entries, message):
+    with pytest.raises(TfdnadetError, match=message):
+        perturb.parse_augment(entries)
+    with pytest.raises(TfdnadetError, match=message):
+        load_config("tiny", {"data.augment": entries})
+
+
+def test_cpu_config_documents_a_working_augmentation_option():
+    from importlib import resources
+
+    text = resources.files("tfdnadet.configs").joinpath("cpu.yaml").read_text()
+    block = [line for line in text.splitlines() if line.strip().startswith("#   - {op:")]
+    entries = yaml.safe_load("\n".join(line.replace("#", "", 1) for line in block))
+    steps = load_config("cpu", {"data.augment": entries}).data.augment
+    assert [s["op"] for s in steps] == list(perturb.COMBINATION) and {s["p"] for s in steps} == {0.5}
+
+
+def test_unknown_attacks_are_refused():
+    assert perturb.parse_attacks("all") == list(perturb.ATTACKS)
+    assert perturb.parse_attacks("jpeg, noise") == ["jpeg", "noise"]
+    with pytest.raises(TfdnadetError, match="Unknown attack 'rain'. Known attacks: crop, blur, jpeg, noise, relight, combo, all"):
+        perturb.parse_attacks("jpeg,rain")
+
+
+def test_augment_hook_changes_the_training_batches():
+    config = load_config("tiny").data
+    images = noise_images(count=12)
+    labels = np.array([0] * 6 + [1] * 6, np.int32)
+    white = [{"op": "relight", "brightness": [1, 1], "contrast": [1, 1], "gamma": [1, 1]}]
+    patches, _ = next(iter(make_patch_dataset(images, labels, 2, config, augment=perturb.make_augment(white))))
+    np.testing.assert_allclose(patches.numpy(), 1.0)  # every pixel pushed to white before patching
+    augment = perturb.make_augment([{"op": "noise", "p": 1.0}], seed=0)
+    first, second = augment(images).numpy(), augment(images).numpy()
+    assert not np.array_equal(first, second)  # a new draw per batch
+
+
+def test_stage2_trains_with_augmentation_from_the_config(gan_images, tmp_path):
+    from tfdnadet.training.stage2 import train_stage2
+
+    config = load_config("tiny", {"train.epochs": 1, "train.steps_per_epoch": 2, "data.augment": [{"op": "jpeg", "p": 0.5}, {"op": "crop", "p": 0.5}]})
+    result = train_stage2(gan_images["train"], str(tmp_path / "run"), config, verbose=0)
+    assert result.steps == 2
+    saved = yaml.safe_load(open(tmp_path / "run" / "config.yaml"))
+    assert saved["data"]["augment"] == [{"op": "jpeg", "p": 0.5}, {"op": "crop", "p": 0.5}]
+
+
+def test_robustness_table_is_deterministic_and_matches_clean_evaluation(trained_run, gan_images):
+    from tfdnadet.evaluation.evaluate import evaluate_dataset
+    from tfdnadet.evaluation.robustness import robustness_table
+    from tfdnadet.models.detector import load_detector
+
+    detector = load_detector(trained_run.model_dir)
+    sets = {"closed-set": gan_images["test"]}
+    table = robustness_table(detector, sets, ["jpeg", "combo"], seed=5)
+    row = table["rows"]["closed-set"]
+    assert table["columns"] == ["clean", "jpeg", "combo"] and row["count"] == 3 * 24 + 12
+    assert row["scores"]["clean"]["accuracy"] == evaluate_dataset(detector, gan_images["test"])["accuracy"]
+    assert all(0.0 <= cell["accuracy"] <= 1.0 for cell in row["scores"].values())
+    assert robustness_table(detector, sets, ["jpeg", "combo"], seed=5)["rows"] == table["rows"]
+
+
+def test_evaluate_attack_prints_table5_and_writes_json(trained_run, gan_images, tmp_path, monkeypatch, capsys):
+    code, out, err = run_cli(
+        ["evaluate", trained_run.model_dir, "--data", gan_images["test"], "--attack", "all", "--out", tmp_path / "r"],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0, err
+    for title in ("Clean", "Crop", "Blur", "JPEG", "Noise", "Relight", "Combination", "closed-set"):
+        assert title in out
+    saved = json.load(open(tmp_path / "r" / "robustness.json"))
+    assert saved["columns"] == ["clean", *perturb.ATTACKS]
+    clean = saved["rows"]["closed-set"]["scores"]["clean"]["accuracy"]
+    assert f"{100 * clean:.2f}" in out
+    code, out, err = run_cli(["evaluate", trained_run.model_dir, "--data", gan_images["test"], "--attack", "fog"], monkeypatch, capsys)
+    assert code == 1 and "Unknown attack 'fog'" in err and "Traceback" not in err
