@@ -80,10 +80,10 @@ def random_patches(images: tf.Tensor, count: int, patch_size: int, seed=None) ->
     span = tf.cast(size - 1, tf.float32)
     offsets = tf.random.uniform([batch * count, 2], 0, size - patch_size + 1, dtype=tf.int32, seed=seed)
     starts = tf.cast(offsets, tf.float32)
-    # Boxes on exact pixel positions, so crop_and_resize copies pixels rather than interpolating.
+    # Boxes on exact pixel positions and nearest sampling: crop_and_resize copies pixels, it never interpolates.
     boxes = tf.concat([starts, starts + float(patch_size - 1)], axis=1) / span  # [y1, x1, y2, x2]
     owners = tf.repeat(tf.range(batch), count)
-    return tf.image.crop_and_resize(images, boxes, owners, [patch_size, patch_size], method="bilinear")
+    return tf.image.crop_and_resize(images, boxes, owners, [patch_size, patch_size], method="nearest")
 
 
 def to_patch_batch(batch: tf.Tensor, labels: tf.Tensor, data_config) -> tuple:

@@ -98,23 +98,40 @@ def read_annotation_file(path: str, class_names: Optional[list], allow_outside_r
         raise TfdnadetError(
             f"Annotation file {path} has integer labels: name them with data.class_names in the config (or --classes)."
         )
-    root = os.path.dirname(os.path.abspath(path))
-    paths, labels = [], []
     with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split("\t") if "\t" in line else line.split()
-            if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
-                raise TfdnadetError(f"{path}:{number}: expected 'path<TAB>integer-label', got {line.strip()!r}")
-            label = int(parts[1])
-            if not 0 <= label < len(class_names):
-                raise TfdnadetError(f"{path}:{number}: label {label} has no name; class names: {', '.join(class_names)}")
-            paths.append(_resolve(root, parts[0].strip(), path, allow_outside_root))
-            labels.append(label)
+        lines = f.readlines()
+    root = _annotation_root(path, lines)
+    paths, labels = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        parts = line.rstrip("\n").split("\t") if "\t" in line else line.split()
+        if len(parts) != 2 or not parts[1].strip().lstrip("-").isdigit():
+            raise TfdnadetError(f"{path}:{number}: expected 'path<TAB>integer-label', got {line.strip()!r}")
+        label = int(parts[1])
+        if not 0 <= label < len(class_names):
+            raise TfdnadetError(f"{path}:{number}: label {label} has no name; class names: {', '.join(class_names)}")
+        paths.append(_resolve(root, parts[0].strip(), path, allow_outside_root))
+        labels.append(label)
     if not paths:
         raise TfdnadetError(f"Annotation file {path} lists no images.")
     return ImageList(paths, np.asarray(labels, dtype=np.int32), list(class_names))
+
+
+def _annotation_root(path: str, lines: list) -> str:
+    """The folder that relative paths are written against: the file's own, or the nearest ancestor where the
+    first listed image exists (the official release writes paths like ./dataset/GANs/... from its repo root)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    first = next((line.split("\t")[0].strip() for line in lines if line.strip()), "")
+    candidate = folder
+    while first and not os.path.isabs(first):
+        if os.path.exists(os.path.join(candidate, first)):
+            return candidate
+        parent = os.path.dirname(candidate)
+        if parent == candidate:
+            break
+        candidate = parent
+    return folder
 
 
 def _resolve(root: str, relative: str, manifest: str, allow_outside_root: bool) -> str:

@@ -1,0 +1,1 @@
+"""Interoperability with the official DNA-Det release (PyTorch checkpoints, annotation files)."""

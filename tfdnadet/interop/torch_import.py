@@ -1,0 +1,110 @@
+"""Convert the official DNA-Det PyTorch checkpoint (`model.pth`) into a tfdnadet model directory.
+
+The released network (Table 7) is 8 blocks `main.{i}.main.{0: Conv2d, 1: BatchNorm2d, 2: LeakyReLU}`, global
+average pooling and `classification_head.1` (Linear, after a Dropout). Our `Encoder` pads by 1 and convolves
+with 'valid' padding, which is exactly PyTorch's k4/s2/p1 and k3/s1/p1; BatchNorm epsilon is PyTorch's 1e-5.
+"""
+
+import numpy as np
+
+from tfdnadet.errors import TfdnadetError
+from tfdnadet.models.detector import MULTICLASS, Detector, save_detector
+from tfdnadet.models.encoder import ENCODER_BLOCKS, Encoder
+from tfdnadet.models.heads import MulticlassHead
+
+HEAD_WEIGHT, HEAD_BIAS = "classification_head.1.weight", "classification_head.1.bias"
+IGNORED_SUFFIXES = ("num_batches_tracked",)
+IGNORED_PREFIXES = ("head.",)  # the SupCon projection head, unused at inference
+
+
+def read_torch_checkpoint(path: str) -> dict:
+    """The checkpoint's tensors as numpy arrays, read with `weights_only=True` (no code is unpickled)."""
+    try:
+        import torch
+    except ImportError:
+        raise TfdnadetError("Reading a PyTorch checkpoint needs PyTorch: pip install 'tfdnadet[torch]'") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise TfdnadetError(f"Checkpoint not found: {path}") from None
+    except Exception as exc:  # torch raises many kinds of errors for a bad or unsafe file
+        raise TfdnadetError(f"Cannot read {path} as a weights-only PyTorch checkpoint: {str(exc).splitlines()[0]}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise TfdnadetError(f"{path} holds a {type(state).__name__}, not a state dict.")
+    return {_strip(key): value.detach().cpu().numpy() for key, value in state.items() if hasattr(value, "detach")}
+
+
+def _strip(key: str) -> str:
+    for prefix in ("module.", "backbone."):
+        if key.startswith(prefix):
+            key = key[len(prefix) :]
+    return key
+
+
+def expected_shapes(width: float = 1.0, in_channels: int = 3) -> dict:
+    """The released encoder's state-dict keys and shapes (OIHW convolutions)."""
+    shapes, previous = {}, in_channels
+    for index, (filters, kernel, _) in enumerate(ENCODER_BLOCKS):
+        out = max(1, int(round(filters * width)))
+        conv, bn = f"main.{index}.main.0", f"main.{index}.main.1"
+        shapes[f"{conv}.weight"] = (out, previous, kernel, kernel)
+        shapes[f"{conv}.bias"] = (out,)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{bn}.{name}"] = (out,)
+        previous = out
+    return shapes
+
+
+def check_state(state: dict, width: float = 1.0) -> None:
+    """Raise a one-line error naming the first unexpected key, missing key or wrong shape."""
+    expected = expected_shapes(width)
+    for key, value in state.items():
+        if key.endswith(IGNORED_SUFFIXES) or key.startswith(IGNORED_PREFIXES) or key in (HEAD_WEIGHT, HEAD_BIAS):
+            continue
+        if key not in expected:
+            raise TfdnadetError(f"Unexpected key in checkpoint: {key!r} (not part of the DNA-Det encoder)")
+        if tuple(value.shape) != expected[key]:
+            raise TfdnadetError(f"Shape mismatch for {key!r}: checkpoint {tuple(value.shape)}, expected {expected[key]}")
+    missing = [key for key in expected if key not in state]
+    if missing:
+        raise TfdnadetError(f"Missing key in checkpoint: {missing[0]!r}")
+    if (HEAD_WEIGHT in state) != (HEAD_BIAS in state):
+        raise TfdnadetError(f"Checkpoint has only one of {HEAD_WEIGHT!r} and {HEAD_BIAS!r}")
+
+
+def convert_encoder(state: dict, width: float = 1.0) -> Encoder:
+    encoder = Encoder(width=width, name="encoder")
+    for index in range(len(ENCODER_BLOCKS)):
+        conv, bn = f"main.{index}.main.0", f"main.{index}.main.1"
+        kernel = np.transpose(state[f"{conv}.weight"], (2, 3, 1, 0))  # OIHW -> HWIO
+        encoder.get_layer(f"block{index + 1}_conv").set_weights([kernel, state[f"{conv}.bias"]])
+        encoder.get_layer(f"block{index + 1}_bn").set_weights(
+            [state[f"{bn}.{name}"] for name in ("weight", "bias", "running_mean", "running_var")]
+        )
+    return encoder
+
+
+def import_torch_checkpoint(
+    checkpoint: str, out_dir: str, class_names=None, image_size: int = 512, base_size: int = 128, patch_size: int = 64
+) -> Detector:
+    """Write a model directory; a checkpoint whose head does not match `class_names` (pretraining) keeps none."""
+    state = read_torch_checkpoint(checkpoint)
+    check_state(state)
+    encoder = convert_encoder(state)
+    preprocessing = {"base_size": base_size, "input_size": image_size, "patch_size": patch_size, "max_pixels": 100_000_000}
+    detector = Detector(encoder, {}, {}, preprocessing, {"imported_from": checkpoint})
+    if class_names:
+        if HEAD_WEIGHT not in state:
+            raise TfdnadetError(f"{checkpoint} has no classification head, so --classes cannot be used with it.")
+        weight, bias = state[HEAD_WEIGHT], state[HEAD_BIAS]
+        if weight.shape[0] != len(class_names):
+            raise TfdnadetError(
+                f"The checkpoint's head has {weight.shape[0]} classes but --classes names {len(class_names)}: {', '.join(class_names)}"
+            )
+        head = MulticlassHead(encoder.feature_dim, len(class_names), name=MULTICLASS)
+        head.get_layer("logits").set_weights([weight.T, bias])
+        detector.add_head(MULTICLASS, head, {"class_names": list(class_names)})
+    save_detector(detector, out_dir)
+    return detector
