@@ -20,6 +20,10 @@ setup(
         "pyyaml==6.0.3",
         "matplotlib==3.11.2",
     ],
-    extras_require={"test": ["pytest==9.0.3"]},
+    extras_require={
+        # Reading the official PyTorch checkpoints (tfdnadet import-torch); the tests check parity with it.
+        "torch": ["torch==2.13.0"],
+        "test": ["pytest==9.0.3", "torch==2.13.0"],
+    },
     entry_points={"console_scripts": ["tfdnadet=tfdnadet.cli:main"]},
 )

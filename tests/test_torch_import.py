@@ -105,3 +105,22 @@ def test_bad_checkpoints_name_the_first_mismatch(tmp_path):
     (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(TfdnadetError, match="weights-only"):
         import_torch_checkpoint(str(tmp_path / "garbage.pth"), str(tmp_path / "m"), CLASSES)
+
+
+def test_import_torch_command(tmp_path, monkeypatch, capsys):
+    from conftest import run_cli
+
+    torch.save(random_network().state_dict(), tmp_path / "model.pth")
+    code, _, err = run_cli(["import-torch", tmp_path / "model.pth", "--classes", ",".join(CLASSES), "--out", tmp_path / "m"], monkeypatch, capsys)
+    assert code == 0 and "heads: multiclass" in err
+    assert load_detector(str(tmp_path / "m")).class_names == CLASSES
+    code, _, err = run_cli(["import-torch", tmp_path / "model.pth", "--classes", "real,progan", "--out", tmp_path / "m2"], monkeypatch, capsys)
+    assert code == 1 and "5 classes" in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_torch_is_a_clear_message(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    with pytest.raises(TfdnadetError, match=r"pip install 'tfdnadet\[torch\]'"):
+        import_torch_checkpoint(str(tmp_path / "model.pth"), str(tmp_path / "m"), CLASSES)

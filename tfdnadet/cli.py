@@ -168,6 +168,11 @@ def evaluate_command(
     ),
     attack_seed: int = typer.Option(0, "--attack-seed", help="Seed of the deterministic test attacks."),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Let a manifest list files outside its own folder."),
+    report: Optional[str] = typer.Option(
+        None, "--report", help="Write report.md and report.html here: metrics, confusion matrix, t-SNE, Grad-CAM, curves."
+    ),
+    run: Optional[str] = typer.Option(None, "--run", help="Training run directory for the report's curves (default: the model's parent)."),
+    tsne_samples: int = typer.Option(500, "--tsne-samples", help="Images drawn for the report's t-SNE plot."),
 ):
     """Accuracy, macro-F1, per-class precision/recall and the confusion matrix on labelled images."""
     from tfdnadet.evaluation.evaluate import evaluate_dataset, write_evaluation
@@ -177,13 +182,24 @@ def evaluate_command(
     if attack:
         _evaluate_attacks(detector, {"closed-set": data}, attack, attack_seed, batch_size, classes, allow_outside_root, out_dir)
         return
-    metrics = evaluate_dataset(detector, data, batch_size, classes.split(",") if classes else None, allow_outside_root)
+    names = classes.split(",") if classes else None
+    if report:
+        from tfdnadet.evaluation.report import evaluate_with_report
+
+        run_dir = run or os.path.dirname(os.path.abspath(model))
+        metrics, report_paths = evaluate_with_report(
+            detector, data, report, batch_size=batch_size, class_names=names, allow_outside_root=allow_outside_root, run_dir=run_dir, tsne_samples=tsne_samples
+        )
+    else:
+        metrics = evaluate_dataset(detector, data, batch_size, names, allow_outside_root)
     if metrics["skipped"]:
         _warn(f"skipped {len(metrics['skipped'])} unusable image file(s), e.g. {metrics['skipped'][0]['path']}: {metrics['skipped'][0]['reason']}")
     _print_metrics(metrics)
     if out_dir:
         written = write_evaluation(metrics, out_dir)
         err.print(f"wrote {written['json']} and {written['confusion_png']}")
+    if report:
+        err.print(f"wrote {report_paths['markdown']} and {report_paths['html']}")
 
 
 def _evaluate_attacks(detector, test_sets, attack, seed, batch_size, classes, allow_outside_root, out_dir) -> None:
@@ -215,9 +231,11 @@ def _print_robustness(table: dict) -> None:
 
 def _print_metrics(metrics: dict) -> None:
     out.print(f"images: {metrics['count']}   accuracy: {metrics['accuracy']:.4f}   macro-F1: {metrics['macro_f1']:.4f}")
-    table = Table("class", "precision", "recall", "f1", "support")
+    agreement = metrics.get("patch_agreement", {})  # [3] mean share of 4x4 grid patches agreeing, per true class
+    table = Table("class", "precision", "recall", "f1", "support", "patch agreement")
     for name, m in metrics["per_class"].items():
-        table.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+        shown = f"{agreement[name]:.3f}" if name in agreement else "-"
+        table.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]), shown)
     _print_table(table)
     names = metrics["class_names"]
     confusion = Table("true \\ predicted", *names, title="confusion matrix")
@@ -240,6 +258,82 @@ def quickstart_command(
     _print_metrics(result.metrics)
     for name, path in result.files.items():
         out.print(f"{name}: {path}")
+
+
+@app.command("export")
+def export_command(
+    model: Optional[str] = typer.Argument(
+        None, help="Model directory (default: $TFDNADET_MODEL, else ./model); with --check and no --name: the export to validate."
+    ),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="Model name under BASE (the name TF Serving serves)."),
+    base: str = typer.Option("savedmodels", "--base", help="TF Serving model base: BASE/NAME/VERSION/ and BASE/models.config."),
+    version: Optional[int] = typer.Option(None, "--version", help="Version folder to write (default: the next integer)."),
+    server_base: str = typer.Option("/models", "--server-base", help="Where the server sees BASE (base_path in models.config)."),
+    check: bool = typer.Option(False, "--check", help="Validate as TF Serving would: load, list signatures, run the warm-up requests."),
+):
+    """Export a SavedModel for TensorFlow Serving to BASE/NAME/VERSION/, or validate an export with --check."""
+    import dataclasses
+
+    from tfdnadet.export import check_export, export_model
+
+    if name is None and not (check and model):
+        raise typer.BadParameter("give --name NAME to export MODEL, or --check EXPORT_DIR to validate an export.")
+    result = {}
+    if name is not None:
+        exported = export_model(model or os.environ.get("TFDNADET_MODEL", "model"), name, base, version, server_base)
+        err.print(f"exported {exported.path}; {exported.models_config} lists every model under {base}")
+        result = dataclasses.asdict(exported)
+        model = exported.path
+    if check:
+        checked = check_export(model)
+        err.print(f"{checked['path']}: loaded, {len(checked['signatures'])} signatures, {len(checked['requests'])} warm-up requests answered")
+        result = {**result, "check": checked} if result else checked
+    out.print_json(json.dumps(result))
+
+
+@app.command("gradcam")
+def gradcam_command(
+    model: str = typer.Argument(..., help="Model directory."),
+    paths: List[str] = typer.Argument(..., help="Image files or folders."),
+    head: Optional[str] = typer.Option(None, "--head", help="Head to explain, by name (default: the multiclass head)."),
+    layer: Optional[int] = typer.Option(None, "--layer", help="Encoder layer 1-8 whose feature map is explained (default: 4, as the paper)."),
+    out_dir: str = typer.Option("gradcam", "--out", "-o", help="Folder for one overlay PNG per image and contact_sheet.png."),
+    batch_size: int = typer.Option(16, help="Images per batch."),
+):
+    """Grad-CAM evidence: a heatmap over each image showing where the attribution comes from."""
+    from tfdnadet.explain.gradcam import explain_files
+    from tfdnadet.models.detector import load_detector
+
+    chosen = {key: value for key, value in {"head": head, "layer": layer}.items() if value is not None}
+    result = explain_files(load_detector(model), paths, out_dir, batch_size=batch_size, **chosen)
+    images = [item.to_dict() for item in result.explanations]
+    print(json.dumps({"head": result.head, "layer": result.layer, "images": images, "contact_sheet": result.contact_sheet}))
+    err.print(f"wrote {len(result.explanations)} overlay(s) to {out_dir}")
+    for path, reason in result.failures:
+        err.print(f"[red]failed:[/red] {path}: {reason}", highlight=False)
+    if result.failures:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+@app.command("import-torch")
+def import_torch_command(
+    checkpoint: str = typer.Argument(..., help="The official DNA-Det model.pth (a PyTorch state dict)."),
+    out_dir: str = typer.Option(..., "--out", "-o", help="Model directory to write."),
+    classes: Optional[str] = typer.Option(
+        None, help="Names of the checkpoint's classes in label order, e.g. real,progan,mmdgan,sngan,infomaxgan; "
+        "leave out for a pretraining checkpoint (backbone only)."
+    ),
+    image_size: int = typer.Option(512, help="Inference size (the paper resizes to 512)."),
+    base_size: int = typer.Option(128, help="First resize (the data set's lowest resolution)."),
+):
+    """Convert a released DNA-Det PyTorch checkpoint into a tfdnadet model directory (needs the torch extra)."""
+    from tfdnadet.interop.torch_import import import_torch_checkpoint
+
+    detector = import_torch_checkpoint(
+        checkpoint, out_dir, classes.split(",") if classes else None, image_size=image_size, base_size=base_size
+    )
+    heads = ", ".join(detector.heads) or "none (backbone only)"
+    err.print(f"wrote {out_dir} (heads: {heads})")
 
 
 def main() -> None:
