@@ -55,6 +55,8 @@ class TrainConfig:
     devices: Optional[list] = None  # e.g. ["/gpu:0", "/gpu:1"]; None: TensorFlow's choice
     seed: int = 0
     eval_batch_size: int = 16
+    gradcam_images: int = 8  # [5.4, Fig. 6] Grad-CAM (layer 4) of this many validation images each epoch; 0: off
+    tensorboard: bool = True  # TensorBoard logs in RUN_DIR/tb (losses, Grad-CAM images)
 
 
 @dataclass
@@ -113,6 +115,7 @@ def validate(config: Config) -> None:
         (0 <= d.val_fraction < 1, f"data.val_fraction must be in [0, 1). Received: {d.val_fraction}"),
         (d.images_per_class >= 1 and d.patches_per_image >= 1, "data.images_per_class and data.patches_per_image must be >= 1"),
         (t.epochs >= 1, f"train.epochs must be >= 1. Received: {t.epochs}"),
+        (t.gradcam_images >= 0, f"train.gradcam_images must be >= 0. Received: {t.gradcam_images}"),
         (s.crops >= 1 and s.images_per_class >= 1, "stage1.crops and stage1.images_per_class must be >= 1"),
     ]
     for ok, message in checks:

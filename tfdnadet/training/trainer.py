@@ -21,6 +21,7 @@ from tfdnadet.training.callbacks import (
     read_checkpoint_state,
     truncate_history,
 )
+from tfdnadet.training.gradcam_callback import evidence_callbacks
 from tfdnadet.training.patch_model import PatchContrastiveModel
 
 
@@ -113,6 +114,7 @@ def fit_patch_model(
         keras.callbacks.CSVLogger(history_csv, append=bool(state)),
         AtomicCheckpoint(checkpoint_dir),
         TrainingCurves(history_csv, os.path.join(run_dir, "curves.png")),
+        *evidence_callbacks(run_dir, val_images, class_names, config),
         *callbacks,
     ]
     history = {}

@@ -1,0 +1,207 @@
+"""Grad-CAM (Selvaraju et al. 2017) of any head at a named encoder block [5.1, Fig. 6 and 13], and overlays.
+
+The encoder's blocks are named outputs (`Encoder.feature_model`), so no graph surgery is needed.
+"""
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfdnadet.data.pipeline import LoadedImages, make_image_dataset
+from tfdnadet.errors import TfdnadetError
+from tfdnadet.evaluation.plots import plt, save_figure
+from tfdnadet.inference import expand_inputs, load_for_detector
+from tfdnadet.models.detector import MULTICLASS, Detector, feature_extractor
+from tfdnadet.models.encoder import ENCODER_BLOCKS, GRADCAM_LAYER, POOL_LAYER, block_layer_name
+
+PREDICTED = -1  # class index meaning "whatever the head predicts"
+OVERLAY_ALPHA = 0.45  # heatmap opacity over the image
+CONTACT_SHEET_MAX = 48  # a contact sheet shows at most this many images
+
+
+@dataclass
+class GradCAMResult:
+    heatmaps: np.ndarray  # float32 [N, H, W] in [0, 1] at the input images' resolution
+    targets: np.ndarray  # int32 [N] output explained (class index; 0 for a one-logit head)
+    scores: np.ndarray  # float32 [N] its probability: softmax for multiclass heads, sigmoid otherwise
+
+
+class GradCAM:
+    """Grad-CAM of one head at encoder block `layer`: build once, call on batches of model inputs.
+
+    `head_input` names the backbone layer the head reads (pooled features, or a block's map for heads with
+    their own top blocks).
+    """
+
+    def __init__(self, backbone: keras.Model, head: keras.Model, layer: int = GRADCAM_LAYER, head_input: str = POOL_LAYER):
+        _check_layer(layer, head_input)
+        self.backbone = backbone
+        self.head = head
+        self.layer = layer
+        self.num_outputs = int(head.outputs[0].shape[-1])
+        self._names = block_layer_name(layer), head_input
+        self._float32 = _float32_copy(backbone)
+        self._features = feature_extractor(self._float32, set(self._names))
+        self._explain_graph = tf.function(self._explain, reduce_retracing=True)
+
+    def __call__(self, images, class_index=None) -> GradCAMResult:
+        """float32 [B, H, W, 3] in [-1, 1] -> maps for `class_index` (int or [B]; None: the predicted output)."""
+        images = tf.convert_to_tensor(images, tf.float32)
+        wanted = np.broadcast_to(PREDICTED if class_index is None else class_index, [images.shape[0]]).astype(np.int32)
+        if class_index is not None and not np.all((wanted >= 0) & (wanted < self.num_outputs)):
+            raise TfdnadetError(f"class_index must be in 0..{self.num_outputs - 1}. Received: class_index={class_index}")
+        if self._float32 is not self.backbone:
+            self._float32.set_weights(self.backbone.get_weights())  # follow the backbone while it trains
+        heatmaps, targets, scores = self._explain_graph(images, tf.constant(wanted))
+        return GradCAMResult(heatmaps.numpy(), targets.numpy(), scores.numpy())
+
+    def _explain(self, images, wanted):
+        with tf.GradientTape() as tape:
+            features = self._features(images, training=False)
+            feature_map = features[self._names[0]]
+            logits = tf.cast(self.head(features[self._names[1]], training=False), tf.float32)
+            targets = tf.where(wanted == PREDICTED, tf.argmax(logits, axis=-1, output_type=tf.int32), wanted)
+            explained = tf.gather(logits, targets, batch_dims=1)
+        # Images do not interact in inference mode, so the gradient of the sum is each image's own gradient.
+        gradients = tape.gradient(explained, feature_map)
+        weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
+        cam = tf.nn.relu(tf.reduce_sum(weights * feature_map, axis=-1, keepdims=True))
+        cam = tf.image.resize(cam, tf.shape(images)[1:3], method="bilinear")[..., 0]
+        heatmaps = tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=[1, 2], keepdims=True))  # all-zero map stays 0
+        probabilities = tf.nn.softmax(logits) if self.head.kind == MULTICLASS else tf.sigmoid(logits)
+        return tf.clip_by_value(heatmaps, 0.0, 1.0), targets, tf.gather(probabilities, targets, batch_dims=1)
+
+
+def _check_layer(layer: int, head_input: str) -> None:
+    """The explained block must lie on the path from the image to the head."""
+    blocks = range(1, len(ENCODER_BLOCKS) + 1)
+    last = next((index for index in blocks if block_layer_name(index) == head_input), len(ENCODER_BLOCKS))
+    if not 1 <= layer <= last:
+        reads = f" (this head reads encoder layer {last})" if last < len(ENCODER_BLOCKS) else ""
+        raise TfdnadetError(f"Encoder layer must be 1..{last}{reads}. Received: layer={layer}")
+
+
+def _float32_copy(backbone: keras.Model) -> keras.Model:
+    """The backbone, or under mixed precision a float32 twin, so feature maps and gradients are float32."""
+    if all(layer.dtype_policy.compute_dtype == "float32" for layer in backbone.layers):
+        return backbone
+    return type(backbone).from_config({**backbone.get_config(), "dtype": "float32"})
+
+
+def detector_gradcam(detector: Detector, head: str = MULTICLASS, layer: int = GRADCAM_LAYER) -> GradCAM:
+    """Grad-CAM of the detector's head `head` (by name, any kind)."""
+    if head not in detector.heads:
+        raise TfdnadetError(f"Unknown head. Received: head={head!r}. This model's heads: {', '.join(sorted(detector.heads))}")
+    return GradCAM(detector.backbone, detector.heads[head], layer, detector.input_layer(head))
+
+
+def output_names(detector: Detector, head: str) -> list:
+    """What each output of a head means: class names for a multiclass head, the head's name otherwise."""
+    if detector.heads[head].kind == MULTICLASS:
+        return list(detector.head_info[head]["class_names"])
+    return [head]
+
+
+def to_uint8(model_inputs) -> np.ndarray:
+    """Model inputs in [-1, 1] back to displayable uint8 RGB."""
+    return np.clip((np.asarray(model_inputs) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+
+
+def explain_loaded(explainer: GradCAM, loaded: LoadedImages, input_size: int, batch_size: int = 16, class_index=None):
+    """Yield (uint8 images at input size, GradCAMResult) per batch of decoded base-size images."""
+    start = 0
+    for batch in make_image_dataset(loaded.images, None, input_size, batch_size):
+        wanted = None if class_index is None else np.asarray(class_index)[start : start + len(batch)]
+        yield to_uint8(batch), explainer(batch, wanted)
+        start += len(batch)
+
+
+def plot_gradcam_grid(images, heatmaps, captions: list, path: str, title: Optional[str] = None, columns: int = 4) -> None:
+    """Jet heatmaps over images (red = strong response), one captioned panel each, with a colour bar."""
+    columns = max(1, min(columns, len(images)))
+    rows = math.ceil(len(images) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns + 0.8, 2.7 * rows + 0.3), squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, heatmap, caption in zip(axes.flat, images, heatmaps, captions):
+        ax.imshow(image)
+        shown = ax.imshow(heatmap, cmap="jet", alpha=OVERLAY_ALPHA, vmin=0.0, vmax=1.0)
+        ax.set_title(caption, fontsize=8)
+    fig.colorbar(shown, ax=axes, shrink=0.8, label="Grad-CAM response")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
+
+
+@dataclass
+class Explanation:
+    path: str
+    overlay: str
+    head: str
+    label: str  # the explained output: predicted class (multiclass) or the head's name
+    score: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class GradCAMFiles:
+    explanations: list
+    failures: list  # (path, reason)
+    contact_sheet: Optional[str] = None
+    layer: int = GRADCAM_LAYER
+    head: str = MULTICLASS
+
+
+def explain_files(
+    detector: Detector, inputs: list, out_dir: str, head: str = MULTICLASS, layer: int = GRADCAM_LAYER, batch_size: int = 16
+) -> GradCAMFiles:
+    """One overlay PNG per image in out_dir, plus contact_sheet.png when there are several images."""
+    explainer = detector_gradcam(detector, head, layer)
+    names = output_names(detector, head)
+    files, failures = expand_inputs(inputs)
+    loaded = load_for_detector(detector, files)
+    failures += loaded.failures
+    explanations, sheet = [], ([], [], [])
+    used = set()
+    batches = explain_loaded(explainer, loaded, detector.preprocessing["input_size"], batch_size)
+    for (images, result), paths in zip(batches, _chunks(loaded.paths, batch_size)):
+        for path, image, heatmap, target, score in zip(paths, images, result.heatmaps, result.targets, result.scores):
+            overlay = os.path.join(out_dir, _unique_png_name(path, used))
+            caption = f"{_short(os.path.basename(path))}\n{head}: {names[target]} {score:.3f}"
+            plot_gradcam_grid([image], [heatmap], [caption], overlay, title=f"Grad-CAM, encoder layer {layer}")
+            explanations.append(Explanation(path, overlay, head, names[target], float(score)))
+            if len(sheet[0]) < CONTACT_SHEET_MAX:
+                for part, value in zip(sheet, (image, heatmap, caption)):
+                    part.append(value)
+    result = GradCAMFiles(explanations, failures, layer=layer, head=head)
+    if len(explanations) > 1:
+        result.contact_sheet = os.path.join(out_dir, "contact_sheet.png")
+        shown = f"first {CONTACT_SHEET_MAX} of {len(explanations)}" if len(explanations) > CONTACT_SHEET_MAX else f"{len(explanations)} images"
+        plot_gradcam_grid(*sheet, result.contact_sheet, title=f"Grad-CAM, head {head}, encoder layer {layer} ({shown})")
+    return result
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _unique_png_name(path: str, used: set) -> str:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    name, count = f"{stem}_gradcam.png", 1
+    while name in used:
+        count += 1
+        name = f"{stem}_{count}_gradcam.png"
+    used.add(name)
+    return name
+
+
+def _short(text: str, limit: int = 28) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
