@@ -19,6 +19,8 @@ setup(
         "typer==0.29.1",
         "pyyaml==6.0.3",
         "matplotlib==3.11.2",
+        # TF Serving's own protos: warm-up requests (PredictionLog) and models.config (ModelServerConfig)
+        "tensorflow-serving-api==2.21.0",
     ],
     extras_require={
         # Reading the official PyTorch checkpoints (tfdnadet import-torch); the tests check parity with it.

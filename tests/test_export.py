@@ -1,0 +1,260 @@
+"""SavedModel export for TensorFlow Serving: layout, signatures, parity with Keras, REST b64 bodies, bad images."""
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+from PIL import Image
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import saved_model_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from conftest import run_cli
+from tfdnadet.data.preprocess import to_model_input
+from tfdnadet.errors import TfdnadetError
+from tfdnadet.export import check_export, export_model
+from tfdnadet.inference import attribute, load_for_detector, predict_loaded
+from tfdnadet.models.detector import MULTICLASS, Detector, load_detector, save_detector
+from tfdnadet.models.encoder import Encoder
+from tfdnadet.models.heads import BinaryHead, MulticlassHead
+from tfdnadet.serving.graph import DetectorServing, float32_detector
+from tfdnadet.serving.warmup import read_warmup
+from tfdnadet.verdict import verdicts
+
+PREPROCESSING = {"base_size": 32, "input_size": 64, "patch_size": 32, "max_pixels": 10**8}
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory):
+    """The tiny trained model exported once; its version folder and the model it came from."""
+    base = tmp_path_factory.mktemp("savedmodels")
+    result = export_model(trained_run.model_dir, "detector", str(base))
+    return {"path": result.path, "detector": load_detector(trained_run.model_dir), "loaded": tf.saved_model.load(result.path)}
+
+
+@pytest.fixture(scope="module")
+def test_pngs(gan_images, tmp_path_factory):
+    """Held-out PNGs of every class plus one larger, non-square PNG (so the in-graph resize really resamples)."""
+    paths = [os.path.join(gan_images["root"], arch, "seed2", "0003.png") for arch in ("progan", "mmdgan", "dcgan")]
+    paths.append(os.path.join(gan_images["root"], "real", "0004.png"))
+    larger = tmp_path_factory.mktemp("pngs") / "larger.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (53, 41, 3), dtype=np.uint8)).save(larger)
+    return paths + [str(larger)]
+
+
+def encoded(array: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def hand_made_detector(precision="float32", thresholds=(0.5, 0.5), judge="multiclass"):
+    """Backbone + (multiclass head or a binary `real` head) + binary heads progan (pooled) and sngan (own top block)."""
+    backbone = Encoder(width=0.125, dtype=precision, name="encoder")
+    detector = Detector(backbone, {}, {}, PREPROCESSING, {})
+    if judge == "multiclass":
+        detector.add_head(MULTICLASS, MulticlassHead(backbone.feature_dim, 3, name=MULTICLASS), {"class_names": ["real", "progan", "sngan"]})
+    elif judge == "real":
+        detector.add_head("real", BinaryHead(backbone.feature_dim, 8, dtype=precision, name="real"), {"threshold": 0.5})
+    detector.add_head("progan", BinaryHead(backbone.feature_dim, 8, dtype=precision, name="progan"), {"threshold": thresholds[0]})
+    sngan = BinaryHead(backbone.feature_dim, 8, finetune_top=1, width=0.125, dtype=precision, name="sngan")
+    detector.add_head("sngan", sngan, {"threshold": thresholds[1], "input_layer": "block7"})
+    return detector
+
+
+def test_cli_export_twice_gives_versions_1_and_2_and_models_config(trained_run, tmp_path, monkeypatch, capsys):
+    base = tmp_path / "savedmodels"
+    for version in (1, 2):
+        code, out, err = run_cli(["export", trained_run.model_dir, "--name", "detector", "--base", base], monkeypatch, capsys)
+        assert code == 0, err
+        result = json.loads(out)
+        assert result["version"] == version and result["path"] == str(base / "detector" / str(version))
+        assert {"serving_default", "predict_images", "head_multiclass"} <= set(result["signatures"])
+        assert os.path.isfile(base / "detector" / str(version) / "saved_model.pb")
+    config = text_format.Parse((base / "models.config").read_text(), model_server_config_pb2.ModelServerConfig())
+    assert [(c.name, c.base_path, c.model_platform) for c in config.model_config_list.config] == [
+        ("detector", "/models/detector", "tensorflow")
+    ]
+    assert sorted(os.listdir(base / "detector")) == ["1", "2"]
+
+    code, _, err = run_cli(["export", trained_run.model_dir, "--name", "detector", "--base", base, "--version", 1], monkeypatch, capsys)
+    assert code == 1 and "never overwritten" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["export", trained_run.model_dir, "--name", "bad/name", "--base", base], monkeypatch, capsys)
+    assert code == 1 and "Invalid model name" in err
+    code, _, err = run_cli(["export", trained_run.model_dir], monkeypatch, capsys)
+    assert code == 2 and "--name" in err
+
+
+def test_interrupted_export_leaves_no_partial_version(trained_run, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("killed before the rename")
+
+    monkeypatch.setattr("tfdnadet.export.write_warmup", fail)
+    with pytest.raises(RuntimeError, match="before the rename"):
+        export_model(trained_run.model_dir, "detector", str(tmp_path))
+    assert os.listdir(tmp_path / "detector") == []  # neither a version folder nor a temporary one
+    assert not os.path.exists(tmp_path / "models.config")
+
+
+def test_fresh_process_parity_with_keras(exported, test_pngs, tmp_path):
+    detector = exported["detector"]
+    loaded_images = load_for_detector(detector, test_pngs)  # the Python path: PIL decode + resize_to_base
+    assert len(loaded_images.paths) == len(test_pngs)
+    keras_from_files = predict_loaded(detector, loaded_images)[MULTICLASS]
+    batch = to_model_input(loaded_images.images, detector.preprocessing["input_size"])
+    np.save(tmp_path / "batch.npy", batch.numpy())
+    keras_from_batch = detector.predict(batch)[MULTICLASS]
+    script = (
+        "import sys, numpy as np, tensorflow as tf\n"
+        "export, batch, out, *files = sys.argv[1:]\n"
+        "model = tf.saved_model.load(export)\n"
+        "from_bytes = model.signatures['serving_default'](images_bytes=tf.constant([open(f, 'rb').read() for f in files]))\n"
+        "from_batch = model.signatures['predict_images'](images=tf.constant(np.load(batch)))\n"
+        "np.savez(out, bytes=from_bytes['multiclass_probabilities'], batch=from_batch['multiclass_probabilities'],\n"
+        "         names=from_bytes['multiclass_class_name'].numpy().astype(str))\n"
+    )
+    out = tmp_path / "served.npz"
+    done = subprocess.run(
+        [sys.executable, "-c", script, exported["path"], str(tmp_path / "batch.npy"), str(out), *test_pngs],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    served = np.load(out)
+    np.testing.assert_allclose(served["bytes"], keras_from_files, atol=1e-5)
+    np.testing.assert_allclose(served["batch"], keras_from_batch, atol=1e-5)
+    assert list(served["names"]) == [detector.class_names[i] for i in keras_from_files.argmax(axis=1)]
+
+
+def rest_predict(signatures, body: str) -> dict:
+    """What TF Serving's REST layer does with a row-format body: {"b64": ...} -> bytes, rows -> batch, batch -> rows."""
+    request = json.loads(body)
+    signature = signatures[request.get("signature_name", "serving_default")]
+    (input_name,) = signature.structured_input_signature[1]
+    values = [row[input_name] if isinstance(row, dict) and input_name in row else row for row in request["instances"]]
+    batch = [base64.b64decode(value["b64"]) if isinstance(value, dict) else value for value in values]
+    outputs = {key: value.numpy() for key, value in signature(**{input_name: tf.constant(batch)}).items()}
+    rows = [{key: value[i].decode() if value.dtype == object else value[i].tolist() for key, value in outputs.items()} for i in range(len(batch))]
+    return json.loads(json.dumps({"predictions": rows}))
+
+
+def test_rest_b64_body_gives_the_python_answer(exported, test_pngs):
+    body = json.dumps(
+        {"signature_name": "serving_default", "instances": [{"b64": base64.b64encode(open(p, "rb").read()).decode()} for p in test_pngs]}
+    )
+    answer = rest_predict(exported["loaded"].signatures, body)
+    results, failures = attribute(exported["detector"], test_pngs)
+    assert not failures and len(answer["predictions"]) == len(results)
+    for row, result in zip(answer["predictions"], results):
+        assert row["multiclass_class_name"] == result.label
+        assert exported["detector"].class_names[row["multiclass_class_index"]] == result.label
+        np.testing.assert_allclose(row["multiclass_probabilities"], [result.probabilities[n] for n in exported["detector"].class_names], atol=1e-5)
+    # The named form {"images_bytes": {"b64": ...}} and a per-head signature answer the same.
+    named = json.dumps({"signature_name": "head_multiclass", "instances": [{"images_bytes": {"b64": base64.b64encode(open(test_pngs[0], "rb").read()).decode()}}]})
+    assert rest_predict(exported["loaded"].signatures, named)["predictions"][0]["multiclass_class_name"] == results[0].label
+
+
+def test_formats_decode_in_graph(exported):
+    image = np.random.default_rng(1).integers(0, 256, (40, 36, 3), dtype=np.uint8)
+    serve = exported["loaded"].signatures["serving_default"]
+    batch = [encoded(image, fmt) for fmt in ("PNG", "BMP", "JPEG", "GIF")]
+    batch.append(encoded(image[..., 0], "PNG"))  # grayscale becomes RGB
+    batch.append(encoded(np.dstack([image, np.full(image.shape[:2], 255, np.uint8)]), "PNG"))  # RGBA drops alpha
+    probabilities = serve(images_bytes=tf.constant(batch))["multiclass_probabilities"].numpy()
+    assert probabilities.shape == (6, 4) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(probabilities[1], probabilities[0], atol=1e-6)  # BMP is lossless
+    np.testing.assert_allclose(probabilities[5], probabilities[0], atol=1e-6)
+
+
+def test_bad_image_fails_the_request_with_a_clear_error_and_serving_goes_on(exported, test_pngs):
+    serve = exported["loaded"].signatures["serving_default"]
+    good = open(test_pngs[0], "rb").read()
+    cases = {
+        b"this is not an image": "Unknown image file format",
+        good[: len(good) // 2]: "Invalid PNG data",
+        encoded(np.zeros((64, 64, 3), np.uint8), "JPEG")[:200]: "Invalid JPEG data",
+        b"": "Input is empty",
+        encoded(np.zeros((8, 8, 3), np.uint8), "PNG"): "image smaller than a patch: need at least 32 px",
+    }
+    for bad, message in cases.items():
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            serve(images_bytes=tf.constant([good, bad]))
+    assert serve(images_bytes=tf.constant([good]))["multiclass_class_name"].shape == (1,)
+
+
+def test_saved_model_cli_lists_both_signatures(exported):
+    done = subprocess.run(["saved_model_cli", "show", "--all", "--dir", exported["path"]], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for expected in ("signature_def['serving_default']", "signature_def['predict_images']", "inputs['images_bytes']", "DT_STRING",
+                     "inputs['images']", "outputs['multiclass_class_name']", "outputs['multiclass_probabilities']"):
+        assert expected in done.stdout
+    assert "DT_HALF" not in done.stdout and "DT_BFLOAT16" not in done.stdout
+
+
+def test_check_replays_the_warmup_requests(exported, tmp_path, monkeypatch, capsys):
+    warmup = read_warmup(exported["path"])
+    assert sorted(signature for signature, _ in warmup) == ["head_multiclass", "predict_images", "serving_default"]
+    code, out, err = run_cli(["export", "--check", os.path.dirname(exported["path"])], monkeypatch, capsys)
+    assert code == 0, err
+    checked = json.loads(out)
+    assert checked["path"] == exported["path"]
+    assert checked["signatures"]["serving_default"]["inputs"] == {"images_bytes": {"dtype": "string", "shape": [-1]}}
+    assert checked["signatures"]["predict_images"]["inputs"]["images"] == {"dtype": "float32", "shape": [-1, 64, 64, 3]}
+    first = checked["requests"][0]["outputs"]
+    assert first["multiclass_class_name"] in exported["detector"].class_names and len(first["multiclass_probabilities"]) == 4
+    code, _, err = run_cli(["export", "--check", tmp_path], monkeypatch, capsys)
+    assert code == 1 and "No SavedModel" in err and len(err.strip().splitlines()) == 1
+
+
+def test_binary_heads_mixed_precision_export(tmp_path):
+    detector = hand_made_detector("mixed_float16", thresholds=(0.45, 0.55))
+    save_detector(detector, str(tmp_path / "model"))
+    result = export_model(str(tmp_path / "model"), "heads", str(tmp_path / "base"))
+    assert {"head_multiclass", "head_progan", "head_sngan"} <= set(result.signatures)
+    # The graph holds no float16 at all: it was built from a float32 copy.
+    saved = saved_model_pb2.SavedModel.FromString(open(os.path.join(result.path, "saved_model.pb"), "rb").read())
+    graph = saved.meta_graphs[0].graph_def
+    nodes = list(graph.node) + [node for function in graph.library.function for node in function.node_def]
+    dtypes = {attr.type for node in nodes for attr in node.attr.values()} | {t for node in nodes for a in node.attr.values() for t in a.list.type}
+    assert types_pb2.DT_HALF not in dtypes and types_pb2.DT_FLOAT in dtypes
+
+    images = np.random.default_rng(2).uniform(-1, 1, (6, 64, 64, 3)).astype("float32")
+    loaded = tf.saved_model.load(result.path)
+    served = {k: v.numpy() for k, v in loaded.signatures["predict_images"](images=tf.constant(images)).items()}
+    float32 = float32_detector(load_detector(str(tmp_path / "model")))
+    expected = float32.predict(images)
+    np.testing.assert_allclose(served["sngan_score"], expected["sngan"][:, 0], atol=1e-5)
+    np.testing.assert_allclose(served["multiclass_probabilities"], expected[MULTICLASS], atol=1e-5)
+    np.testing.assert_allclose(served["progan_score"], detector.predict(images)["progan"][:, 0], atol=1e-2)  # the mixed model itself
+    np.testing.assert_array_equal(served["progan_decision"], (served["progan_score"] >= 0.45).astype(np.int32))
+    np.testing.assert_array_equal(served["sngan_decision"], (served["sngan_score"] >= 0.55).astype(np.int32))
+    assert list(served["verdict"].astype(str)) == [v.label for v in verdicts(float32, expected)]
+    head_only = loaded.signatures["head_sngan"](images_bytes=tf.constant([encoded(np.zeros((40, 40, 3), np.uint8), "PNG")]))
+    assert sorted(head_only) == ["sngan_decision", "sngan_score"]
+    assert check_export(result.path)["requests"][0]["outputs"]["verdict"]
+
+
+@pytest.mark.parametrize("judge", ["multiclass", "real", "none"])
+def test_in_graph_verdict_matches_the_python_verdict(judge):
+    images = tf.constant(np.random.default_rng(3).uniform(-1, 1, (12, 64, 64, 3)).astype("float32"))
+    detector = hand_made_detector(judge=judge)
+    scores = detector.predict(images)
+    medians = {name: float(np.median(scores[name])) for name in ("progan", "sngan")}
+    for progan, sngan in ((0.0, 0.0), (0.0, 2.0), (2.0, 0.0), (2.0, 2.0), (medians["progan"], medians["sngan"])):
+        detector.head_info["progan"]["threshold"], detector.head_info["sngan"]["threshold"] = progan, sngan
+        served = DetectorServing(detector).serve_images(images)["verdict"].numpy().astype(str)
+        assert list(served) == [v.label for v in verdicts(detector, scores)], (judge, progan, sngan)
+
+
+def test_unusable_heads_are_refused():
+    detector = hand_made_detector()
+    detector.heads["bad-name"] = detector.heads.pop("progan")
+    detector.head_info["bad-name"] = detector.head_info.pop("progan")
+    with pytest.raises(TfdnadetError, match="bad-name"):
+        DetectorServing(detector)

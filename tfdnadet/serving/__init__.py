@@ -1,0 +1,1 @@
+"""TensorFlow Serving: the serving graph, the model base layout, warm-up requests."""
