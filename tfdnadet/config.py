@@ -15,6 +15,7 @@ from tfdnadet.errors import TfdnadetError
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 LOSSES = ("pcl", "ce")
+HEAD_LAYOUTS = ("multiclass", "one-vs-all")
 
 
 @dataclass
@@ -68,10 +69,22 @@ class Stage1Config:
 
 
 @dataclass
+class HeadsConfig:
+    layout: str = "multiclass"  # stage 2 writes a multiclass head, or one-vs-all: one sigmoid head per class [Khoo 3.1]
+    hidden: int = 512  # a binary head's embedding width, as the projection's Linear 512 [App. A, Table 7]
+    finetune_top: int = 0  # [Khoo 3.2] private copies of the last K encoder blocks (their modules branch after layer 4)
+    epochs: int = 3  # only the head learns: few passes (more overfit the generator seeds it saw)
+    steps_per_epoch: Optional[int] = None  # None: one pass over the positive and negative training images
+    learning_rate: float = 1e-3  # [5.1] the paper's larger Adam rate
+    threshold: float = 0.5  # sigmoid decision threshold until calibrated on validation data [Khoo 3.2]
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
 
     def to_dict(self) -> dict:
@@ -116,6 +129,9 @@ def validate(config: Config) -> None:
         (d.images_per_class >= 1 and d.patches_per_image >= 1, "data.images_per_class and data.patches_per_image must be >= 1"),
         (t.epochs >= 1, f"train.epochs must be >= 1. Received: {t.epochs}"),
         (t.gradcam_images >= 0, f"train.gradcam_images must be >= 0. Received: {t.gradcam_images}"),
+        (config.heads.layout in HEAD_LAYOUTS, f"heads.layout must be one of {HEAD_LAYOUTS}. Received: {config.heads.layout!r}"),
+        (0 < config.heads.threshold < 1, f"heads.threshold must be in (0, 1). Received: {config.heads.threshold}"),
+        (config.heads.epochs >= 1, f"heads.epochs must be >= 1. Received: {config.heads.epochs}"),
         (s.crops >= 1 and s.images_per_class >= 1, "stage1.crops and stage1.images_per_class must be >= 1"),
     ]
     for ok, message in checks:
@@ -130,7 +146,12 @@ def builtin_config_names() -> list:
 
 def load_config(source: Optional[str] = None, overrides: Optional[dict] = None) -> Config:
     """Load a config from a YAML path or a built-in name (paper, cpu, tiny); apply dotted overrides."""
-    values = _read_yaml(source or "cpu")
+    return config_with_overrides(_read_yaml(source or "cpu"), overrides)
+
+
+def config_with_overrides(values: dict, overrides: Optional[dict] = None) -> Config:
+    """Build a Config from nested dicts (a YAML file, a model's recorded config) with dotted overrides applied."""
+    values = {section: dict(v) if isinstance(v, dict) else v for section, v in values.items()}
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue

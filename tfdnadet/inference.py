@@ -2,21 +2,26 @@
 
 import os
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
 from tfdnadet.data.pipeline import LoadedImages, load_images, make_image_dataset
 from tfdnadet.data.sources import ImageList, list_image_files
 from tfdnadet.models.detector import MULTICLASS, Detector
+from tfdnadet.verdict import verdicts
 
 
 @dataclass
 class Attribution:
     path: str
-    label: str
-    probability: float
+    label: str  # the multiclass answer; the verdict when the model has no multiclass head
+    probability: Optional[float]  # of `label` by the multiclass head; None without one
     top: list  # [(class name, probability)] best first
     probabilities: dict = field(default_factory=dict)
+    verdict: str = ""  # real | <architecture> | multiple | unknown-generator (tfdnadet.verdict)
+    attributed: list = field(default_factory=list)  # positive architecture heads, best first
+    heads: dict = field(default_factory=dict)  # binary head -> {"score", "threshold", "positive"}
 
     def to_dict(self) -> dict:
         return {
@@ -25,6 +30,9 @@ class Attribution:
             "probability": self.probability,
             "top": [{"label": n, "probability": p} for n, p in self.top],
             "probabilities": self.probabilities,
+            "verdict": self.verdict,
+            "attributed": self.attributed,
+            "heads": self.heads,
         }
 
 
@@ -69,18 +77,22 @@ def attribute(detector: Detector, inputs: list, batch_size: int = 16, top_k: int
     failures += loaded.failures
     if not len(loaded.paths):
         return [], failures
-    probabilities = predict_loaded(detector, loaded, batch_size)[MULTICLASS]
-    names = detector.class_names
+    outputs = predict_loaded(detector, loaded, batch_size)
+    names = detector.class_names if MULTICLASS in outputs else []
+    probabilities = outputs.get(MULTICLASS, np.zeros((len(loaded.paths), 0)))
     results = []
-    for path, row in zip(loaded.paths, probabilities):
+    for path, row, verdict in zip(loaded.paths, probabilities, verdicts(detector, outputs)):
         order = np.argsort(-row)
         results.append(
             Attribution(
                 path,
-                names[order[0]],
-                float(row[order[0]]),
+                names[order[0]] if names else verdict.label,
+                float(row[order[0]]) if names else None,
                 [(names[i], float(row[i])) for i in order[:top_k]],
                 {name: float(v) for name, v in zip(names, row)},
+                verdict.label,
+                verdict.architectures,
+                verdict.heads,
             )
         )
     return results, failures

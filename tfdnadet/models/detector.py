@@ -19,6 +19,7 @@ import tensorflow as tf
 from tfdnadet.atomic import atomic_path
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models import encoder, heads  # noqa: F401  (registers the classes that saved models name)
+from tfdnadet.models.encoder import POOL_LAYER
 
 FORMAT = "tfdnadet-detector"
 FORMAT_VERSION = 1
@@ -43,6 +44,7 @@ class Detector:
         self.preprocessing = dict(preprocessing)
         self.config = dict(config)
         self._forward = None
+        self._extractor = None
 
     @property
     def class_names(self) -> list:
@@ -55,7 +57,7 @@ class Detector:
         info.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
         self.heads[name] = head
         self.head_info[name] = info
-        self._forward = None
+        self._forward = self._extractor = None
 
     def predict(self, images) -> dict:
         """float32 [B, S, S, 3] in [-1, 1] -> {head name: float32 probabilities (numpy)}."""
@@ -63,13 +65,24 @@ class Detector:
             self._forward = tf.function(self._probabilities, reduce_retracing=True)
         return {name: value.numpy() for name, value in self._forward(tf.convert_to_tensor(images, tf.float32)).items()}
 
+    def input_layer(self, name: str) -> str:
+        """The backbone layer whose output head `name` reads: pooled features, or a block's feature map."""
+        return self.head_info[name].get("input_layer", POOL_LAYER)
+
     def _probabilities(self, images):
-        features = self.backbone(images, training=False)
+        if self._extractor is None:
+            self._extractor = feature_extractor(self.backbone, {POOL_LAYER, *map(self.input_layer, self.heads)})
+        inputs = self._extractor(images, training=False)
         outputs = {}
         for name, head in self.heads.items():
-            logits = tf.cast(head(features, training=False), tf.float32)
+            logits = tf.cast(head(inputs[self.input_layer(name)], training=False), tf.float32)
             outputs[name] = tf.nn.softmax(logits) if head.kind == MULTICLASS else tf.sigmoid(logits)
         return outputs
+
+
+def feature_extractor(backbone: keras.Model, layer_names) -> keras.Model:
+    """One pass of the backbone returning {layer name: output} for the named layers (shares its weights)."""
+    return keras.Model(backbone.inputs[0], {name: backbone.get_layer(name).output for name in sorted(layer_names)})
 
 
 def save_detector(detector: Detector, path: str) -> None:
@@ -102,19 +115,32 @@ def load_detector(path: str) -> Detector:
     if backbone_hash != metadata["backbone_sha256"]:
         raise TfdnadetError(f"Model {path}: backbone.keras does not match detector.json (weights hash differs).")
     heads, infos = {}, {}
-    heads_dir = os.path.join(path, "heads")
-    for name in sorted(os.listdir(heads_dir)) if os.path.isdir(heads_dir) else []:
-        if name.startswith("."):
-            continue
-        info = _read_json(os.path.join(heads_dir, name, "head.json"))
+    for name in head_names(path):
+        info = read_head_info(path, name)
         if info.get("backbone_sha256") != backbone_hash:
             raise TfdnadetError(
                 f"Head '{name}' in {path} was trained on another backbone (hash {str(info.get('backbone_sha256'))[:12]}, "
                 f"this backbone {backbone_hash[:12]}): retrain or re-add it."
             )
-        heads[name] = _load_keras(os.path.join(heads_dir, name, "head.keras"))
+        heads[name] = _load_keras(os.path.join(path, "heads", name, "head.keras"))
         infos[name] = info
     return Detector(backbone, heads, infos, metadata["preprocessing"], metadata["config"])
+
+
+def head_names(path: str) -> list:
+    """Names of the head folders of a model directory (hidden temporary folders left out), sorted."""
+    heads_dir = os.path.join(path, "heads")
+    return sorted(n for n in os.listdir(heads_dir) if not n.startswith(".")) if os.path.isdir(heads_dir) else []
+
+
+def read_head_info(path: str, name: str) -> dict:
+    return _read_json(os.path.join(path, "heads", name, "head.json"))
+
+
+def write_head_info(path: str, name: str, info: dict) -> None:
+    """Replace one head's head.json atomically (e.g. a new threshold); its weights file is not touched."""
+    with atomic_path(os.path.join(path, "heads", name, "head.json")) as temporary:
+        _write_json(temporary, info)
 
 
 def read_metadata(path: str) -> dict:

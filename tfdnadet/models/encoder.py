@@ -17,6 +17,7 @@ ENCODER_BLOCKS = (
 )
 LEAKY_SLOPE = 0.2  # [App. A] slope of every LeakyReLU
 GRADCAM_LAYER = 4  # [5.1] Grad-CAM maps are shown on layer 4
+POOL_LAYER = "pool"  # name of the global-average-pooling layer: the pooled features most heads read
 
 BACKBONES = {}
 
@@ -49,14 +50,9 @@ class Encoder(keras.Model):
         # === Functional Model ===
         images = keras.Input(shape=(None, None, 3), name="images")
         x = images
-        for index, (filters, kernel, stride) in enumerate(ENCODER_BLOCKS, start=1):
-            x = keras.layers.ZeroPadding2D(1, name=f"block{index}_pad", dtype=dtype)(x)
-            x = keras.layers.Conv2D(
-                channels(filters, width), kernel, strides=stride, padding="valid", name=f"block{index}_conv", dtype=dtype
-            )(x)
-            x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"block{index}_bn", dtype=dtype)(x)
-            x = keras.layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=block_layer_name(index), dtype=dtype)(x)
-        features = keras.layers.GlobalAveragePooling2D(name="pool", dtype=dtype)(x)
+        for index in range(1, len(ENCODER_BLOCKS) + 1):
+            x = encoder_block(x, index, width, dtype)
+        features = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER, dtype=dtype)(x)
         super().__init__(inputs=images, outputs=features, dtype=dtype, **kwargs)
 
         # === Config ===
@@ -72,6 +68,17 @@ class Encoder(keras.Model):
 
     def get_config(self):
         return {"width": self.width, "name": self.name, "trainable": self.trainable, "dtype": self.dtype_policy.name}
+
+
+def encoder_block(x, index: int, width: float, dtype=None):
+    """Block `index` (1-based) of Table 7 on tensor x: pad 1, conv, BN, LeakyReLU; layers named block{index}_*."""
+    filters, kernel, stride = ENCODER_BLOCKS[index - 1]
+    x = keras.layers.ZeroPadding2D(1, name=f"block{index}_pad", dtype=dtype)(x)
+    x = keras.layers.Conv2D(
+        channels(filters, width), kernel, strides=stride, padding="valid", name=f"block{index}_conv", dtype=dtype
+    )(x)
+    x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"block{index}_bn", dtype=dtype)(x)
+    return keras.layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=block_layer_name(index), dtype=dtype)(x)
 
 
 def channels(filters: int, width: float) -> int:

@@ -2,6 +2,10 @@
 
 import keras
 
+from tfdnadet.models.encoder import ENCODER_BLOCKS, POOL_LAYER, encoder_block
+
+EMBEDDING_LAYER = "embedding"  # a binary head's hidden layer: the space its contrastive loss shapes
+
 
 @keras.saving.register_keras_serializable(package="tfdnadet")
 class ProjectionHead(keras.Model):
@@ -53,3 +57,47 @@ class MulticlassHead(keras.Model):
 
     def get_config(self):
         return {"feature_dim": self.feature_dim, "num_classes": self.num_classes, "name": self.name, "trainable": self.trainable}
+
+
+@keras.saving.register_keras_serializable(package="tfdnadet")
+class BinaryHead(keras.Model):
+    """One-vs-all head [Khoo et al. 3.1-3.2]: one float32 logit, "made by this architecture" vs everything else.
+
+    With `finetune_top=0` it reads the pooled features [B, input_channels]. With K > 0 it reads the feature map of
+    encoder block 8-K and holds its own copies of blocks 9-K..8 and the pooling (Khoo's secondary module), so the
+    saved head is self-contained and the shared backbone is never changed.
+    """
+
+    kind = "binary"
+
+    def __init__(self, input_channels: int, hidden_dim: int = 512, finetune_top: int = 0, width: float = 1.0, dtype=None, **kwargs):
+        # === Functional Model ===
+        if finetune_top:
+            inputs = keras.Input(shape=(None, None, input_channels), name="feature_map")
+            x = inputs
+            for index in range(len(ENCODER_BLOCKS) - finetune_top + 1, len(ENCODER_BLOCKS) + 1):
+                x = encoder_block(x, index, width, dtype)
+            x = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER, dtype=dtype)(x)
+        else:
+            inputs = keras.Input(shape=(input_channels,), name="features")
+            x = inputs
+        embedding = keras.layers.Dense(hidden_dim, activation="relu", name=EMBEDDING_LAYER, dtype=dtype)(x)
+        logit = keras.layers.Dense(1, name="logit", dtype="float32")(embedding)
+        super().__init__(inputs=inputs, outputs=logit, dtype=dtype, **kwargs)
+
+        # === Config ===
+        self.input_channels = input_channels
+        self.hidden_dim = hidden_dim
+        self.finetune_top = finetune_top
+        self.width = width
+
+    def get_config(self):
+        return {
+            "input_channels": self.input_channels,
+            "hidden_dim": self.hidden_dim,
+            "finetune_top": self.finetune_top,
+            "width": self.width,
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": self.dtype_policy.name,
+        }

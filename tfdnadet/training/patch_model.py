@@ -10,21 +10,27 @@ from tfdnadet.models.heads import MulticlassHead, ProjectionHead
 class PatchContrastiveModel(keras.Model):
     """Trains the backbone with SupCon on projections + CE on logits, weighted by learned uncertainty.
 
-    With loss="ce" only the cross-entropy is used (the paper's Base / Base+PT ablations).
+    With loss="ce" only the cross-entropy is used (the paper's Base / Base+PT ablations). With num_classes=1 the
+    classifier is one one-vs-all logit trained with sigmoid cross-entropy on 0/1 labels; `classifier` replaces the
+    multiclass head (a binary head's logit layer, on features from `backbone`).
     """
 
-    def __init__(self, backbone, num_classes, projection_hidden=512, projection_dim=128, temperature=0.07, loss="pcl", **kwargs):
+    def __init__(
+        self, backbone, num_classes, projection_hidden=512, projection_dim=128, temperature=0.07, loss="pcl", classifier=None, **kwargs
+    ):
         super().__init__(**kwargs)
+        feature_dim = backbone.outputs[0].shape[-1]
         # === Layers ===
         self.backbone = backbone
-        self.projection = ProjectionHead(
-            backbone.feature_dim, projection_hidden, projection_dim, dtype=backbone.dtype_policy, name="projection"
-        )
-        self.classifier = MulticlassHead(backbone.feature_dim, num_classes, name="multiclass")
+        self.projection = ProjectionHead(feature_dim, projection_hidden, projection_dim, dtype=backbone.dtype_policy, name="projection")
+        self.classifier = classifier or MulticlassHead(feature_dim, num_classes, name="multiclass")
         self.weighting = UncertaintyWeighting(2, name="uncertainty_weighting")
         self.weighting.build()
         # === Metrics ===
-        self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        if num_classes == 1:
+            self.accuracy_metric = keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)  # on logits
+        else:
+            self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self.supcon_metric = keras.metrics.Mean(name="supcon")
         self.ce_metric = keras.metrics.Mean(name="ce")
         # === Config ===
@@ -38,7 +44,11 @@ class PatchContrastiveModel(keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         logits = tf.cast(y_pred["logits"], tf.float32)
-        ce = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
+        if self.num_classes == 1:
+            logits = logits[:, 0]
+            ce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(tf.cast(y, tf.float32), logits))
+        else:
+            ce = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
         if self.loss_mode == "pcl":
             contrastive = supcon_loss(y_pred["projection"], y, self.temperature)
             total = self.weighting([contrastive, ce])

@@ -8,7 +8,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from tfdnadet.config import Config, save_config
+from tfdnadet.config import Config, TrainConfig, save_config
 from tfdnadet.data.pipeline import make_image_dataset
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.detector import MULTICLASS, Detector, load_backbone, save_detector
@@ -52,12 +52,17 @@ def build_patch_model(config: Config, num_classes: int, init_model: Optional[str
     model = PatchContrastiveModel(
         backbone, num_classes, m.projection_hidden, m.projection_dim, t.temperature, t.loss, name="patch_model"
     )
-    schedule = keras.optimizers.schedules.ExponentialDecay(t.learning_rate, t.decay_steps, t.decay_rate, staircase=True)
-    optimizer = keras.optimizers.Adam(schedule)
-    if t.precision == "mixed_float16":
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    model.compile(optimizer=optimizer, jit_compile=t.jit_compile)
+    model.compile(optimizer=make_optimizer(t, t.learning_rate), jit_compile=t.jit_compile)
     return model
+
+
+def make_optimizer(train: TrainConfig, learning_rate: float) -> keras.optimizers.Optimizer:
+    """Adam with the paper's staircase decay [5.1]; loss scaling under mixed_float16."""
+    schedule = keras.optimizers.schedules.ExponentialDecay(learning_rate, train.decay_steps, train.decay_rate, staircase=True)
+    optimizer = keras.optimizers.Adam(schedule)
+    if train.precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
 
 
 def _copy_backbone_weights(source: keras.Model, target: keras.Model, where: str) -> None:
