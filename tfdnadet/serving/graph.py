@@ -9,7 +9,6 @@ binary -> <name>_score [B] (sigmoid), <name>_decision [B] (1 when score >= the h
 """
 
 import functools
-import re
 
 import keras
 import tensorflow as tf
@@ -26,7 +25,6 @@ DEFAULT_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "predict_images"
 HEAD_SIGNATURE_PREFIX = "head_"
 VERDICT = "verdict"
-HEAD_NAME = re.compile(r"[A-Za-z0-9_]+")
 
 
 def float32_detector(detector: Detector) -> Detector:
@@ -49,8 +47,6 @@ class DetectorServing(tf.Module):
     def __init__(self, detector: Detector):
         super().__init__(name="tfdnadet_serving")
         for name, head in detector.heads.items():
-            if not HEAD_NAME.fullmatch(name):
-                raise TfdnadetError(f"Head name {name!r} cannot name a signature output: use letters, digits and '_'.")
             if head.kind not in (MULTICLASS, BinaryHead.kind):
                 raise TfdnadetError(f"Head {name!r} has kind {head.kind!r}; the export knows {MULTICLASS!r} and {BinaryHead.kind!r}.")
         self._detector = float32_detector(detector)
