@@ -7,7 +7,7 @@ from PIL import Image, ImageOps
 
 from tfdnadet.errors import TfdnadetError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")  # GIF: first frame
 
 
 class ImageError(TfdnadetError):

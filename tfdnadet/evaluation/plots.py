@@ -43,10 +43,10 @@ def plot_training_curves(history_csv: str, path: str) -> None:
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for key in ("loss", "supcon", "ce", "val_loss"):
         if key in rows[0]:
-            loss_ax.plot(epochs, [float(r[key]) for r in rows], marker="o", label=key)
+            loss_ax.plot(epochs, [_cell(r[key]) for r in rows], marker="o", label=key)
     for key in ("accuracy", "val_accuracy"):
         if key in rows[0]:
-            acc_ax.plot(epochs, [float(r[key]) for r in rows], marker="o", label=key)
+            acc_ax.plot(epochs, [_cell(r[key]) for r in rows], marker="o", label=key)
     loss_ax.set_title("loss")
     acc_ax.set_title("accuracy")
     acc_ax.set_ylim(0, 1.02)
@@ -56,6 +56,14 @@ def plot_training_curves(history_csv: str, path: str) -> None:
         ax.legend()
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def _cell(text: str) -> float:
+    """A CSVLogger cell as a number; its "NA" (a value the epoch did not log) becomes a gap in the curve."""
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")
 
 
 def save_figure(fig, path: str) -> None:
