@@ -71,8 +71,9 @@ def hand_made_detector(precision="float32", thresholds=(0.5, 0.5), judge="multic
 
 def test_cli_export_twice_gives_versions_1_and_2_and_models_config(trained_run, tmp_path, monkeypatch, capsys):
     base = tmp_path / "savedmodels"
-    for version in (1, 2):
-        code, out, err = run_cli(["export", trained_run.model_dir, "--name", "detector", "--base", base], monkeypatch, capsys)
+    monkeypatch.setenv("TFDNADET_MODEL", trained_run.model_dir)
+    for version, model in ((1, [trained_run.model_dir]), (2, [])):  # the second time from $TFDNADET_MODEL
+        code, out, err = run_cli(["export", *model, "--name", "detector", "--base", base], monkeypatch, capsys)
         assert code == 0, err
         result = json.loads(out)
         assert result["version"] == version and result["path"] == str(base / "detector" / str(version))
