@@ -189,7 +189,7 @@ def _explain_subset(explainer, loaded: LoadedImages, order: np.ndarray, predicte
     """Grad-CAM of the predicted class for loaded images at `order` -> (uint8 images, heatmaps)."""
     subset = LoadedImages(loaded.images[order], loaded.labels[order], [loaded.paths[i] for i in order], [])
     batches = list(explain_loaded(explainer, subset, detector.preprocessing["input_size"], batch_size, predicted[order]))
-    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1].heatmaps for b in batches])
+    return np.concatenate([b[1] for b in batches]), np.concatenate([b[2].heatmaps for b in batches])
 
 
 def pick_examples(labels: np.ndarray, predicted: np.ndarray, confidence: np.ndarray, label: int, count: int = EXAMPLES_PER_CLASS) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Grad-CAM (Selvaraju et al. 2017) of any head at a named encoder block [5.1, Fig. 6 and 13], and overlays.
 
-The encoder's blocks are named outputs (`Encoder.feature_model`), so no graph surgery is needed.
+The encoder's blocks are named layers, read together with the head's input in one pass (`feature_extractor`),
+so no graph surgery is needed.
 """
 
 import math
@@ -113,12 +114,13 @@ def to_uint8(model_inputs) -> np.ndarray:
 
 
 def explain_loaded(explainer: GradCAM, loaded: LoadedImages, input_size: int, batch_size: int = 16, class_index=None):
-    """Yield (uint8 images at input size, GradCAMResult) per batch of decoded base-size images."""
+    """Yield (paths, uint8 images at input size, GradCAMResult) per batch of decoded base-size images."""
     start = 0
     for batch in make_image_dataset(loaded.images, None, input_size, batch_size):
-        wanted = None if class_index is None else np.asarray(class_index)[start : start + len(batch)]
-        yield to_uint8(batch), explainer(batch, wanted)
-        start += len(batch)
+        end = start + len(batch)
+        wanted = None if class_index is None else np.asarray(class_index)[start:end]
+        yield loaded.paths[start:end], to_uint8(batch), explainer(batch, wanted)
+        start = end
 
 
 def plot_gradcam_grid(images, heatmaps, captions: list, path: str, title: Optional[str] = None, columns: int = 4) -> None:
@@ -168,29 +170,21 @@ def explain_files(
     files, failures = expand_inputs(inputs)
     loaded = load_for_detector(detector, files)
     failures += loaded.failures
-    explanations, sheet = [], ([], [], [])
-    used = set()
-    batches = explain_loaded(explainer, loaded, detector.preprocessing["input_size"], batch_size)
-    for (images, result), paths in zip(batches, _chunks(loaded.paths, batch_size)):
+    explanations, sheet, used = [], [], set()
+    for paths, images, result in explain_loaded(explainer, loaded, detector.preprocessing["input_size"], batch_size):
         for path, image, heatmap, target, score in zip(paths, images, result.heatmaps, result.targets, result.scores):
             overlay = os.path.join(out_dir, _unique_png_name(path, used))
             caption = f"{_short(os.path.basename(path))}\n{head}: {names[target]} {score:.3f}"
             plot_gradcam_grid([image], [heatmap], [caption], overlay, title=f"Grad-CAM, encoder layer {layer}")
             explanations.append(Explanation(path, overlay, head, names[target], float(score)))
-            if len(sheet[0]) < CONTACT_SHEET_MAX:
-                for part, value in zip(sheet, (image, heatmap, caption)):
-                    part.append(value)
+            if len(sheet) < CONTACT_SHEET_MAX:
+                sheet.append((image, heatmap, caption))
     result = GradCAMFiles(explanations, failures, layer=layer, head=head)
     if len(explanations) > 1:
         result.contact_sheet = os.path.join(out_dir, "contact_sheet.png")
-        shown = f"first {CONTACT_SHEET_MAX} of {len(explanations)}" if len(explanations) > CONTACT_SHEET_MAX else f"{len(explanations)} images"
-        plot_gradcam_grid(*sheet, result.contact_sheet, title=f"Grad-CAM, head {head}, encoder layer {layer} ({shown})")
+        shown = f"first {len(sheet)} of {len(explanations)}" if len(sheet) < len(explanations) else f"{len(sheet)} images"
+        plot_gradcam_grid(*zip(*sheet), result.contact_sheet, title=f"Grad-CAM, head {head}, encoder layer {layer} ({shown})")
     return result
-
-
-def _chunks(items: list, size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _unique_png_name(path: str, used: set) -> str:
