@@ -49,23 +49,25 @@ def test_pngs(gan_images, tmp_path_factory):
     return paths + [str(larger)]
 
 
-def encoded(array: np.ndarray, fmt: str) -> bytes:
+def encoded(array: np.ndarray, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=fmt)
+    Image.fromarray(array).save(buffer, format=fmt, **options)
     return buffer.getvalue()
 
 
-def hand_made_detector(precision="float32", thresholds=(0.5, 0.5), judge="multiclass"):
-    """Backbone + (multiclass head or a binary `real` head) + binary heads progan (pooled) and sngan (own top block)."""
+def hand_made_detector(precision="float32", judges=(MULTICLASS,), architectures=("progan", "sngan")):
+    """Backbone + real/fake judges (the multiclass head and/or a binary `real` head) + binary architecture heads;
+    the second architecture head reads block 7 through its own copy of the top block."""
     backbone = Encoder(width=0.125, dtype=precision, name="encoder")
     detector = Detector(backbone, {}, {}, PREPROCESSING, {})
-    if judge == "multiclass":
+    if MULTICLASS in judges:
         detector.add_head(MULTICLASS, MulticlassHead(backbone.feature_dim, 3, name=MULTICLASS), {"class_names": ["real", "progan", "sngan"]})
-    elif judge == "real":
+    if "real" in judges:
         detector.add_head("real", BinaryHead(backbone.feature_dim, 8, dtype=precision, name="real"), {"threshold": 0.5})
-    detector.add_head("progan", BinaryHead(backbone.feature_dim, 8, dtype=precision, name="progan"), {"threshold": thresholds[0]})
-    sngan = BinaryHead(backbone.feature_dim, 8, finetune_top=1, width=0.125, dtype=precision, name="sngan")
-    detector.add_head("sngan", sngan, {"threshold": thresholds[1], "input_layer": "block7"})
+    for index, name in enumerate(architectures):
+        top = 1 if index == 1 else 0
+        head = BinaryHead(backbone.feature_dim, 8, finetune_top=top, width=0.125, dtype=precision, name=name)
+        detector.add_head(name, head, {"threshold": 0.5, **({"input_layer": "block7"} if top else {})})
     return detector
 
 
@@ -167,10 +169,11 @@ def test_formats_decode_in_graph(exported):
     batch = [encoded(image, fmt) for fmt in ("PNG", "BMP", "JPEG", "GIF")]
     batch.append(encoded(image[..., 0], "PNG"))  # grayscale becomes RGB
     batch.append(encoded(np.dstack([image, np.full(image.shape[:2], 255, np.uint8)]), "PNG"))  # RGBA drops alpha
+    batch.append(encoded(image, "WEBP", lossless=True))
     probabilities = serve(images_bytes=tf.constant(batch))["multiclass_probabilities"].numpy()
-    assert probabilities.shape == (6, 4) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(probabilities[1], probabilities[0], atol=1e-6)  # BMP is lossless
-    np.testing.assert_allclose(probabilities[5], probabilities[0], atol=1e-6)
+    assert probabilities.shape == (7, 4) and np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    for lossless in (1, 5, 6):  # BMP, RGBA PNG and lossless WebP hold the PNG's very pixels
+        np.testing.assert_allclose(probabilities[lossless], probabilities[0], atol=1e-6)
 
 
 def test_bad_image_fails_the_request_with_a_clear_error_and_serving_goes_on(exported, test_pngs):
@@ -214,7 +217,8 @@ def test_check_replays_the_warmup_requests(exported, tmp_path, monkeypatch, caps
 
 
 def test_binary_heads_mixed_precision_export(tmp_path):
-    detector = hand_made_detector("mixed_float16", thresholds=(0.45, 0.55))
+    detector = hand_made_detector("mixed_float16")
+    detector.head_info["progan"]["threshold"], detector.head_info["sngan"]["threshold"] = 0.45, 0.55
     save_detector(detector, str(tmp_path / "model"))
     result = export_model(str(tmp_path / "model"), "heads", str(tmp_path / "base"))
     assert {"head_multiclass", "head_progan", "head_sngan"} <= set(result.signatures)
@@ -241,16 +245,22 @@ def test_binary_heads_mixed_precision_export(tmp_path):
     assert check_export(result.path)["requests"][0]["outputs"]["verdict"]
 
 
-@pytest.mark.parametrize("judge", ["multiclass", "real", "none"])
-def test_in_graph_verdict_matches_the_python_verdict(judge):
+@pytest.mark.parametrize(
+    "judges, architectures",
+    [((MULTICLASS,), ("progan", "sngan")), (("real",), ("progan", "sngan")), ((), ("progan", "sngan")),
+     ((MULTICLASS, "real"), ("progan",)), ((MULTICLASS, "real"), ()), (("real",), ())],
+)
+def test_in_graph_verdict_matches_the_python_verdict(judges, architectures):
     images = tf.constant(np.random.default_rng(3).uniform(-1, 1, (12, 64, 64, 3)).astype("float32"))
-    detector = hand_made_detector(judge=judge)
+    detector = hand_made_detector(judges=judges, architectures=architectures)
     scores = detector.predict(images)
-    medians = {name: float(np.median(scores[name])) for name in ("progan", "sngan")}
-    for progan, sngan in ((0.0, 0.0), (0.0, 2.0), (2.0, 0.0), (2.0, 2.0), (medians["progan"], medians["sngan"])):
-        detector.head_info["progan"]["threshold"], detector.head_info["sngan"]["threshold"] = progan, sngan
+    binary = [name for name, head in detector.heads.items() if head.kind == BinaryHead.kind]
+    medians = [float(np.median(scores[name])) for name in binary]
+    for thresholds in ([0.0] * len(binary), [2.0] * len(binary), [0.0, 2.0, 0.0][: len(binary)], [2.0, 0.0, 2.0][: len(binary)], medians):
+        for name, threshold in zip(binary, thresholds):
+            detector.head_info[name]["threshold"] = threshold
         served = DetectorServing(detector).serve_images(images)["verdict"].numpy().astype(str)
-        assert list(served) == [v.label for v in verdicts(detector, scores)], (judge, progan, sngan)
+        assert list(served) == [v.label for v in verdicts(detector, scores)], thresholds
 
 
 def test_a_head_of_unknown_kind_is_refused():

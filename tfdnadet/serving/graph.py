@@ -121,20 +121,20 @@ class DetectorServing(tf.Module):
         binary = binary_heads(self._detector)
         architectures = [name for name in binary if name != REAL]
         if MULTICLASS in self._detector.heads:
-            multiclass_label = outputs[f"{MULTICLASS}_class_name"]
-            judged_real = tf.equal(multiclass_label, REAL)
+            judged_real = tf.equal(outputs[f"{MULTICLASS}_class_name"], REAL)
+        elif REAL in binary:
+            judged_real = tf.equal(outputs[f"{REAL}_decision"], 1)
         else:
-            multiclass_label = tf.fill(tf.shape(outputs[f"{binary[0]}_score"]), UNKNOWN)
-            judged_real = tf.equal(outputs[f"{REAL}_decision"], 1) if REAL in binary else None
+            judged_real = None  # no real/fake judge: a failed attribution reads as real
         if architectures:
             decisions = tf.stack([outputs[f"{name}_decision"] for name in architectures], axis=1)
             positives = tf.reduce_sum(decisions, axis=1)
             single = tf.gather(tf.constant(architectures), tf.argmax(decisions, axis=1))
-            # With no real/fake judge, a failed attribution reads as real (as in tfdnadet.verdict).
-            none_positive = REAL if judged_real is None else UNKNOWN
-            label = tf.where(positives > 1, MULTIPLE, tf.where(positives == 1, single, none_positive))
+            label = tf.where(positives > 1, MULTIPLE, tf.where(positives == 1, single, REAL if judged_real is None else UNKNOWN))
+        elif MULTICLASS in self._detector.heads:
+            label = outputs[f"{MULTICLASS}_class_name"]
         else:
-            label = multiclass_label
+            label = tf.fill(tf.shape(outputs[f"{binary[0]}_score"]), UNKNOWN)
         return label if judged_real is None else tf.where(judged_real, REAL, label)
 
     def warmup_requests(self) -> dict:
