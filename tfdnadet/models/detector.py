@@ -62,14 +62,15 @@ class Detector:
     def predict(self, images) -> dict:
         """float32 [B, S, S, 3] in [-1, 1] -> {head name: float32 probabilities (numpy)}."""
         if self._forward is None:
-            self._forward = tf.function(self._probabilities, reduce_retracing=True)
+            self._forward = tf.function(self.probabilities, reduce_retracing=True)
         return {name: value.numpy() for name, value in self._forward(tf.convert_to_tensor(images, tf.float32)).items()}
 
     def input_layer(self, name: str) -> str:
         """The backbone layer whose output head `name` reads: pooled features, or a block's feature map."""
         return self.head_info[name].get("input_layer", POOL_LAYER)
 
-    def _probabilities(self, images):
+    def probabilities(self, images) -> dict:
+        """The forward pass in tensor ops (the SavedModel export traces it): {head name: float32 probabilities}."""
         if self._extractor is None:
             self._extractor = feature_extractor(self.backbone, {POOL_LAYER, *map(self.input_layer, self.heads)})
         inputs = self._extractor(images, training=False)

@@ -99,7 +99,7 @@ class DetectorServing(tf.Module):
     def _outputs(self, detector: Detector, images) -> dict:
         outputs = {}
         # The detector's own forward pass: the backbone runs once for all heads, whatever input each head takes.
-        for name, probabilities in detector._probabilities(images).items():
+        for name, probabilities in detector.probabilities(images).items():
             outputs.update(self._head_outputs(name, probabilities))
         return outputs
 
