@@ -179,10 +179,10 @@ def evaluate_command(
     from tfdnadet.models.detector import load_detector
 
     detector = load_detector(model)
-    if attack:
-        _evaluate_attacks(detector, {"closed-set": data}, attack, attack_seed, batch_size, classes, allow_outside_root, out_dir)
-        return
     names = classes.split(",") if classes else None
+    if attack:
+        _evaluate_attacks(detector, {"closed-set": data}, attack, attack_seed, batch_size, names, allow_outside_root, out_dir)
+        return
     if report:
         from tfdnadet.evaluation.report import evaluate_with_report
 
@@ -202,11 +202,10 @@ def evaluate_command(
         err.print(f"wrote {report_paths['markdown']} and {report_paths['html']}")
 
 
-def _evaluate_attacks(detector, test_sets, attack, seed, batch_size, classes, allow_outside_root, out_dir) -> None:
+def _evaluate_attacks(detector, test_sets, attack, seed, batch_size, names, allow_outside_root, out_dir) -> None:
     from tfdnadet.data.perturb import parse_attacks
     from tfdnadet.evaluation.robustness import robustness_table, write_robustness
 
-    names = classes.split(",") if classes else None
     table = robustness_table(detector, test_sets, parse_attacks(attack), seed, batch_size, names, allow_outside_root)
     for row in table["rows"].values():
         if row["skipped"]:
