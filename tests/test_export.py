@@ -4,6 +4,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -214,6 +215,14 @@ def test_check_replays_the_warmup_requests(exported, tmp_path, monkeypatch, caps
     assert first["multiclass_class_name"] in exported["detector"].class_names and len(first["multiclass_probabilities"]) == 4
     code, _, err = run_cli(["export", "--check", tmp_path], monkeypatch, capsys)
     assert code == 1 and "No SavedModel" in err and len(err.strip().splitlines()) == 1
+    no_warmup = tmp_path / "no_warmup"
+    shutil.copytree(exported["path"], no_warmup)
+    shutil.rmtree(no_warmup / "assets.extra")
+    with pytest.raises(TfdnadetError, match="no assets.extra/tf_serving_warmup_requests"):
+        check_export(str(no_warmup))
+    (no_warmup / "saved_model.pb").write_bytes(b"not a SavedModel")
+    code, _, err = run_cli(["export", "--check", no_warmup], monkeypatch, capsys)
+    assert code == 1 and "Cannot load the SavedModel" in err and len(err.strip().splitlines()) == 1
 
 
 def test_binary_heads_mixed_precision_export(tmp_path):
