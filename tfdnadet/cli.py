@@ -62,12 +62,24 @@ def _warn(message: str) -> None:
     err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
 
 
+def _resume_config(config: Optional[str], out_dir: str, resume: bool) -> Optional[str]:
+    """--resume without --config continues with the run's own config.yaml."""
+    saved = os.path.join(out_dir, "config.yaml")
+    return saved if resume and config is None and os.path.isfile(saved) else config
+
+
+def _print_trained(result) -> None:
+    err.print(f"trained {result.epochs_completed} epoch(s), {result.steps} steps; model written to {result.model_dir}")
+    out.print_json(json.dumps({"model": result.model_dir, "epochs": result.epochs_completed, "steps": result.steps}))
+
+
 @app.command("train-stage2")
 def train_stage2_command(
     data: str = typer.Option(..., "--data", "-d", help="Class folders ROOT/<class>/**, a CSV manifest or an annotation txt."),
     out_dir: str = typer.Option(..., "--out", "-o", help="Run directory: checkpoints, history.csv, curves.png, model/."),
     config: Optional[str] = ConfigOption,
     init: Optional[str] = typer.Option(None, "--init", help="Initialise the encoder from a model directory (e.g. stage 1)."),
+    no_pretrain: bool = typer.Option(False, "--no-pretrain", help="Randomly initialised encoder (the Base+PCL ablation); excludes --init."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
     epochs: Optional[int] = typer.Option(None, help="train.epochs"),
     steps_per_epoch: Optional[int] = typer.Option(None, help="train.steps_per_epoch"),
@@ -88,12 +100,12 @@ def train_stage2_command(
     settings: Optional[List[str]] = SetOption,
 ):
     """Train the architecture classifier (stage 2) on labelled images."""
+    if no_pretrain and init:
+        raise typer.BadParameter("--no-pretrain and --init exclude each other.", param_hint="--no-pretrain")
     from tfdnadet.training.stage2 import train_stage2
 
-    if resume and config is None and os.path.isfile(os.path.join(out_dir, "config.yaml")):
-        config = os.path.join(out_dir, "config.yaml")
     cfg = _config(
-        config,
+        _resume_config(config, out_dir, resume),
         {
             "train.epochs": epochs,
             "train.steps_per_epoch": steps_per_epoch,
@@ -124,8 +136,7 @@ def train_stage2_command(
             on_skipped=_warn,
             allow_outside_root=allow_outside_root,
         )
-    err.print(f"trained {result.epochs_completed} epoch(s), {result.steps} steps; model written to {result.model_dir}")
-    out.print_json(json.dumps({"model": result.model_dir, "epochs": result.epochs_completed, "steps": result.steps}))
+    _print_trained(result)
 
 
 @app.command("predict")
@@ -333,6 +344,42 @@ def import_torch_command(
     )
     heads = ", ".join(detector.heads) or "none (backbone only)"
     err.print(f"wrote {out_dir} (heads: {heads})")
+
+
+@app.command("train-stage1")
+def train_stage1_command(
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="A folder of natural photos (default: photos bundled with installed packages)."),
+    out_dir: str = typer.Option(..., "--out", "-o", help="Run directory: checkpoints, history.csv, curves.png, model/."),
+    config: Optional[str] = ConfigOption,
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
+    epochs: Optional[int] = typer.Option(None, help="train.epochs"),
+    steps_per_epoch: Optional[int] = typer.Option(None, help="train.steps_per_epoch"),
+    learning_rate: Optional[float] = typer.Option(None, help="train.learning_rate"),
+    precision: Optional[str] = typer.Option(None, help="train.precision: float32, mixed_float16, mixed_bfloat16"),
+    distribution: Optional[str] = typer.Option(None, help="train.distribution: default, mirrored, multi_worker"),
+    seed: Optional[int] = typer.Option(None, help="train.seed"),
+    crops: Optional[int] = typer.Option(None, help="stage1.crops (random crops cut from the photos)"),
+    settings: Optional[List[str]] = SetOption,
+):
+    """Pretrain the encoder on image-transformation classification (stage 1), for train-stage2 --init RUN/model."""
+    from tfdnadet.training.stage1 import train_stage1
+
+    cfg = _config(
+        _resume_config(config, out_dir, resume),
+        {
+            "train.epochs": epochs,
+            "train.steps_per_epoch": steps_per_epoch,
+            "train.learning_rate": learning_rate,
+            "train.precision": precision,
+            "train.distribution": distribution,
+            "train.seed": seed,
+            "stage1.crops": crops,
+        },
+        settings,
+    )
+    with _progress_to_stderr():
+        result = train_stage1(data, out_dir, cfg, resume=resume, verbose=_progress_verbosity(), on_skipped=_warn)
+    _print_trained(result)
 
 
 def main() -> None:

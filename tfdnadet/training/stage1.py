@@ -53,29 +53,32 @@ def train_stage1(
 def natural_crops(data: Optional[str], count: int, size: int, seed: int, max_pixels: int, on_skipped=None) -> np.ndarray:
     """`count` random size x size uint8 crops of the photos in a folder, or of the built-in photos when None.
 
-    Crops are spread evenly over the photos of a folder, which are visited in a seeded random order and
-    decoded one at a time, so a large folder is never held in memory.
+    Crops are spread evenly over the photos of a folder, visited in a seeded random order and decoded one at a
+    time, so a large folder is never held in memory; with more photos than crops, a random subset is read.
     """
     if data is None:
         return random_crops(list(load_photos()), count, size, seed)
     paths = _photo_files(data)
-    rng = np.random.default_rng(seed)
-    per_photo = math.ceil(count / len(paths))
-    crops, failures = [], []
-    for index in rng.permutation(len(paths)):
-        if len(crops) * per_photo >= count:
+    order = np.random.default_rng(seed).permutation(len(paths))
+    crops, failures, needed, photo = [], [], count, None
+    for position, index in enumerate(order):
+        if needed == 0:
             break
         try:
             photo = decode_image(paths[index], max_pixels, min_size=size)
         except ImageError as exc:
             failures.append((paths[index], str(exc)))
             continue
-        crops.append(random_crops([photo], per_photo, size, seed + int(index)))
+        share = math.ceil(needed / (len(paths) - position))  # photos that fail raise the share of those after them
+        crops.append(random_crops([photo], share, size, seed + int(index)))
+        needed -= share
+    if needed and photo is not None:  # the last photos failed: the last good one makes up the rest
+        crops.append(random_crops([photo], needed, size, seed))
+    if not crops:
+        raise TfdnadetError(f"No usable photos in {data}: none of {len(paths)} file(s) could be used, e.g. {failures[0][0]}: {failures[0][1]}")
     if failures and on_skipped:
         on_skipped(f"skipped {len(failures)} unusable photo(s), e.g. {failures[0][0]}: {failures[0][1]}")
-    if not crops:
-        raise TfdnadetError(f"No usable photos in {data}: all {len(paths)} image file(s) failed to decode or are under {size} px.")
-    return np.concatenate(crops)[:count]
+    return np.concatenate(crops)
 
 
 def _photo_files(data: str) -> list:
