@@ -94,7 +94,7 @@ def poisoned(dataset, from_step):
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_path):
-    config = load_config("tiny", {"train.epochs": 3, "train.steps_per_epoch": 3})
+    config = load_config("tiny", {"train.epochs": 3, "train.steps_per_epoch": 3, "train.tensorboard": False, "train.gradcam_images": 0})
     images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
     labels = np.repeat(np.arange(2, dtype=np.int32), 8)
     clean = make_patch_dataset(images, labels, 2, config.data)
