@@ -97,6 +97,7 @@ def train_stage2_command(
     input_size: Optional[int] = typer.Option(None, help="data.input_size (second resize)"),
     classes: Optional[str] = typer.Option(None, help="data.class_names for integer labels, comma separated"),
     allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Let a manifest list files outside its own folder."),
+    heads: Optional[str] = typer.Option(None, "--heads", help="heads.layout: multiclass, or one-vs-all (one binary head per class)"),
     settings: Optional[List[str]] = SetOption,
 ):
     """Train the architecture classifier (stage 2) on labelled images."""
@@ -122,6 +123,7 @@ def train_stage2_command(
             "data.base_size": base_size,
             "data.input_size": input_size,
             "data.class_names": classes.split(",") if classes else None,
+            "heads.layout": heads,
         },
         settings,
     )
@@ -157,14 +159,24 @@ def predict_command(
         for result in results:
             print(json.dumps(result.to_dict()))
     else:
-        table = Table("file", "class", "probability", f"top-{top_k}")
-        for r in results:
-            table.add_row(r.path, r.label, f"{r.probability:.3f}", ", ".join(f"{n} {p:.2f}" for n, p in r.top))
-        _print_table(table)
+        _print_table(_attribution_table(results, top_k))
     for path, reason in failures:
         err.print(f"[red]failed:[/red] {path}: {reason}", highlight=False)
     if failures:
         raise typer.Exit(EXIT_SOME_FAILED)
+
+
+def _attribution_table(results: list, top_k: int) -> Table:
+    """file, multiclass answer, top-k, the combined verdict and (when the model has them) every binary head."""
+    binary = any(r.heads for r in results)
+    table = Table("file", "class", "probability", f"top-{top_k}", "verdict", *(["binary heads (+ positive)"] if binary else []))
+    for r in results:
+        verdict = f"{r.verdict}: {', '.join(r.attributed)}" if len(r.attributed) > 1 else r.verdict
+        heads = ", ".join(f"{n} {h['score']:.2f}{' +' if h['positive'] else ''}" for n, h in r.heads.items())
+        probability = "-" if r.probability is None else f"{r.probability:.3f}"
+        top = ", ".join(f"{n} {p:.2f}" for n, p in r.top)
+        table.add_row(r.path, r.label, probability, top, verdict, *([heads] if binary else []))
+    return table
 
 
 @app.command("evaluate")
@@ -187,10 +199,18 @@ def evaluate_command(
 ):
     """Accuracy, macro-F1, per-class precision/recall and the confusion matrix on labelled images."""
     from tfdnadet.evaluation.evaluate import evaluate_dataset, write_evaluation
+    from tfdnadet.evaluation.splits import annotation_splits, evaluate_splits, is_annotation_folder
     from tfdnadet.models.detector import load_detector
 
     detector = load_detector(model)
     names = classes.split(",") if classes else None
+    if is_annotation_folder(data) and not (attack or report):
+        results = evaluate_splits(detector, annotation_splits(data), batch_size, names, allow_outside_root)
+        _print_splits(results)
+        for name, metrics in results.items() if out_dir else ():
+            written = write_evaluation(metrics, out_dir, name)
+            err.print(f"wrote {written['json']} and {written['confusion_png']}")
+        return
     if attack:
         _evaluate_attacks(detector, {"closed-set": data}, attack, attack_seed, batch_size, names, allow_outside_root, out_dir)
         return
@@ -236,6 +256,14 @@ def _print_robustness(table: dict) -> None:
     grid = Table("test set", "images", *(titles[c] for c in table["columns"]), title=f"accuracy (%) under attack, seed {table['seed']}")
     for name, row in table["rows"].items():
         grid.add_row(name, str(row["count"]), *(f"{100 * row['scores'][c]['accuracy']:.2f}" for c in table["columns"]))
+    _print_table(grid)
+
+
+def _print_splits(results: dict) -> None:
+    """The layout of Table 2: one row per test split, accuracy and macro-F1 in percent."""
+    grid = Table("split", "images", "accuracy (%)", "macro-F1 (%)", title="attribution accuracy per test split")
+    for name, metrics in results.items():
+        grid.add_row(name, str(metrics["count"]), f"{100 * metrics['accuracy']:.2f}", f"{100 * metrics['macro_f1']:.2f}")
     _print_table(grid)
 
 
@@ -290,7 +318,7 @@ def export_command(
         raise typer.BadParameter("give --name NAME to export MODEL, or --check EXPORT_DIR to validate an export.")
     result = {}
     if name is not None:
-        exported = export_model(model or os.environ.get("TFDNADET_MODEL", "model"), name, base, version, server_base)
+        exported = export_model(_model_dir(model), name, base, version, server_base)
         err.print(f"exported {exported.path}; {exported.models_config} lists every model under {base}")
         result = dataclasses.asdict(exported)
         model = exported.path
@@ -344,6 +372,138 @@ def import_torch_command(
     )
     heads = ", ".join(detector.heads) or "none (backbone only)"
     err.print(f"wrote {out_dir} (heads: {heads})")
+
+
+ModelArgument = typer.Argument(None, help="Model directory (default: $TFDNADET_MODEL, else ./model).")
+
+
+def _model_dir(model: Optional[str]) -> str:
+    from tfdnadet.heads import default_model_dir
+
+    return model or default_model_dir()
+
+
+@app.command("add-head")
+def add_head_command(
+    name: str = typer.Argument(..., help="Head name: the architecture it recognises (letters, digits, '_')."),
+    positives: str = typer.Option(..., "--positives", "-p", help="Folder of images made by this architecture (searched recursively)."),
+    negatives: Optional[List[str]] = typer.Option(
+        None, "--negatives", "-n", help="Folder of other images (repeatable). Default: the model's training data less class NAME."
+    ),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory (default: $TFDNADET_MODEL, else ./model)."),
+    finetune_top: Optional[int] = typer.Option(None, "--finetune-top", help="heads.finetune_top: train a private copy of the last K encoder blocks."),
+    epochs: Optional[int] = typer.Option(None, help="heads.epochs"),
+    steps_per_epoch: Optional[int] = typer.Option(None, help="heads.steps_per_epoch"),
+    replace: bool = typer.Option(False, "--replace", help="Train again a head that already exists."),
+):
+    """Add a one-vs-all head for one architecture; the backbone and every other head stay bit-for-bit unchanged."""
+    from tfdnadet.training.add_head import add_head
+
+    model_dir = _model_dir(model)
+    with _progress_to_stderr():
+        info = add_head(
+            model_dir,
+            name,
+            positives,
+            tuple(negatives or ()),
+            finetune_top=finetune_top,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            replace=replace,
+            verbose=_progress_verbosity(),
+            on_skipped=_warn,
+        )
+    err.print(f"added head '{name}' to {model_dir}: threshold {info['threshold']:.3f} ({info['threshold_rule']})")
+    out.print_json(json.dumps(info))
+
+
+heads_app = typer.Typer(no_args_is_help=True, help="List, remove, calibrate and evaluate the named heads of a model.")
+app.add_typer(heads_app, name="heads")
+
+
+@heads_app.command("list")
+def heads_list_command(
+    model: Optional[str] = ModelArgument,
+    as_json: bool = typer.Option(False, "--json", help="A JSON list on stdout."),
+):
+    """Name, kind, positives count, threshold, validation precision/recall and date of every head."""
+    from tfdnadet.heads import LIST_FIELDS, list_heads
+
+    rows = list_heads(_model_dir(model))
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table(*LIST_FIELDS)
+    for row in rows:
+        table.add_row(*("-" if row[k] is None else f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in LIST_FIELDS))
+    _print_table(table)
+
+
+@heads_app.command("remove")
+def heads_remove_command(
+    name: str = typer.Argument(..., help="The head to remove."),
+    model: Optional[str] = ModelArgument,
+):
+    """Delete one head; the backbone and the other heads are not touched."""
+    from tfdnadet.heads import remove_head
+
+    model_dir = _model_dir(model)
+    left = remove_head(model_dir, name)
+    err.print(f"removed head '{name}' from {model_dir}; heads left: {', '.join(left)}")
+
+
+@heads_app.command("calibrate")
+def heads_calibrate_command(
+    name: str = typer.Argument(..., help="The binary head to calibrate."),
+    model: Optional[str] = ModelArgument,
+    data: str = typer.Option(..., "--data", "-d", help="Labelled validation images: class NAME = positives, other classes = negatives."),
+    target_precision: Optional[float] = typer.Option(None, "--target-precision", help="Lowest threshold reaching this precision (default: best F1)."),
+    batch_size: int = typer.Option(16, help="Images per inference batch."),
+):
+    """Choose a binary head's threshold on validation data and store it with the head."""
+    from tfdnadet.heads import calibrate_head
+
+    info = calibrate_head(_model_dir(model), name, data, target_precision, batch_size)
+    err.print(
+        f"head '{name}': threshold {info['threshold']:.4f} ({info['threshold_rule']}), "
+        f"precision {info['val_precision']:.3f}, recall {info['val_recall']:.3f} on {info['val_count']} images"
+    )
+    out.print_json(json.dumps(info))
+
+
+@heads_app.command("evaluate")
+def heads_evaluate_command(
+    model: Optional[str] = ModelArgument,
+    data: str = typer.Option(..., "--data", "-d", help="Labelled images; classes no head knows make the open-set check."),
+    out_dir: Optional[str] = typer.Option(None, "--out", "-o", help="Write heads_evaluation.json here."),
+    batch_size: int = typer.Option(16, help="Images per inference batch."),
+):
+    """Per-head precision/recall/F1/AUC, failed/multiple attribution and self-contradiction rates, open-set rate."""
+    from tfdnadet.evaluation.heads import evaluate_heads, write_heads_evaluation
+    from tfdnadet.models.detector import load_detector
+
+    metrics = evaluate_heads(load_detector(_model_dir(model)), data, batch_size)
+    if metrics["skipped"]:
+        _warn(f"skipped {len(metrics['skipped'])} unusable image file(s), e.g. {metrics['skipped'][0]['path']}")
+    _print_heads_metrics(metrics)
+    if out_dir:
+        err.print(f"wrote {write_heads_evaluation(metrics, out_dir)}")
+
+
+def _print_heads_metrics(metrics: dict) -> None:
+    rates, open_set = metrics["rates"], metrics["open_set"]
+    share = lambda value: "-" if value is None else f"{value:.3f}"  # noqa: E731
+    out.print(
+        f"images: {metrics['count']}   failed attribution: {share(rates['failed_attribution'])}   "
+        f"multiple attribution: {share(rates['multiple_attribution'])}   self-contradiction: {share(rates['self_contradiction'])}   "
+        f"verdict accuracy: {share(metrics['verdict_accuracy'])}"
+    )
+    table = Table("head", "threshold", "precision", "recall", "f1", "auc", "positives", "negatives")
+    for name, m in metrics["heads"].items():
+        table.add_row(name, *(share(m[k]) for k in ("threshold", "precision", "recall", "f1", "auc")), str(m["positives"]), str(m["negatives"]))
+    _print_table(table)
+    classes = ", ".join(open_set["classes"]) or "none in the data"
+    out.print(f"open set ({classes}): {open_set['count']} images, answered unknown-generator or real: {share(open_set['rate'])}")
 
 
 @app.command("train-stage1")
