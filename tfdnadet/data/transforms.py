@@ -54,8 +54,9 @@ def gaussian_blur(image: tf.Tensor, kernel: int) -> tf.Tensor:
 
 def median_blur(image: tf.Tensor, kernel: int) -> tf.Tensor:
     """The median of each k x k window, per channel, exact for uint8 (top_k over the windows measured 3-10x slower)."""
-    # Comparing every window value costs ~8 k^2 per pixel, counting below each of 255 thresholds a constant.
-    if kernel * kernel <= 255:
+    # Comparing every window value costs ~8 k^2 per pixel, counting below each of 255 thresholds a constant:
+    # on 64 px crops the two break even between k = 9 and k = 11.
+    if kernel <= 9:
         return _median_by_bits(image, kernel)
     return _median_by_counting(image, kernel)
 
@@ -77,19 +78,19 @@ def _median_by_bits(image: tf.Tensor, kernel: int) -> tf.Tensor:
 
 def _median_by_counting(image: tf.Tensor, kernel: int) -> tf.Tensor:
     """The median is the number of thresholds 1..255 with fewer than half the window below them."""
-    half = kernel // 2
-    # One extra row and column, so the exclusive integral image reaches the last window's far edge.
-    padded = tf.pad(image, [[half, half + 1], [half, half + 1], [0, 0]], mode="SYMMETRIC")
-    below = tf.cast(padded[..., None] < tf.constant(np.arange(1, 256, dtype=np.uint8)), tf.int16)
-    integral = tf.cumsum(tf.cumsum(below, axis=0, exclusive=True), axis=1, exclusive=True)
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
-    counts = (
-        integral[kernel : kernel + h, kernel : kernel + w]
-        - integral[:h, kernel : kernel + w]
-        - integral[kernel : kernel + h, :w]
-        + integral[:h, :w]
-    )
+    below = tf.cast(_pad(image, kernel // 2)[..., None] < tf.constant(np.arange(1, 256, dtype=np.uint8)), tf.float32)
+    shape = tf.shape(image)
+    # Window sums as products with 0/1 band matrices (exact in float32, and far faster than cumsum here).
+    counts = tf.einsum("ij,jwct->iwct", _band(shape[0], kernel), below)
+    counts = tf.einsum("vw,iwct->ivct", _band(shape[1], kernel), counts)
     return tf.reduce_sum(tf.cast(counts < _median_rank(kernel), tf.uint8), axis=-1)
+
+
+def _band(size: tf.Tensor, kernel: int) -> tf.Tensor:
+    """[size, size + kernel - 1] with ones where row i sums padded positions i .. i + kernel - 1."""
+    rows = tf.range(size)[:, None]
+    columns = tf.range(size + kernel - 1)[None, :]
+    return tf.cast((columns >= rows) & (columns < rows + kernel), tf.float32)
 
 
 def _median_rank(kernel: int) -> int:
