@@ -11,6 +11,7 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
+from tfdnadet.data import perturb
 from tfdnadet.data.pipeline import to_patch_batch
 from tfdnadet.errors import TfdnadetError
 
@@ -41,15 +42,8 @@ def double_jpeg(image: tf.Tensor, quality: int, second_quality: int) -> tf.Tenso
 
 
 def gaussian_blur(image: tf.Tensor, kernel: int) -> tf.Tensor:
-    """Depthwise convolution with a k x k Gaussian; sigma follows the kernel size as OpenCV's default does."""
-    sigma = 0.3 * ((kernel - 1) * 0.5 - 1) + 0.8
-    offsets = np.arange(kernel) - kernel // 2
-    weights = np.exp(-(offsets**2) / (2 * sigma**2))
-    weights = np.outer(weights, weights) / np.sum(weights) ** 2
-    filters = tf.constant(np.tile(weights[:, :, None, None], [1, 1, 3, 1]), tf.float32)
-    padded = _pad(tf.cast(image, tf.float32), kernel // 2)
-    blurred = tf.nn.depthwise_conv2d(padded[None], filters, [1, 1, 1, 1], "VALID")[0]
-    return _to_uint8(blurred)
+    """Gaussian blur with a k x k kernel, sigma from k as OpenCV's default (the robustness attack's op)."""
+    return perturb.gaussian_blur(image[None], tf.constant([kernel]), kernel)[0]
 
 
 def median_blur(image: tf.Tensor, kernel: int) -> tf.Tensor:
