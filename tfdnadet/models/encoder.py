@@ -56,6 +56,7 @@ class Encoder(keras.Model):
         super().__init__(inputs=images, outputs=features, dtype=dtype, **kwargs)
 
         # === Config ===
+        self.layer_dtype = keras.dtype_policies.get(dtype).name if dtype else None  # the layers' policy, e.g. mixed_float16
         self.width = width
         self.feature_dim = channels(ENCODER_BLOCKS[-1][0], width)
 
@@ -67,7 +68,7 @@ class Encoder(keras.Model):
         return keras.Model(self.inputs[0], [feature_map, self.outputs[0]], name=f"encoder_block{layer}")
 
     def get_config(self):
-        return {"width": self.width, "name": self.name, "trainable": self.trainable, "dtype": self.dtype_policy.name}
+        return {"width": self.width, "name": self.name, "trainable": self.trainable, "dtype": self.layer_dtype}
 
 
 def encoder_block(x, index: int, width: float, dtype=None):
