@@ -72,11 +72,12 @@ class Stage1Config:
 class HeadsConfig:
     layout: str = "multiclass"  # stage 2 writes a multiclass head, or one-vs-all: one sigmoid head per class [Khoo 3.1]
     hidden: int = 512  # a binary head's embedding width, as the projection's Linear 512 [App. A, Table 7]
+    cosine_scale: float = 30.0  # sigmoid(scale * (cosine - margin)) bounds the positive region (NormFace/CosFace scale)
     finetune_top: int = 0  # [Khoo 3.2] private copies of the last K encoder blocks (their modules branch after layer 4)
     epochs: int = 3  # only the head learns: few passes (more overfit the generator seeds it saw)
     steps_per_epoch: Optional[int] = None  # None: one pass over the positive and negative training images
     learning_rate: float = 1e-3  # [5.1] the paper's larger Adam rate
-    threshold: float = 0.5  # sigmoid decision threshold until calibrated on validation data [Khoo 3.2]
+    threshold: float = 0.5  # sigmoid decision threshold [Khoo 3.2] until `heads calibrate` tunes it
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Heads on top of the encoder's pooled features. Outputs are float32 even under mixed precision."""
 
 import keras
+from keras import ops
 
 from tfdnadet.models.encoder import ENCODER_BLOCKS, POOL_LAYER, encoder_block
 
@@ -65,12 +66,21 @@ class BinaryHead(keras.Model):
 
     With `finetune_top=0` it reads the pooled features [B, input_channels]. With K > 0 it reads the feature map of
     encoder block 8-K and holds its own copies of blocks 9-K..8 and the pooling (Khoo's secondary module), so the
-    saved head is self-contained and the shared backbone is never changed.
+    saved head is self-contained and the shared backbone is never changed. Then a ReLU embedding and a cosine logit.
     """
 
     kind = "binary"
 
-    def __init__(self, input_channels: int, hidden_dim: int = 512, finetune_top: int = 0, width: float = 1.0, dtype=None, **kwargs):
+    def __init__(
+        self,
+        input_channels: int,
+        hidden_dim: int = 512,
+        finetune_top: int = 0,
+        width: float = 1.0,
+        cosine_scale: float = 30.0,
+        dtype=None,
+        **kwargs,
+    ):
         # === Functional Model ===
         if finetune_top:
             inputs = keras.Input(shape=(None, None, input_channels), name="feature_map")
@@ -82,7 +92,7 @@ class BinaryHead(keras.Model):
             inputs = keras.Input(shape=(input_channels,), name="features")
             x = inputs
         embedding = keras.layers.Dense(hidden_dim, activation="relu", name=EMBEDDING_LAYER, dtype=dtype)(x)
-        logit = keras.layers.Dense(1, name="logit", dtype="float32")(embedding)
+        logit = CosineLogit(cosine_scale, name="logit", dtype="float32")(embedding)
         super().__init__(inputs=inputs, outputs=logit, dtype=dtype, **kwargs)
 
         # === Config ===
@@ -90,6 +100,7 @@ class BinaryHead(keras.Model):
         self.hidden_dim = hidden_dim
         self.finetune_top = finetune_top
         self.width = width
+        self.cosine_scale = cosine_scale
 
     def get_config(self):
         return {
@@ -97,7 +108,36 @@ class BinaryHead(keras.Model):
             "hidden_dim": self.hidden_dim,
             "finetune_top": self.finetune_top,
             "width": self.width,
+            "cosine_scale": self.cosine_scale,
             "name": self.name,
             "trainable": self.trainable,
             "dtype": self.dtype_policy.name,
         }
+
+
+@keras.saving.register_keras_serializable(package="tfdnadet")
+class CosineLogit(keras.layers.Layer):
+    """logit = scale * (cos(x, direction) - margin), both learned: positives lie in a cone around one direction.
+
+    A plain linear logit grows without bound along its normal, so images of an architecture no head knows, which
+    merely differ from the negatives, often score as positives; the cone bounds that (cosine logits with a fixed
+    scale, as in NormFace/CosFace; 30 is their usual scale).
+    """
+
+    def __init__(self, scale: float = 30.0, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = scale
+
+    def build(self, input_shape):
+        self.direction = self.add_weight(name="direction", shape=(input_shape[-1], 1), initializer="glorot_uniform")
+        self.margin = self.add_weight(name="margin", shape=(1,), initializer="zeros")
+
+    def call(self, inputs):
+        features = ops.normalize(ops.cast(inputs, self.compute_dtype), axis=-1)
+        return self.scale * (ops.matmul(features, ops.normalize(self.direction, axis=0)) - self.margin)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], 1)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale}

@@ -13,10 +13,11 @@ import keras
 import numpy as np
 
 from tfdnadet.config import Config, config_with_overrides
+from tfdnadet.data.perturb import make_augment
 from tfdnadet.data.pipeline import LoadedImages, check_classes_present, make_patch_dataset
 from tfdnadet.data.sources import ImageList, list_image_files, read_dataset, split_train_val
 from tfdnadet.errors import TfdnadetError
-from tfdnadet.evaluation.heads import pick_threshold
+from tfdnadet.evaluation.heads import binary_metrics
 from tfdnadet.heads import check_head_name, validation_fields
 from tfdnadet.inference import load_for_detector, predict_loaded
 from tfdnadet.models.detector import MULTICLASS, Detector, feature_extractor, load_detector, save_detector, write_head
@@ -25,7 +26,7 @@ from tfdnadet.models.heads import EMBEDDING_LAYER, BinaryHead
 from tfdnadet.training.patch_model import PatchContrastiveModel
 from tfdnadet.training.trainer import make_optimizer
 
-NEGATIVE, POSITIVE = 0, 1
+POSITIVE = 0  # label of the head's architecture; negative classes are 1..N
 
 
 def add_head(
@@ -43,7 +44,8 @@ def add_head(
 ) -> dict:
     """Train head `name` (positives: a folder of its images) and write model_dir/heads/<name>; returns its head.json.
 
-    Negatives default to the model's recorded training data, less any class called `name`.
+    Negatives default to the model's recorded training data, less any class called `name`; each of its classes,
+    or each --negatives folder, stays a class of its own for the class-balanced batches and SupCon.
     """
     check_head_name(name)
     detector = load_detector(model_dir)
@@ -56,11 +58,11 @@ def add_head(
     positive_files = _image_files(positives, "Positives")
     negative_list = _negatives(detector, model_dir, name, negatives, config)
     taken = {os.path.realpath(p) for p in positive_files}
-    negative_paths = [p for p in negative_list.paths if os.path.realpath(p) not in taken]
+    keep = [i for i, p in enumerate(negative_list.paths) if os.path.realpath(p) not in taken]
     images = ImageList(
-        positive_files + negative_paths,
-        np.asarray([POSITIVE] * len(positive_files) + [NEGATIVE] * len(negative_paths), np.int32),
-        ["other", name],
+        positive_files + [negative_list.paths[i] for i in keep],
+        np.concatenate([np.full(len(positive_files), POSITIVE, np.int32), negative_list.labels[keep] + 1]),
+        [name, *negative_list.class_names],
     )
     train_list, val_list = split_train_val(images, config.data.val_fraction, config.data.split_seed)
     train, val = (load_for_detector(detector, part.paths, part.labels) for part in (train_list, val_list))
@@ -77,7 +79,7 @@ def add_head(
 def fit_binary_head(
     detector: Detector, name: str, train: LoadedImages, val: LoadedImages, config: Config, verbose: int = 0, info: Optional[dict] = None
 ) -> BinaryHead:
-    """Train a binary head (labels 1 = `name`) on the frozen backbone, add it to `detector` with its threshold."""
+    """Train a binary head (label 0 = `name`, 1..N negative classes) on the frozen backbone; add it to `detector`."""
     h, t = config.heads, config.train
     if not 0 <= h.finetune_top < len(ENCODER_BLOCKS):
         raise TfdnadetError(f"--finetune-top must be 0..{len(ENCODER_BLOCKS) - 1}. Received: {h.finetune_top}")
@@ -89,16 +91,18 @@ def fit_binary_head(
         h.hidden,
         h.finetune_top,
         width=backbone.width,
+        cosine_scale=h.cosine_scale,
         dtype=backbone.dtype_policy.name,
         name=name,
     )
     _copy_block_weights(backbone, head)
     model = _training_model(backbone, head, input_layer, config)
-    k = config.data.images_per_class
-    steps = h.steps_per_epoch or max(1, math.ceil(len(train.labels) / (2 * k)))
-    dataset = make_patch_dataset(train.images, train.labels, 2, config.data, seed=t.seed)
+    num_classes = int(train.labels.max()) + 1
+    steps = h.steps_per_epoch or max(1, math.ceil(len(train.labels) / (config.data.images_per_class * num_classes)))
+    augment = make_augment(config.data.augment, t.seed) if config.data.augment else None
+    dataset = make_patch_dataset(train.images, train.labels, num_classes, config.data, seed=t.seed, augment=augment)
     model.fit(dataset, steps_per_epoch=steps, epochs=h.epochs, verbose=verbose)
-    counts = np.bincount(train.labels, minlength=2)
+    positives = int(np.sum(train.labels == POSITIVE))
     detector.add_head(
         name,
         head,
@@ -106,14 +110,13 @@ def fit_binary_head(
             **(info or {}),
             "input_layer": input_layer,
             "finetune_top": h.finetune_top,
-            "positives": int(counts[POSITIVE]),
-            "negatives": int(counts[NEGATIVE]),
+            "positives": positives,
+            "negatives": len(train.labels) - positives,
             "epochs": h.epochs,
             "steps": steps * h.epochs,
-            "threshold": h.threshold,
         },
     )
-    detector.head_info[name].update(_validation_threshold(detector, name, val))
+    detector.head_info[name].update(_validation_metrics(detector, name, val, h.threshold))
     return head
 
 
@@ -123,7 +126,8 @@ def train_one_vs_all(model_dir: str, train: LoadedImages, val: LoadedImages, cla
         check_head_name(name)
     detector = load_detector(model_dir)
     for index, name in enumerate(class_names):
-        one_vs_all = [dataclasses.replace(part, labels=(part.labels == index).astype(np.int32)) for part in (train, val)]
+        # Class `index` becomes label 0; the others keep their order as 1..N.
+        one_vs_all = [dataclasses.replace(part, labels=np.where(part.labels == index, 0, part.labels + (part.labels < index))) for part in (train, val)]
         fit_binary_head(detector, name, *one_vs_all, config, verbose)
     binary = [name for name in detector.heads if name != MULTICLASS]
     save_detector(
@@ -160,12 +164,17 @@ def _copy_block_weights(backbone: keras.Model, head: BinaryHead) -> None:
             layer.set_weights(backbone.get_layer(layer.name).get_weights())
 
 
-def _validation_threshold(detector: Detector, name: str, val: LoadedImages) -> dict:
-    """Best-F1 threshold and its metrics on the validation split, when it holds positives and negatives."""
-    if len(set(val.labels.tolist())) < 2:
-        return {"threshold_rule": "default (validation split lacks positives or negatives)"}
+def _validation_metrics(detector: Detector, name: str, val: LoadedImages, threshold: float) -> dict:
+    """Precision/recall at the default threshold on the validation split (none when it lacks positives or negatives).
+
+    The split holds the same generators as training, so a threshold tuned on it is too lenient for other seeds
+    and unknown architectures: `heads calibrate` tunes it on separate validation data instead.
+    """
+    fields = {"threshold": threshold, "threshold_rule": "default"}
+    if POSITIVE not in val.labels or np.all(val.labels == POSITIVE):
+        return fields
     scores = predict_loaded(detector, val)[name][:, 0]
-    return {**validation_fields(pick_threshold(val.labels == POSITIVE, scores)), "threshold_rule": "best F1 on the validation split"}
+    return {**validation_fields(binary_metrics(val.labels == POSITIVE, scores, threshold)), **fields}
 
 
 def _image_files(folder: str, what: str) -> list:
@@ -178,20 +187,23 @@ def _image_files(folder: str, what: str) -> list:
 
 
 def _negatives(detector: Detector, model_dir: str, name: str, folders: tuple, config: Config) -> ImageList:
-    """Given folders, else the model's recorded training data without class `name`."""
+    """Given folders (one class each), else the model's recorded training data without class `name`."""
     if folders:
-        paths = [p for folder in folders for p in _image_files(folder, "Negatives")]
-        return ImageList(paths, np.zeros(len(paths), np.int32), ["other"])
+        files = [_image_files(folder, "Negatives") for folder in folders]
+        labels = np.concatenate([np.full(len(f), i, np.int32) for i, f in enumerate(files)])
+        return ImageList([p for f in files for p in f], labels, [os.path.abspath(folder) for folder in folders])
     source = detector.config.get("data_source")
     if not source or not os.path.exists(source):
         raise TfdnadetError(
             f"{model_dir} does not record training data that still exists ({source or 'none recorded'}): give --negatives DIR."
         )
     images = read_dataset(source, config.data.class_names)
-    others = images.subset(i for i, label in enumerate(images.labels) if images.class_names[label] != name)
-    if not len(others):
+    names = [n for n in images.class_names if n != name]
+    if not names:
         raise TfdnadetError(f"The model's training data {source} holds no images other than class '{name}': give --negatives DIR.")
-    return others
+    keep = [i for i, label in enumerate(images.labels) if images.class_names[label] != name]
+    relabel = np.asarray([names.index(n) if n in names else -1 for n in images.class_names], np.int32)
+    return ImageList([images.paths[i] for i in keep], relabel[images.labels[keep]], names)
 
 
 def _sources(negatives: tuple, detector: Detector) -> list:

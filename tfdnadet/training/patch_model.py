@@ -11,8 +11,9 @@ class PatchContrastiveModel(keras.Model):
     """Trains the backbone with SupCon on projections + CE on logits, weighted by learned uncertainty.
 
     With loss="ce" only the cross-entropy is used (the paper's Base / Base+PT ablations). With num_classes=1 the
-    classifier is one one-vs-all logit trained with sigmoid cross-entropy on 0/1 labels; `classifier` replaces the
-    multiclass head (a binary head's logit layer, on features from `backbone`).
+    classifier is one one-vs-all logit (`classifier`, e.g. a binary head's logit layer, replaces the multiclass head):
+    label 0 is its architecture, labels >= 1 are the negative classes, which SupCon keeps apart from each other; the
+    sigmoid cross-entropy weighs positives and negatives half each.
     """
 
     def __init__(
@@ -45,9 +46,10 @@ class PatchContrastiveModel(keras.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         logits = tf.cast(y_pred["logits"], tf.float32)
         if self.num_classes == 1:
-            logits = logits[:, 0]
-            ce = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(tf.cast(y, tf.float32), logits))
+            logits, targets = logits[:, 0], tf.cast(tf.equal(y, 0), tf.float32)
+            ce = _balanced_sigmoid_cross_entropy(targets, logits)
         else:
+            logits, targets = logits, y
             ce = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True))
         if self.loss_mode == "pcl":
             contrastive = supcon_loss(y_pred["projection"], y, self.temperature)
@@ -56,6 +58,14 @@ class PatchContrastiveModel(keras.Model):
         else:
             total = ce
         self.ce_metric.update_state(ce)
-        self.accuracy_metric.update_state(y, logits)
+        self.accuracy_metric.update_state(targets, logits)
         # Keras sums gradients over replicas, so each replica contributes its share.
         return total / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
+
+
+def _balanced_sigmoid_cross_entropy(targets, logits):
+    """Mean over positives and mean over negatives, averaged: a batch holds k positives but k per negative class."""
+    losses = tf.nn.sigmoid_cross_entropy_with_logits(targets, logits)
+    positives = tf.reduce_sum(targets)
+    negatives = tf.reduce_sum(1.0 - targets)
+    return 0.5 * (tf.reduce_sum(losses * targets) / tf.maximum(positives, 1.0) + tf.reduce_sum(losses * (1.0 - targets)) / tf.maximum(negatives, 1.0))

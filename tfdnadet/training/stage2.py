@@ -8,6 +8,7 @@ from tfdnadet.config import Config
 from tfdnadet.data.perturb import make_augment
 from tfdnadet.data.pipeline import check_classes_present, load_images, make_patch_dataset
 from tfdnadet.data.sources import read_dataset, split_train_val
+from tfdnadet.training.add_head import train_one_vs_all
 from tfdnadet.training.trainer import TrainResult, fit_patch_model
 
 
@@ -39,7 +40,7 @@ def train_stage2(
     train_dataset = make_patch_dataset(
         train.images, train.labels, len(images.class_names), d, seed=config.train.seed, augment=augment
     )
-    return fit_patch_model(
+    result = fit_patch_model(
         train_dataset,
         steps,
         (val.images, val.labels),
@@ -52,3 +53,6 @@ def train_stage2(
         callbacks=callbacks,
         model_info={"data_source": os.path.abspath(data), "stage": 2, "init_model": init_model},
     )
+    if config.heads.layout == "one-vs-all":
+        train_one_vs_all(result.model_dir, train, val, images.class_names, config, verbose)
+    return result
