@@ -107,6 +107,9 @@ def test_binary_head_round_trips_and_a_finetuned_head_is_self_contained(tmp_path
     np.testing.assert_array_equal(scores, detector.predict(images)["top2"])
     mixed = BinaryHead(16, 8, dtype="mixed_float16", name="mixed")
     assert keras.backend.standardize_dtype(mixed(features).dtype) == "float32"
+    mixed.save(str(tmp_path / "mixed.keras"))
+    reloaded = keras.saving.load_model(str(tmp_path / "mixed.keras"), compile=False)
+    assert reloaded.get_layer("embedding").dtype_policy.name == "mixed_float16"
 
 
 def test_verdicts_real_one_architecture_multiple_unknown_and_contradiction():

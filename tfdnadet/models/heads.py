@@ -101,6 +101,7 @@ class BinaryHead(keras.Model):
         self.finetune_top = finetune_top
         self.width = width
         self.cosine_scale = cosine_scale
+        self.layer_dtype = keras.dtype_policies.get(dtype).name if dtype else None  # as in Encoder: mixed precision reloads
 
     def get_config(self):
         return {
@@ -111,7 +112,7 @@ class BinaryHead(keras.Model):
             "cosine_scale": self.cosine_scale,
             "name": self.name,
             "trainable": self.trainable,
-            "dtype": self.dtype_policy.name,
+            "dtype": self.layer_dtype,
         }
 
 

@@ -1,7 +1,7 @@
 """One-vs-all heads [Khoo 3.1-3.2]: train one binary head on the frozen backbone and write only its folder.
 
 The head learns with the patchwise objective of stage 2 [4.2] (SupCon on its embedding + sigmoid cross-entropy)
-on class-balanced batches: k positive and k negative images per step.
+on class-balanced batches: k images of its architecture and k of each negative class per step.
 """
 
 import dataclasses
@@ -92,7 +92,7 @@ def fit_binary_head(
         h.finetune_top,
         width=backbone.width,
         cosine_scale=h.cosine_scale,
-        dtype=backbone.dtype_policy.name,
+        dtype=backbone.get_layer(input_layer).dtype_policy.name,
         name=name,
     )
     _copy_block_weights(backbone, head)
@@ -101,7 +101,7 @@ def fit_binary_head(
     steps = h.steps_per_epoch or max(1, math.ceil(len(train.labels) / (config.data.images_per_class * num_classes)))
     augment = make_augment(config.data.augment, t.seed) if config.data.augment else None
     dataset = make_patch_dataset(train.images, train.labels, num_classes, config.data, seed=t.seed, augment=augment)
-    model.fit(dataset, steps_per_epoch=steps, epochs=h.epochs, verbose=verbose)
+    model.fit(dataset, steps_per_epoch=steps, epochs=h.epochs, verbose=verbose, shuffle=False)  # the data set shuffles
     positives = int(np.sum(train.labels == POSITIVE))
     detector.add_head(
         name,
@@ -127,8 +127,8 @@ def train_one_vs_all(model_dir: str, train: LoadedImages, val: LoadedImages, cla
     detector = load_detector(model_dir)
     for index, name in enumerate(class_names):
         # Class `index` becomes label 0; the others keep their order as 1..N.
-        one_vs_all = [dataclasses.replace(part, labels=np.where(part.labels == index, 0, part.labels + (part.labels < index))) for part in (train, val)]
-        fit_binary_head(detector, name, *one_vs_all, config, verbose)
+        relabel = lambda labels: np.where(labels == index, POSITIVE, labels + (labels < index))  # noqa: E731
+        fit_binary_head(detector, name, *(dataclasses.replace(part, labels=relabel(part.labels)) for part in (train, val)), config, verbose)
     binary = [name for name in detector.heads if name != MULTICLASS]
     save_detector(
         Detector(
