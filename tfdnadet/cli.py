@@ -80,6 +80,9 @@ def train_stage2_command(
     config: Optional[str] = ConfigOption,
     init: Optional[str] = typer.Option(None, "--init", help="Initialise the encoder from a model directory (e.g. stage 1)."),
     no_pretrain: bool = typer.Option(False, "--no-pretrain", help="Randomly initialised encoder (the Base+PCL ablation); excludes --init."),
+    method: str = typer.Option(
+        "dnadet", "--method", help="dnadet (SupCon + CE on patches), base (CE on whole images), or a baseline: attnet, dct, prnu."
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
     epochs: Optional[int] = typer.Option(None, help="train.epochs"),
     steps_per_epoch: Optional[int] = typer.Option(None, help="train.steps_per_epoch"),
@@ -127,6 +130,9 @@ def train_stage2_command(
         },
         settings,
     )
+    from tfdnadet.methods import apply_method
+
+    cfg = apply_method(cfg, method)
     with _progress_to_stderr():
         result = train_stage2(
             data,
@@ -182,7 +188,10 @@ def _attribution_table(results: list, top_k: int) -> Table:
 @app.command("evaluate")
 def evaluate_command(
     model: str = typer.Argument(..., help="Model directory."),
-    data: str = typer.Option(..., "--data", "-d", help="Labelled images: class folders, CSV manifest or annotation txt."),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Labelled images: class folders, CSV manifest or annotation txt."),
+    protocol: Optional[str] = typer.Option(
+        None, "--protocol", help="A zoo's zoo.json: the Table 2 cross-test protocol (closed-set, cross-seed/loss/finetune/dataset)."
+    ),
     out_dir: Optional[str] = typer.Option(None, "--out", "-o", help="Write evaluation.json and a confusion-matrix PNG here."),
     batch_size: int = typer.Option(16, help="Images per inference batch."),
     classes: Optional[str] = typer.Option(None, help="Names of integer labels (annotation txt), comma separated."),
@@ -202,7 +211,12 @@ def evaluate_command(
     from tfdnadet.evaluation.splits import annotation_splits, evaluate_splits, is_annotation_folder
     from tfdnadet.models.detector import load_detector
 
+    if (data is None) == (protocol is None):
+        raise typer.BadParameter("give either --data DATA or --protocol ZOO_DIR/zoo.json.")
     detector = load_detector(model)
+    if protocol:
+        _evaluate_protocol(detector, model, protocol, batch_size, out_dir)
+        return
     names = classes.split(",") if classes else None
     if is_annotation_folder(data) and not (attack or report):
         results = evaluate_splits(detector, annotation_splits(data), batch_size, names, allow_outside_root)
@@ -231,6 +245,16 @@ def evaluate_command(
         err.print(f"wrote {written['json']} and {written['confusion_png']}")
     if report:
         err.print(f"wrote {report_paths['markdown']} and {report_paths['html']}")
+
+
+def _evaluate_protocol(detector, model: str, zoo: str, batch_size: int, out_dir: Optional[str]) -> None:
+    from tfdnadet.evaluation.protocol import evaluate_protocol, write_protocol
+
+    results = evaluate_protocol(detector, zoo, batch_size)
+    _print_splits(results)
+    if out_dir:
+        for path in write_protocol(results, out_dir, model, zoo).values():
+            err.print(f"wrote {path}")
 
 
 def _evaluate_attacks(detector, test_sets, attack, seed, batch_size, names, allow_outside_root, out_dir) -> None:
@@ -285,17 +309,33 @@ def _print_metrics(metrics: dict) -> None:
 
 @app.command("quickstart")
 def quickstart_command(
-    out_dir: str = typer.Option("tfdnadet-quickstart", "--out", "-o", help="Where data, run and results go (reused)."),
+    out_dir: str = typer.Option("tfdnadet-quickstart", "--out", "-o", help="Where the zoo, runs and results go (reused when run again)."),
 ):
-    """The embedded default job: make images of several generator architectures, train, evaluate."""
+    """The embedded default job: tiny GAN zoo, stage 1, stage 2, cross-test protocol, a one-vs-all head, export."""
     from tfdnadet.quickstart import run_quickstart
 
-    with _progress_to_stderr():
-        result = run_quickstart(out_dir, verbose=_progress_verbosity())
-    out.print("[bold]Attribution of images from generator seeds never seen in training[/bold]")
-    _print_metrics(result.metrics)
+    with _progress_to_stderr(), _model_progress_bars() as on_progress:
+        result = run_quickstart(out_dir, verbose=_progress_verbosity(), on_progress=on_progress)
+    out.print("[bold]Architecture attribution on the tiny zoo's test splits (paper Table 2 layout)[/bold]")
+    _print_splits(result.protocol)
     for name, path in result.files.items():
-        out.print(f"{name}: {path}")
+        out.print(f"{name}: {path}", highlight=False)
+
+
+@contextlib.contextmanager
+def _model_progress_bars():
+    """A progress bar per model on stderr; yields on_progress(model_id, step, total)."""
+    from rich.progress import Progress
+
+    tasks = {}
+    with Progress(console=err) as progress:
+
+        def on_progress(model_id: str, step: int, total: int) -> None:
+            if model_id not in tasks:
+                tasks[model_id] = progress.add_task(model_id, total=total)
+            progress.update(tasks[model_id], completed=step)
+
+        yield on_progress
 
 
 @app.command("export")
@@ -540,6 +580,26 @@ def train_stage1_command(
     with _progress_to_stderr():
         result = train_stage1(data, out_dir, cfg, resume=resume, verbose=_progress_verbosity(), on_skipped=_warn)
     _print_trained(result)
+
+
+zoo_app = typer.Typer(no_args_is_help=True, help="The mini GAN zoo: generators trained here, split as the paper's Table 1.")
+app.add_typer(zoo_app, name="zoo")
+
+
+@zoo_app.command("build")
+def zoo_build_command(
+    out_dir: str = typer.Option(..., "--out", "-o", help="Zoo directory: zoo.json, <split>/<arch>/<model>/*.png, <split>.csv, preview.png."),
+    preset: str = typer.Option("tiny", "--preset", help="tiny (minutes, 32 px), small (64 px, six architectures) or full."),
+    workers: int = typer.Option(1, "--workers", help="Models trained at the same time, each in its own process."),
+):
+    """Train the zoo's GANs (resumable per model) and write their images, split manifests and a preview grid."""
+    from tfdnadet.zoo.build import build_zoo
+
+    with _model_progress_bars() as on_progress:
+        zoo = build_zoo(out_dir, preset, workers, on_progress)
+    err.print(f"zoo '{preset}' in {out_dir}: {len(zoo['models'])} models; preview {os.path.join(out_dir, zoo['preview'])}")
+    splits = {name: split["images"] for name, split in zoo["splits"].items()}
+    out.print_json(json.dumps({"zoo": os.path.join(out_dir, "zoo.json"), "preview": os.path.join(out_dir, zoo["preview"]), "images": splits}))
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 
 from tfdnadet.data.pipeline import LoadedImages, load_images, make_image_dataset
+from tfdnadet.data.preprocess import min_image_side
 from tfdnadet.data.sources import ImageList, list_image_files
 from tfdnadet.models.detector import MULTICLASS, Detector
 from tfdnadet.verdict import verdicts
@@ -55,7 +56,7 @@ def expand_inputs(inputs: list) -> tuple:
 def load_for_detector(detector: Detector, paths: list, labels=None) -> LoadedImages:
     p = detector.preprocessing
     labels = np.zeros(len(paths), np.int32) if labels is None else labels
-    return load_images(ImageList(list(paths), labels, []), p["base_size"], p["max_pixels"], min_size=p["patch_size"])
+    return load_images(ImageList(list(paths), labels, []), p["base_size"], p["max_pixels"], min_size=min_image_side(p["patch_size"], p["base_size"]))
 
 
 def predict_loaded(detector: Detector, loaded: LoadedImages, batch_size: int = 16, transform=None) -> dict:

@@ -3,6 +3,12 @@
 import tensorflow as tf
 
 
+def min_image_side(patch_size: int, base_size: int) -> int:
+    """The smallest usable image side: a patch's size, or the base size when patches are larger (whole-image
+    models train on patches of the upsampled full image)."""
+    return min(patch_size, base_size)
+
+
 def resize_to_base(images: tf.Tensor, base_size: int) -> tf.Tensor:
     """uint8 image(s) of any size -> uint8 base_size x base_size (the data set's lowest resolution)."""
     resized = tf.image.resize(tf.cast(images, tf.float32), [base_size, base_size], method="bilinear", antialias=True)

@@ -25,6 +25,12 @@ def grid_patches(images: tf.Tensor, grid: int = GRID, size: Optional[int] = None
     return tf.reshape(tf.stack(patches, axis=1), [-1, size, size, images.shape[-1]])
 
 
+def has_patch_grid(detector: Detector) -> bool:
+    """Patch agreement needs a model trained on patches whose backbone takes any image size."""
+    p = detector.preprocessing
+    return detector.backbone.inputs[0].shape[1] is None and p["patch_size"] < p["input_size"]
+
+
 def patch_classes(detector: Detector, loaded: LoadedImages, batch_size: int = 16, grid: int = GRID) -> np.ndarray:
     """The multiclass head's prediction for every grid patch of every image: int [N, grid * grid].
 

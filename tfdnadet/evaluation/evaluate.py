@@ -10,7 +10,7 @@ from tfdnadet.atomic import atomic_path
 from tfdnadet.data.pipeline import LoadedImages
 from tfdnadet.data.sources import align_to_classes, read_dataset
 from tfdnadet.errors import TfdnadetError
-from tfdnadet.evaluation.consistency import agreement_by_class, patch_agreement, patch_classes
+from tfdnadet.evaluation.consistency import agreement_by_class, has_patch_grid, patch_agreement, patch_classes
 from tfdnadet.evaluation.metrics import classification_metrics
 from tfdnadet.evaluation.plots import plot_confusion_matrix
 from tfdnadet.inference import load_for_detector, predict_loaded
@@ -30,8 +30,9 @@ def evaluate_loaded(detector: Detector, loaded: LoadedImages, data: str, batch_s
     metrics = loaded_metrics(detector, loaded, batch_size)
     metrics["data"] = data
     metrics["skipped"] = [{"path": p, "reason": r} for p, r in loaded.failures]
-    agreement = patch_agreement(patch_classes(detector, loaded, batch_size))
-    metrics["patch_agreement"] = agreement_by_class(loaded.labels, agreement, detector.class_names)
+    if has_patch_grid(detector):
+        agreement = patch_agreement(patch_classes(detector, loaded, batch_size))
+        metrics["patch_agreement"] = agreement_by_class(loaded.labels, agreement, detector.class_names)
     return metrics
 
 

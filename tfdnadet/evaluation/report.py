@@ -147,6 +147,8 @@ def _agreement_section(metrics: dict) -> Section:
         "an image is the share of its patches that vote for their most common class (Section 3: architecture "
         "traces are globally consistent, so 1.0 is expected)."
     )
+    if "patch_agreement" not in metrics:
+        return Section("Patch agreement", "Not measured: the model was trained on whole images or takes one fixed image size.")
     rows = [["class", "mean patch agreement"]] + [[name, f"{value:.3f}"] for name, value in metrics["patch_agreement"].items()]
     return Section("Patch agreement", text, rows)
 

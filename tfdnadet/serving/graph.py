@@ -13,7 +13,7 @@ import functools
 import keras
 import tensorflow as tf
 
-from tfdnadet.data.preprocess import resize_to_base, to_model_input
+from tfdnadet.data.preprocess import min_image_side, resize_to_base, to_model_input
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.detector import MULTICLASS, Detector
 from tfdnadet.models.heads import BinaryHead
@@ -53,7 +53,7 @@ class DetectorServing(tf.Module):
         self.models = [self._detector.backbone, *self._detector.heads.values()]  # tracked: their variables are saved
         preprocessing = detector.preprocessing
         self.base_size, self.input_size = preprocessing["base_size"], preprocessing["input_size"]
-        self.min_size = preprocessing["patch_size"]  # the Python path refuses images smaller than a patch too
+        self.min_size = min_image_side(preprocessing["patch_size"], preprocessing["base_size"])  # the Python path refuses images smaller than a patch too
 
     def signatures(self) -> dict:
         bytes_spec = tf.TensorSpec([None], tf.string, name=BYTES_INPUT)

@@ -7,8 +7,10 @@ from typing import Optional
 from tfdnadet.config import Config
 from tfdnadet.data.perturb import make_augment
 from tfdnadet.data.pipeline import check_classes_present, load_images, make_patch_dataset
+from tfdnadet.data.preprocess import min_image_side
 from tfdnadet.data.sources import read_dataset, split_train_val
 from tfdnadet.training.add_head import train_one_vs_all
+from tfdnadet.training.prnu import fit_prnu
 from tfdnadet.training.trainer import TrainResult, fit_patch_model
 
 
@@ -25,11 +27,14 @@ def train_stage2(
     allow_outside_root: bool = False,
 ) -> TrainResult:
     """Train the architecture classifier on a folder/manifest; `on_skipped(message)` hears about bad files."""
+    if config.model.backbone == "prnu":
+        return fit_prnu(data, run_dir, config, on_skipped, allow_outside_root)
     d = config.data
     images = read_dataset(data, d.class_names, allow_outside_root)
     train_list, val_list = split_train_val(images, d.val_fraction, d.split_seed)
-    train = load_images(train_list, d.base_size, d.max_pixels, min_size=d.patch_size)
-    val = load_images(val_list, d.base_size, d.max_pixels, min_size=d.patch_size)
+    min_side = min_image_side(d.patch_size, d.base_size)
+    train = load_images(train_list, d.base_size, d.max_pixels, min_size=min_side)
+    val = load_images(val_list, d.base_size, d.max_pixels, min_size=min_side)
     for loaded in (train, val):
         if loaded.failures and on_skipped:
             on_skipped(loaded.failure_summary())
