@@ -21,7 +21,7 @@ from tfdnadet.evaluation.heads import binary_metrics
 from tfdnadet.heads import check_head_name, validation_fields
 from tfdnadet.inference import load_for_detector, predict_loaded
 from tfdnadet.models.detector import MULTICLASS, Detector, feature_extractor, load_detector, save_detector, write_head
-from tfdnadet.models.encoder import ENCODER_BLOCKS, POOL_LAYER, block_layer_name
+from tfdnadet.models.encoder import ENCODER_BLOCKS, POOL_LAYER, Encoder, block_layer_name
 from tfdnadet.models.heads import EMBEDDING_LAYER, BinaryHead
 from tfdnadet.training.patch_model import PatchContrastiveModel
 from tfdnadet.training.trainer import make_optimizer
@@ -86,6 +86,8 @@ def fit_binary_head(
     keras.utils.set_random_seed(t.seed)
     backbone = detector.backbone
     input_layer = block_layer_name(len(ENCODER_BLOCKS) - h.finetune_top) if h.finetune_top else POOL_LAYER
+    if (h.finetune_top and not isinstance(backbone, Encoder)) or input_layer not in {layer.name for layer in backbone.layers}:
+        raise TfdnadetError(f"A binary head cannot read '{input_layer}' of this model's {type(backbone).__name__} backbone.")
     head = BinaryHead(
         backbone.get_layer(input_layer).output.shape[-1],
         h.hidden,
