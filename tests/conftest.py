@@ -55,6 +55,14 @@ def trained_run(gan_images, tiny_config, tmp_path_factory):
     return train_stage2(gan_images["train"], run_dir, tiny_config, verbose=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory):
+    """The `tiny` mini GAN zoo, built once per session; returns its manifest (with `root`)."""
+    from tfdnadet.zoo.build import build_zoo
+
+    return build_zoo(str(tmp_path_factory.mktemp("zoo") / "tiny"), "tiny")
+
+
 def run_cli(args, monkeypatch, capsys):
     """Run the tfdnadet command in-process; returns (exit code, stdout, stderr)."""
     from tfdnadet import cli

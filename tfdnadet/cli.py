@@ -334,6 +334,8 @@ def _model_progress_bars():
             if model_id not in tasks:
                 tasks[model_id] = progress.add_task(model_id, total=total)
             progress.update(tasks[model_id], completed=step)
+            if step == total and not err.is_terminal:  # no live bars in a log file: one line per model
+                err.print(f"{model_id}: {total}/{total} steps", highlight=False)
 
         yield on_progress
 

@@ -1,0 +1,108 @@
+"""The Table 2 cross-test protocol on the tiny zoo, through the library and `evaluate --protocol`, and the quick start."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from tfdnadet import quickstart
+from tfdnadet.config import load_config
+from tfdnadet.errors import TfdnadetError
+from tfdnadet.evaluation.protocol import evaluate_protocol, protocol_summary, write_protocol, zoo_test_splits
+from tfdnadet.models.detector import load_detector
+from tfdnadet.training.stage2 import train_stage2
+from tfdnadet.zoo.build import TEST_SPLITS
+
+ZOO_SIZES = {"data.base_size": 32, "data.input_size": 64, "data.patch_size": 16}
+
+
+@pytest.fixture(scope="module")
+def zoo_model(tiny_zoo, tmp_path_factory):
+    """A tiny stage-2 model trained on the zoo's train split."""
+    config = load_config("tiny", {**ZOO_SIZES, "train.epochs": 2, "train.steps_per_epoch": 8})
+    run_dir = str(tmp_path_factory.mktemp("protocol") / "stage2")
+    return train_stage2(os.path.join(tiny_zoo["root"], "train.csv"), run_dir, config, verbose=0).model_dir
+
+
+def test_protocol_scores_every_test_split(tiny_zoo, zoo_model, tmp_path):
+    results = evaluate_protocol(load_detector(zoo_model), tiny_zoo["root"])
+    assert list(results) == list(TEST_SPLITS)
+    for split, metrics in results.items():
+        assert metrics["count"] == tiny_zoo["splits"][split]["images"]
+        assert 0.0 <= metrics["macro_f1"] <= 1.0
+        matrix = np.asarray(metrics["confusion_matrix"])
+        assert matrix.sum() == metrics["count"]
+        assert metrics["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
+        # Rows of classes a split does not hold stay empty (no real images in cross-seed, for example).
+        names = metrics["class_names"]
+        held = set(tiny_zoo["splits"][split]["classes"])
+        assert {names[i] for i in np.flatnonzero(matrix.sum(axis=1))} == held
+    files = write_protocol(results, str(tmp_path / "out"), zoo_model, os.path.join(tiny_zoo["root"], "zoo.json"))
+    with open(files["protocol_json"]) as f:
+        summary = json.load(f)
+    assert summary["splits"] == json.loads(json.dumps(protocol_summary(results)))
+    for split in TEST_SPLITS:
+        png = Image.open(files[f"{split}_confusion_png"])
+        assert png.format == "PNG" and png.size[0] > 200
+        with open(tmp_path / "out" / f"{split}.json") as f:
+            assert json.load(f)["count"] == results[split]["count"]
+
+
+def test_evaluate_protocol_command(tiny_zoo, zoo_model, tmp_path, monkeypatch, capsys):
+    zoo_json = os.path.join(tiny_zoo["root"], "zoo.json")
+    code, out, err = run_cli(["evaluate", zoo_model, "--protocol", zoo_json, "--out", tmp_path / "eval"], monkeypatch, capsys)
+    assert code == 0, err
+    for split in TEST_SPLITS:
+        assert split in out
+        assert (tmp_path / "eval" / f"{split}_confusion.png").is_file()
+    assert "protocol.json" in err and (tmp_path / "eval" / "protocol.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["--protocol", "{missing}"], 1, "No zoo manifest"),
+        ([], 2, "either --data DATA or --protocol"),
+        (["--protocol", "{zoo}", "--data", "{zoo}"], 2, "either --data DATA or --protocol"),
+    ],
+)
+def test_evaluate_protocol_errors(args, code, message, tiny_zoo, zoo_model, tmp_path, monkeypatch, capsys):
+    paths = {"missing": str(tmp_path / "nowhere" / "zoo.json"), "zoo": os.path.join(tiny_zoo["root"], "zoo.json")}
+    args = [a.format(**paths) for a in args]
+    result, _, err = run_cli(["evaluate", zoo_model, *args], monkeypatch, capsys)
+    assert result == code and message in err and "Traceback" not in err
+
+
+def test_a_zoo_without_test_splits_is_an_error(tiny_zoo, tmp_path):
+    with open(os.path.join(tiny_zoo["root"], "zoo.json")) as f:
+        manifest = json.load(f)
+    manifest["splits"] = {"train": manifest["splits"]["train"]}
+    (tmp_path / "zoo.json").write_text(json.dumps(manifest))
+    with pytest.raises(TfdnadetError, match="has no test split"):
+        zoo_test_splits(str(tmp_path))
+
+
+def test_quickstart_end_to_end_and_again(tiny_zoo, tmp_path, monkeypatch, capsys):
+    """The README's first command on the tiny zoo (already built) with shortened training runs."""
+    out_dir = tmp_path / "qs"
+    shutil.copytree(tiny_zoo["root"], out_dir / "zoo")
+    monkeypatch.setattr(quickstart, "_STAGE1_SETTINGS", {"train.epochs": 1, "train.steps_per_epoch": 2, "stage1.crops": 64, "stage1.transforms": {"jpeg": [30, 90], "noise": [25]}})
+    monkeypatch.setattr(quickstart, "_STAGE2_SETTINGS", {"train.epochs": 1, "train.steps_per_epoch": 4})
+    code, out, err = run_cli(["quickstart", "--out", out_dir], monkeypatch, capsys)
+    assert code == 0, err
+    for split in TEST_SPLITS:
+        assert split in out
+    model_dir = out_dir / "stage2" / "model"
+    assert str(out_dir / "zoo" / "preview.png") in out and str(model_dir) in out
+    assert (out_dir / "evaluation" / "protocol.json").is_file()
+    assert (model_dir / "heads" / quickstart.ADDED_HEAD / "head.json").is_file()
+    assert (out_dir / "savedmodels" / quickstart.EXPORT_NAME / "1" / "saved_model.pb").is_file()
+    stamp = os.stat(model_dir / "detector.json").st_mtime_ns
+    code, again, err = run_cli(["quickstart", "--out", out_dir], monkeypatch, capsys)
+    assert code == 0, err
+    assert os.stat(model_dir / "detector.json").st_mtime_ns == stamp  # nothing trained twice
+    assert again == out

@@ -1,0 +1,212 @@
+"""The mini GAN zoo: GAN training pieces, the preset's model plan, the built tiny zoo and its resumption."""
+
+import csv
+import json
+import os
+import shutil
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from conftest import run_cli
+from tfdnadet.data.sources import read_dataset
+from tfdnadet.errors import TfdnadetError
+from tfdnadet.zoo import build, train
+from tfdnadet.zoo.generators import build_generator, sample_images
+from tfdnadet.zoo.photos import load_photos, random_crops
+
+# === GAN training pieces ===
+
+
+def test_gan_losses_on_known_logits():
+    real, fake = tf.constant([[2.0], [0.0]]), tf.constant([[-1.0], [1.0]])
+    d_loss, g_loss = train.gan_losses("nonsaturating", real, fake)
+    softplus = lambda x: np.log1p(np.exp(x))  # noqa: E731
+    np.testing.assert_allclose(d_loss, np.mean(softplus(-np.array([2.0, 0.0]))) + np.mean(softplus(np.array([-1.0, 1.0]))), rtol=1e-6)
+    np.testing.assert_allclose(g_loss, np.mean(softplus(np.array([1.0, -1.0]))), rtol=1e-6)
+    d_loss, g_loss = train.gan_losses("hinge", real, fake)
+    np.testing.assert_allclose([d_loss, g_loss], [(0 + 1) / 2 + (0 + 2) / 2, 0.0], rtol=1e-6)
+    d_loss, g_loss = train.gan_losses("lsgan", real, fake)
+    np.testing.assert_allclose([d_loss, g_loss], [0.5 * (1 + 1) / 2 + 0.5 * (1 + 1) / 2, 0.5 * (4 + 0) / 2], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"loss='wgan'.*Known: \['nonsaturating', 'hinge', 'lsgan'\]"):
+        train.gan_losses("wgan", real, fake)
+
+
+def test_discriminator_shape_and_minibatch_stddev(tmp_path):
+    model = train.build_discriminator(32, width=16, seed=3)
+    images = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype("float32")
+    logits = model(images)
+    assert logits.shape == (4, 1) and logits.dtype == tf.float32
+    np.testing.assert_array_equal(logits, train.build_discriminator(32, width=16, seed=3)(images))
+    # The extra channel is the batch's mean feature spread: about zero when every sample is the same.
+    x = np.random.default_rng(1).normal(size=(3, 4, 4, 5)).astype("float32")
+    out = train.MinibatchStddev(name="mbstd")(x).numpy()
+    assert out.shape == (3, 4, 4, 6)
+    np.testing.assert_allclose(out[..., -1], np.mean(np.std(x, axis=0)), rtol=1e-5)
+    assert train.MinibatchStddev(name="mbstd")(np.repeat(x[:1], 3, axis=0)).numpy()[..., -1].max() < 1e-3
+    model.save(tmp_path / "d.keras")
+    np.testing.assert_allclose(keras.saving.load_model(tmp_path / "d.keras", safe_mode=True)(images), logits, atol=1e-6)
+
+
+def test_train_gan_moves_the_generator_towards_the_photos():
+    photos = random_crops(list(load_photos("A")), 64, 16, seed=0)
+    generator = build_generator("progan", 16, latent_dim=8, width=16, seed=0)
+    before = sample_images(generator, 32, seed=1).astype(float)
+    steps = []
+    history = train.train_gan(
+        generator, train.build_discriminator(16, 32, seed=0), photos, 40, batch_size=8, learning_rate=2e-3, on_step=steps.append
+    )
+    after = sample_images(generator, 32, seed=1).astype(float)
+    assert steps == list(range(1, 41)) and len(history["d_loss"]) == len(history["g_loss"]) == 40
+    assert np.all(np.isfinite(history["d_loss"]))
+    # Untrained ProGAN output is grey noise; after training its colour statistics are closer to the photos'.
+    target = photos.reshape(-1, 3).astype(float).mean(axis=0)
+    assert np.abs(after.reshape(-1, 3).mean(axis=0) - target).sum() < np.abs(before.reshape(-1, 3).mean(axis=0) - target).sum()
+
+
+def test_refresh_batch_statistics_makes_inference_match_a_training_pass():
+    generator = build_generator("sngan", 16, latent_dim=8, width=16, seed=0)
+    latents = np.random.default_rng(7).standard_normal((256, 8)).astype("float32")
+    train.refresh_batch_statistics(generator, seed=7)
+    np.testing.assert_allclose(generator(latents, training=False), generator(latents, training=True), atol=1e-4)
+    assert all(norm.momentum == 0.99 for norm in generator.layers if isinstance(norm, keras.layers.BatchNormalization))
+
+
+def test_upsampling_kind_alone_changes_the_output():
+    """SNGAN and InfoMaxGAN share blocks and, with one seed, weights: only nearest vs bilinear differs."""
+    nearest, bilinear = (build_generator(name, 16, latent_dim=8, width=16, seed=5) for name in ("sngan", "infomaxgan"))
+    for a, b in zip(nearest.get_weights(), bilinear.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    z = np.random.default_rng(0).standard_normal((2, 8)).astype("float32")
+    assert np.abs(nearest(z, training=False) - bilinear(z, training=False)).mean() > 1e-3
+
+
+# === The model plan ===
+
+
+@pytest.mark.parametrize("preset", build.preset_names())
+def test_plan_follows_table_1(preset):
+    settings = build.get_preset(preset)
+    models = build.plan_models(settings)
+    ids = [m.id for m in models]
+    assert len(ids) == len(set(ids))
+    by_split = {split: [m for m in models if m.split == split] for split in (build.TRAIN_SPLIT, *build.TEST_SPLITS[1:])}
+    train_models = {m.architecture: m for m in by_split["train"]}
+    assert sorted(train_models) == sorted(settings.architectures)
+    assert {(m.seed, m.loss, m.content, m.origin) for m in by_split["train"]} == {(0, "nonsaturating", "A", "scratch")}
+    for m in by_split["cross-seed"]:
+        assert (m.loss, m.content) == ("nonsaturating", "A") and m.seed != 0
+    for m in by_split["cross-loss"]:
+        assert (m.seed, m.content) == (0, "A") and m.loss in ("hinge", "lsgan")
+    for m in by_split["cross-dataset"]:
+        assert (m.seed, m.loss, m.content, m.origin) == (0, "nonsaturating", "B", "scratch")
+    for m in by_split["cross-finetune"]:
+        parent = train_models[m.architecture]
+        assert (m.origin, m.content, m.steps) == (parent.id, "B", settings.finetune_steps)
+        assert ids.index(parent.id) < ids.index(m.id)
+    assert all(by_split.values())
+
+
+def test_unknown_preset_and_bad_workers(tmp_path):
+    with pytest.raises(TfdnadetError, match=r"preset='huge'. Known: tiny, small, full"):
+        build.build_zoo(str(tmp_path), "huge")
+    with pytest.raises(TfdnadetError, match="--workers"):
+        build.build_zoo(str(tmp_path), "tiny", workers=0)
+
+
+# === The built tiny zoo ===
+
+
+def _csv_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_tiny_zoo_manifest_and_files(tiny_zoo):
+    root, preset = tiny_zoo["root"], build.get_preset("tiny")
+    with open(os.path.join(root, "zoo.json")) as f:
+        on_disk = json.load(f)
+    assert on_disk["format"] == "tfdnadet-zoo" and on_disk["preset"]["name"] == "tiny"
+    assert on_disk["class_names"] == ["real", *sorted(preset.architectures)]
+    models = {m["id"]: m for m in on_disk["models"]}
+    assert sorted(models) == sorted(m.id for m in build.plan_models(preset))
+    for entry in models.values():
+        assert {"architecture", "seed", "loss", "content", "origin", "steps", "split", "seconds", "folders"} <= set(entry)
+        assert os.path.isfile(os.path.join(root, "models", entry["id"], "generator.keras"))
+        for split, folder in entry["folders"].items():
+            count = preset.train_images if split == "train" else preset.test_images
+            pngs = sorted(os.listdir(os.path.join(root, folder)))
+            assert len(pngs) == count
+            image = np.asarray(Image.open(os.path.join(root, folder, pngs[0])))
+            assert image.shape == (32, 32, 3) and image.std() > 5  # not a flat colour
+    preview = Image.open(os.path.join(root, on_disk["preview"]))
+    assert preview.size[1] > 64 * (len(models) + 2)  # a row per model plus two rows of real crops
+
+
+def test_tiny_zoo_splits_follow_table_1(tiny_zoo):
+    root, splits = tiny_zoo["root"], tiny_zoo["splits"]
+    assert list(splits) == ["train", *build.TEST_SPLITS]
+    architectures = sorted(build.get_preset("tiny").architectures)
+    assert splits["train"]["classes"] == splits["closed-set"]["classes"] == ["real", *architectures]
+    assert splits["cross-dataset"]["classes"] == ["real", *architectures]
+    assert "real" not in splits["cross-seed"]["classes"] + splits["cross-loss"]["classes"] + splits["cross-finetune"]["classes"]
+    models = {m["id"]: m for m in tiny_zoo["models"]}
+    for split, info in splits.items():
+        rows = _csv_rows(os.path.join(root, info["manifest"]))
+        assert len(rows) == info["images"] and {r["split"] for r in rows} == {split}
+        for row in rows:
+            if row["label"] == "real":
+                assert row["group"] == ("real-B" if split == "cross-dataset" else "real-A")
+            else:
+                model = models[row["group"]]
+                assert model["architecture"] == row["label"] and split in model["folders"]
+        # The manifests and the split folders are data sets that training and evaluation read directly.
+        assert len(read_dataset(os.path.join(root, info["manifest"]))) == len(rows)
+        assert read_dataset(os.path.join(root, split)).class_names == info["classes"]
+    train_files = {r["path"] for r in _csv_rows(os.path.join(root, "train.csv"))}
+    closed_files = {r["path"] for r in _csv_rows(os.path.join(root, "closed-set.csv"))}
+    assert not train_files & closed_files
+
+
+def test_rebuild_resumes_and_redraws_only_what_is_missing(tiny_zoo, tmp_path):
+    root = str(tmp_path / "zoo")
+    shutil.copytree(tiny_zoo["root"], root)
+    lost = next(m for m in tiny_zoo["models"] if m["split"] == "cross-seed")
+    lost_folder = os.path.join(root, lost["folders"]["cross-seed"])
+    kept = sorted(os.listdir(lost_folder))
+    first_png = open(os.path.join(lost_folder, kept[0]), "rb").read()
+    shutil.rmtree(lost_folder)
+    model_json = os.path.join(root, "models", lost["id"], "model.json")
+    stamp = os.stat(model_json).st_mtime_ns
+    events = []
+    rebuilt = build.build_zoo(root, "tiny", on_progress=lambda *event: events.append(event))
+    # Every model was already trained: each reports its last step once and nothing trains again.
+    assert sorted(events) == sorted((m["id"], m["steps"], m["steps"]) for m in tiny_zoo["models"])
+    assert os.stat(model_json).st_mtime_ns == stamp
+    assert sorted(os.listdir(lost_folder)) == kept
+    assert open(os.path.join(lost_folder, kept[0]), "rb").read() == first_png  # redrawn from the same latents
+    assert rebuilt["splits"] == tiny_zoo["splits"]
+
+
+def test_a_zoo_directory_keeps_its_preset(tiny_zoo, tmp_path, monkeypatch, capsys):
+    root = tmp_path / "zoo"
+    root.mkdir()
+    shutil.copy(os.path.join(tiny_zoo["root"], "build.json"), root / "build.json")
+    code, _, err = run_cli(["zoo", "build", "--out", root, "--preset", "small"], monkeypatch, capsys)
+    assert code == 1 and "holds a zoo of preset 'tiny'" in err and "Traceback" not in err
+    code, _, err = run_cli(["zoo", "build", "--out", root, "--preset", "huge"], monkeypatch, capsys)
+    assert code == 1 and "Unknown zoo preset" in err
+
+
+def test_read_zoo_rejects_what_is_not_a_zoo(tmp_path):
+    with pytest.raises(TfdnadetError, match="No zoo manifest"):
+        build.read_zoo(str(tmp_path))
+    (tmp_path / "zoo.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(TfdnadetError, match="not a tfdnadet zoo manifest"):
+        build.read_zoo(str(tmp_path / "zoo.json"))
+    (tmp_path / "zoo.json").write_text("{broken")
+    with pytest.raises(TfdnadetError, match="not valid JSON"):
+        build.read_zoo(str(tmp_path))

@@ -1,0 +1,410 @@
+"""The mini GAN zoo: generators trained here as GANs, split as the paper's Table 1 [5.2].
+
+Layout of a zoo directory:
+    zoo.json                       the manifest: preset, models, splits, real images
+    build.json                     the preset being built (a resumed build must use the same one)
+    models/<model-id>/             generator.keras, discriminator.keras, model.json (one folder per model)
+    <split>/<arch>/<model-id>/     PNGs of a model; <split>/real/ real photo crops
+    <split>.csv                    the split as a manifest: path,label,group,split
+    preview.png                    a row of samples per model, real crops first
+
+Splits: `train` (models of content A, seed 0, non-saturating loss) and the test splits `closed-set`
+(other images of the train models), `cross-seed`, `cross-loss`, `cross-finetune` (train models finetuned
+on content B) and `cross-dataset` (models trained on content B from scratch, with real crops of B).
+"""
+
+import csv
+import dataclasses
+import json
+import multiprocessing
+import os
+import queue
+import time
+import zlib
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from tfdnadet.atomic import atomic_path
+from tfdnadet.errors import TfdnadetError
+
+FORMAT = "tfdnadet-zoo"
+REAL = "real"
+TRAIN_SPLIT = "train"
+TEST_SPLITS = ("closed-set", "cross-seed", "cross-loss", "cross-finetune", "cross-dataset")
+TRAIN_CONTENT, OTHER_CONTENT = "A", "B"
+TRAIN_SEED, TRAIN_LOSS = 0, "nonsaturating"
+_PREVIEW_SAMPLES = 8
+
+
+@dataclass(frozen=True)
+class ZooPreset:
+    name: str
+    image_size: int  # generator output size (the paper's zoo is 128 px; 64 px keeps a CPU build short)
+    width: int  # channels of the widest generator block (the discriminator gets twice as many)
+    latent_dim: int
+    batch_size: int
+    steps: int  # GAN steps of a model trained from scratch
+    finetune_steps: int  # further GAN steps of a train model on content B (cross-finetune)
+    learning_rate: float
+    architectures: tuple  # the classes besides real
+    cross_seeds: tuple  # (architecture, seed): the train GAN retrained with another seed
+    cross_losses: tuple  # (architecture, loss): the train GAN retrained with another loss
+    photo_crops: int  # real crops per content set that the GANs learn from
+    train_images: int  # images per train model, and real crops, in the train split
+    test_images: int  # images per model, and real crops, in a test split
+
+
+_PAPER_ARCHITECTURES = ("progan", "mmdgan", "sngan", "infomaxgan")  # Table 1
+_ALL_ARCHITECTURES = (*_PAPER_ARCHITECTURES, "dcgan", "stylegan2")
+
+PRESETS = {
+    # CI and the quick start: the paper's three upsampling kinds (nearest, depth-to-space, bilinear).
+    "tiny": ZooPreset(
+        "tiny", 32, 16, 32, 16, 300, 100, 5e-4, ("progan", "mmdgan", "infomaxgan"),
+        (("progan", 1),), (("mmdgan", "hinge"),), 1000, 48, 16,
+    ),
+    "small": ZooPreset(
+        "small", 64, 32, 64, 16, 1200, 400, 5e-4, _ALL_ARCHITECTURES,
+        tuple((name, 1) for name in _ALL_ARCHITECTURES),
+        (("progan", "hinge"), ("mmdgan", "hinge"), ("infomaxgan", "lsgan"), ("dcgan", "lsgan")),
+        4000, 300, 100,
+    ),
+    "full": ZooPreset(
+        "full", 64, 64, 128, 32, 6000, 2000, 2e-4, _ALL_ARCHITECTURES,
+        tuple((name, seed) for name in _ALL_ARCHITECTURES for seed in (1, 2)),
+        tuple((name, loss) for name in _ALL_ARCHITECTURES for loss in ("hinge", "lsgan")),
+        8000, 1000, 250,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    id: str
+    architecture: str
+    seed: int
+    loss: str
+    content: str  # the photos it learnt last
+    origin: str  # "scratch", or the id of the train model it was finetuned from
+    steps: int
+    split: str
+
+    @property
+    def image_splits(self) -> tuple:
+        """The splits holding this model's images: a train model also makes the closed-set test images."""
+        return (TRAIN_SPLIT, "closed-set") if self.split == TRAIN_SPLIT else (self.split,)
+
+
+def preset_names() -> list:
+    return list(PRESETS)
+
+
+def get_preset(name: str) -> ZooPreset:
+    if name not in PRESETS:
+        raise TfdnadetError(f"Unknown zoo preset. Received: preset={name!r}. Known: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def plan_models(preset: ZooPreset) -> list:
+    """Every model of a preset, train models first (the finetuned ones start from them)."""
+    models = []
+    for architecture in preset.architectures:
+        models.append(_scratch(preset, architecture, TRAIN_SEED, TRAIN_LOSS, TRAIN_CONTENT, TRAIN_SPLIT))
+    for architecture, seed in preset.cross_seeds:
+        models.append(_scratch(preset, architecture, seed, TRAIN_LOSS, TRAIN_CONTENT, "cross-seed"))
+    for architecture, loss in preset.cross_losses:
+        models.append(_scratch(preset, architecture, TRAIN_SEED, loss, TRAIN_CONTENT, "cross-loss"))
+    for architecture in preset.architectures:
+        models.append(_scratch(preset, architecture, TRAIN_SEED, TRAIN_LOSS, OTHER_CONTENT, "cross-dataset"))
+    for parent in [m for m in models if m.split == TRAIN_SPLIT]:
+        models.append(
+            dataclasses.replace(
+                parent,
+                id=f"{parent.id}-ft{OTHER_CONTENT}",
+                content=OTHER_CONTENT,
+                origin=parent.id,
+                steps=preset.finetune_steps,
+                split="cross-finetune",
+            )
+        )
+    return models
+
+
+def _scratch(preset, architecture, seed, loss, content, split):
+    model_id = f"{architecture}-seed{seed}-{loss}-{content}"
+    return ZooModel(model_id, architecture, seed, loss, content, "scratch", preset.steps, split)
+
+
+def build_zoo(out_dir: str, preset: str = "tiny", workers: int = 1, on_progress=None) -> dict:
+    """Builds (or finishes) a zoo in `out_dir` and returns its manifest (also written to zoo.json).
+
+    Finished models are kept, so an interrupted build resumes where it stopped. `on_progress(model_id,
+    step, total)` hears about GAN steps; with `workers` > 1 models train in that many processes.
+    """
+    settings = get_preset(preset)
+    if not isinstance(workers, int) or workers < 1:
+        raise TfdnadetError(f"--workers must be a positive integer. Received: {workers!r}")
+    _claim(out_dir, settings)
+    models = plan_models(settings)
+    scratch = [m for m in models if m.origin == "scratch"]
+    for phase in (scratch, [m for m in models if m.origin != "scratch"]):
+        _run_models(out_dir, settings, phase, workers, on_progress)
+    return _write_manifest(out_dir, settings, models)
+
+
+def read_zoo(path: str) -> dict:
+    """A zoo's manifest from its zoo.json or its directory; `root` is added (the zoo directory)."""
+    manifest_path = os.path.join(path, "zoo.json") if os.path.isdir(path) else path
+    if not os.path.isfile(manifest_path):
+        raise TfdnadetError(f"No zoo manifest at {manifest_path}: build one with `tfdnadet zoo build --out DIR`.")
+    try:
+        with open(manifest_path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise TfdnadetError(f"{manifest_path} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise TfdnadetError(f"{manifest_path} is not a tfdnadet zoo manifest (no format '{FORMAT}').")
+    return {**manifest, "root": os.path.dirname(os.path.abspath(manifest_path))}
+
+
+def _claim(out_dir: str, preset: ZooPreset) -> None:
+    """Records the preset in build.json; a resumed build must ask for the same one."""
+    path = os.path.join(out_dir, "build.json")
+    wanted = dataclasses.asdict(preset)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            existing = json.load(f)
+        if existing != json.loads(json.dumps(wanted)):
+            raise TfdnadetError(
+                f"{out_dir} holds a zoo of preset '{existing.get('name')}' built with other settings: "
+                f"choose another --out to build preset '{preset.name}'."
+            )
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    _write_json(path, wanted)
+
+
+def _run_models(out_dir, preset, models, workers, on_progress):
+    if workers == 1 or len(models) < 2:
+        for model in models:
+            build_model(out_dir, preset, model, on_progress)
+        return
+    context = multiprocessing.get_context("spawn")  # TensorFlow does not survive a fork
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with context.Manager() as manager, ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_limit_threads, initargs=(threads,)
+    ) as pool:
+        events = manager.Queue()
+        pending = {pool.submit(_build_model_in_worker, out_dir, preset, model, events) for model in models}
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(events, on_progress)
+            for future in done:
+                future.result()
+        _drain(events, on_progress)
+
+
+def _limit_threads(threads):
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+def _build_model_in_worker(out_dir, preset, model, events):
+    build_model(out_dir, preset, model, lambda *event: events.put(event))
+
+
+def _drain(events, on_progress):
+    while True:
+        try:
+            event = events.get_nowait()
+        except queue.Empty:
+            return
+        if on_progress:
+            on_progress(*event)
+
+
+def build_model(out_dir: str, preset: ZooPreset, model: ZooModel, on_progress=None) -> None:
+    """Trains one model unless models/<id> is complete, then writes any of its image folders still missing."""
+    import keras
+
+    from tfdnadet.zoo.generators import sample_images
+
+    model_dir = os.path.join(out_dir, "models", model.id)
+    if os.path.isfile(os.path.join(model_dir, "model.json")):
+        if on_progress:
+            on_progress(model.id, model.steps, model.steps)
+        generator = None
+    else:
+        generator = _train_model(out_dir, preset, model, model_dir, on_progress)
+    for split in model.image_splits:
+        folder = os.path.join(out_dir, split, model.architecture, model.id)
+        if os.path.isdir(folder):
+            continue
+        if generator is None:
+            generator = keras.saving.load_model(os.path.join(model_dir, "generator.keras"), compile=False)
+        count = preset.train_images if split == TRAIN_SPLIT else preset.test_images
+        _write_pngs(sample_images(generator, count, seed=_stable_seed(model.id, split)), folder)
+
+
+def _train_model(out_dir, preset, model, model_dir, on_progress):
+    import keras
+
+    from tfdnadet.zoo.generators import build_generator
+    from tfdnadet.zoo.train import build_discriminator, refresh_batch_statistics, train_gan
+
+    started = time.time()
+    keras.utils.set_random_seed(model.seed)
+    if model.origin == "scratch":
+        generator = build_generator(model.architecture, preset.image_size, preset.latent_dim, preset.width, seed=model.seed)
+        # A discriminator wider than the generator sees fine detail early, so short runs leave less noise.
+        discriminator = build_discriminator(preset.image_size, 2 * preset.width, seed=model.seed)
+    else:
+        parent_dir = os.path.join(out_dir, "models", model.origin)
+        generator = keras.saving.load_model(os.path.join(parent_dir, "generator.keras"), compile=False)
+        discriminator = keras.saving.load_model(os.path.join(parent_dir, "discriminator.keras"), compile=False)
+    history = train_gan(
+        generator,
+        discriminator,
+        _photo_crops(preset, model.content),
+        model.steps,
+        loss=model.loss,
+        seed=_stable_seed(model.id, "gan"),
+        batch_size=preset.batch_size,
+        learning_rate=preset.learning_rate,
+        on_step=on_progress and (lambda step: on_progress(model.id, step, model.steps)),
+    )
+    refresh_batch_statistics(generator, seed=model.seed)
+    info = {
+        **dataclasses.asdict(model),
+        "seconds": round(time.time() - started, 1),
+        "final_d_loss": float(np.mean(history["d_loss"][-50:])),
+        "final_g_loss": float(np.mean(history["g_loss"][-50:])),
+    }
+    with atomic_path(model_dir, directory=True) as temporary:
+        generator.save(os.path.join(temporary, "generator.keras"))
+        discriminator.save(os.path.join(temporary, "discriminator.keras"))
+        _write_json(os.path.join(temporary, "model.json"), info)
+    return generator
+
+
+def _photo_crops(preset, content):
+    from tfdnadet.zoo.photos import load_photos, random_crops
+
+    return random_crops(list(load_photos(content)), preset.photo_crops, preset.image_size, seed=_stable_seed(content, "gan"))
+
+
+def _real_folders(preset):
+    """(split, content, count) of the real crops: content A beside the train models, B in cross-dataset."""
+    return [
+        (TRAIN_SPLIT, TRAIN_CONTENT, preset.train_images),
+        ("closed-set", TRAIN_CONTENT, preset.test_images),
+        ("cross-dataset", OTHER_CONTENT, preset.test_images),
+    ]
+
+
+def _write_real_images(out_dir, preset):
+    from tfdnadet.zoo.photos import load_photos, random_crops
+
+    written = []
+    for split, content, count in _real_folders(preset):
+        folder = os.path.join(out_dir, split, REAL)
+        if not os.path.isdir(folder):
+            crops = random_crops(list(load_photos(content)), count, preset.image_size, seed=_stable_seed(content, split))
+            _write_pngs(crops, folder)
+        written.append({"split": split, "content": content, "folder": os.path.relpath(folder, out_dir), "images": count})
+    return written
+
+
+def _write_manifest(out_dir, preset, models):
+    real = _write_real_images(out_dir, preset)
+    splits = {}
+    for split in (TRAIN_SPLIT, *TEST_SPLITS):
+        rows = _split_rows(out_dir, split, models, real)
+        if rows:
+            _write_split_csv(os.path.join(out_dir, f"{split}.csv"), rows)
+            labels = sorted({row[1] for row in rows})
+            splits[split] = {"manifest": f"{split}.csv", "folder": split, "images": len(rows), "classes": labels}
+    preview = os.path.join(out_dir, "preview.png")
+    write_preview(out_dir, models, real, preview)
+    manifest = {
+        "format": FORMAT,
+        "format_version": 1,
+        "preset": dataclasses.asdict(preset),
+        "image_size": preset.image_size,
+        "class_names": [REAL, *sorted(preset.architectures)],
+        "splits": splits,
+        "models": [_model_entry(out_dir, model) for model in models],
+        "real": real,
+        "preview": os.path.basename(preview),
+    }
+    with atomic_path(os.path.join(out_dir, "zoo.json")) as temporary:
+        _write_json(temporary, manifest)
+    return {**manifest, "root": os.path.abspath(out_dir)}
+
+
+def _model_entry(out_dir, model):
+    with open(os.path.join(out_dir, "models", model.id, "model.json"), encoding="utf-8") as f:
+        info = json.load(f)
+    folders = {split: f"{split}/{model.architecture}/{model.id}" for split in model.image_splits}
+    return {**info, "folders": folders}
+
+
+def _split_rows(out_dir, split, models, real):
+    """(relative path, label, group) of every image of a split, models first, then real crops."""
+    folders = [(f"{split}/{m.architecture}/{m.id}", m.architecture, m.id) for m in models if split in m.image_splits]
+    folders += [(r["folder"], REAL, f"{REAL}-{r['content']}") for r in real if r["split"] == split]
+    rows = []
+    for folder, label, group in folders:
+        names = sorted(n for n in os.listdir(os.path.join(out_dir, folder)) if n.endswith(".png"))
+        rows += [(f"{folder}/{name}", label, group) for name in names]
+    return rows
+
+
+def _write_split_csv(path, rows):
+    split = os.path.splitext(os.path.basename(path))[0]
+    with atomic_path(path) as temporary:
+        with open(temporary, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "group", "split"])
+            writer.writerows((*row, split) for row in rows)
+
+
+def write_preview(out_dir: str, models: list, real: list, path: str) -> None:
+    """One labelled row of samples per model after the real crops of the test splits; written atomically."""
+    rows = [(f"real, content {r['content']}", os.path.join(out_dir, r["folder"])) for r in real if r["split"] != TRAIN_SPLIT]
+    rows += [(m.id, os.path.join(out_dir, m.image_splits[-1], m.architecture, m.id)) for m in models]
+    tiles = [[np.asarray(Image.open(os.path.join(folder, name)).convert("RGB")) for name in sorted(os.listdir(folder))[:_PREVIEW_SAMPLES]] for _, folder in rows]
+    size = tiles[0][0].shape[0]
+    scale = max(1, 64 // size)
+    cell, label_width, gap = size * scale, 260, 2
+    canvas = Image.new("RGB", (label_width + _PREVIEW_SAMPLES * (cell + gap), len(rows) * (cell + gap)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, ((label, _), images) in enumerate(zip(rows, tiles)):
+        top = r * (cell + gap)
+        draw.text((4, top + cell // 2 - 6), label, fill="black")
+        for c, image in enumerate(images):
+            tile = Image.fromarray(image).resize((cell, cell), Image.Resampling.NEAREST)
+            canvas.paste(tile, (label_width + c * (cell + gap), top))
+    with atomic_path(path) as temporary:
+        canvas.save(temporary, format="PNG")
+
+
+def _write_pngs(images, folder):
+    with atomic_path(folder, directory=True) as temporary:
+        for i, image in enumerate(images):
+            Image.fromarray(image).save(os.path.join(temporary, f"{i:04d}.png"))
+
+
+def _stable_seed(*parts) -> int:
+    """A seed that names decide, the same in every process and Python run (unlike hash())."""
+    return zlib.crc32("/".join(map(str, parts)).encode())
+
+
+def _write_json(path, value):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2)
