@@ -19,7 +19,7 @@ from tfdnadet.models.heads import BinaryHead
 from tfdnadet.verdict import MULTIPLE, REAL, UNKNOWN, verdicts
 
 KNOWN = ("dcgan", "progan", REAL)  # what the base model is trained on [issue 4: two architectures + real]
-NEW, UNSEEN = "mmdgan", "stylegan2"  # the architecture a head is added for; one that no head knows
+NEW, UNSEEN = "stylegan2", "mmdgan"  # the architecture a head is added for; one that no head knows
 
 
 def file_hashes(model_dir):
@@ -35,7 +35,7 @@ def multiclass_scores(model_dir, images):
     return load_detector(model_dir).predict(images)[MULTICLASS]
 
 
-def copy_images(pairs, root):
+def copy_images(pairs):
     for source, target in pairs:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copy(source, target)
@@ -43,7 +43,7 @@ def copy_images(pairs, root):
 
 @pytest.fixture(scope="module")
 def folders(gan_images, tmp_path_factory):
-    """train/: seeds 0-1 of KNOWN; positives/: seeds 0-1 of NEW; heldout/: seed 2 of all, held-out real, and UNSEEN;
+    """train/: seeds 0-1 of KNOWN; positives/: seeds 0-1 of NEW; heldout/: seed 2 of all, UNSEEN and held-out real;
     calibration/: seed 3 of the architectures and other real crops (validation data from generators never trained on)."""
     from tfdnadet.zoo.testdata import make_test_dataset
 
@@ -54,10 +54,11 @@ def folders(gan_images, tmp_path_factory):
             relative = os.path.relpath(os.path.join(dirpath, name), gan_images["root"])
             label = relative.split(os.sep)[0]
             held_out = "seed2" in relative.split(os.sep) if label != REAL else int(name[:-4]) % 4 == 0
-            split = "heldout" if held_out else "positives" if label == NEW else "train"
-            pairs.append((os.path.join(dirpath, name), root / split / relative))
-    copy_images(pairs, root)
-    make_test_dataset(root / "heldout", (UNSEEN,), seeds=(2,), images_per_model=24, image_size=32, real_images=0)
+            if held_out or label in KNOWN:
+                pairs.append((os.path.join(dirpath, name), root / ("heldout" if held_out else "train") / relative))
+    copy_images(pairs)
+    make_test_dataset(root / "positives", (NEW,), seeds=(0, 1), images_per_model=24, image_size=32, real_images=0)
+    make_test_dataset(root / "heldout", (NEW,), seeds=(2,), images_per_model=24, image_size=32, real_images=0)
     make_test_dataset(root / "calibration", ("dcgan", "progan", NEW), seeds=(3,), images_per_model=24, image_size=32, real_images=24, seed=1)
     return {name: str(root / name) for name in ("train", "positives", "heldout", "calibration")}
 
@@ -151,6 +152,8 @@ def test_binary_metrics_and_threshold_choice():
     assert binary_metrics(np.zeros(3, bool), np.ones(3), 0.5)["recall"] is None
     with pytest.raises(TfdnadetError, match="both positive and negative"):
         pick_threshold(np.ones(3, bool), np.ones(3))
+    with pytest.raises(TfdnadetError, match="No threshold reaches precision 0.9"):
+        pick_threshold(np.asarray([0, 1], bool), np.asarray([0.9, 0.1]), target_precision=0.9)
 
 
 def test_add_head_writes_only_its_folder_and_keeps_the_old_predictions(added):
@@ -174,7 +177,7 @@ def test_added_head_recognises_held_out_seeds_and_not_an_unseen_architecture(add
     report = evaluate_heads(detector, folders["heldout"], batch_size=32)
     head = report["heads"][NEW]
     chance = head["positives"] / (head["positives"] + head["negatives"])  # 24 of 108
-    assert head["recall"] >= 0.6 and head["precision"] >= 1.5 * chance and head["auc"] >= 0.8, head
+    assert head["recall"] >= 0.6 and head["precision"] >= 1.5 * chance and head["auc"] >= 0.75, head
     assert report["open_set"]["classes"] == [UNSEEN] and report["open_set"]["count"] == 24
     # An architecture no head knows is answered unknown-generator or real more often than not.
     assert report["open_set"]["rate"] > 0.5, report["open_set"]
@@ -209,15 +212,19 @@ def test_heads_list_calibrate_and_remove(added, folders, tmp_path, monkeypatch, 
     assert rows[NEW]["threshold"] == added["calibrated"]["threshold"] and rows[MULTICLASS]["threshold"] is None
 
     before = file_hashes(model)
-    code, out, err = run_cli(["heads", "calibrate", NEW, "--data", calibration, "--target-precision", "0.8"], monkeypatch, capsys)
+    code, out, err = run_cli(["heads", "calibrate", NEW, "--data", calibration], monkeypatch, capsys)
+    assert code == 0, err
+    best = json.loads(out)
+    assert best["threshold_rule"] == "best F1" and best["val_count"] == 96 and 0 < best["val_precision"] <= 1
+    assert {k for k, v in file_hashes(model).items() if before[k] != v} == {f"heads/{NEW}/head.json"}
+    # The lowest threshold reaching the best-F1 precision is never above the best-F1 threshold.
+    target = best["val_precision"]
+    code, out, err = run_cli(["heads", "calibrate", NEW, model, "--data", calibration, "--target-precision", str(target)], monkeypatch, capsys)
     assert code == 0, err
     info = json.load(open(os.path.join(model, "heads", NEW, "head.json")))
-    assert info["val_precision"] >= 0.8 and info["threshold_rule"] == "precision >= 0.8" and info["val_count"] == 96
+    assert info["threshold_rule"] == f"precision >= {target}" and info["val_precision"] >= target
+    assert info["threshold"] <= best["threshold"] and info["val_recall"] >= best["val_recall"]
     assert json.loads(out)["threshold"] == info["threshold"] == load_detector(model).head_info[NEW]["threshold"]
-    changed = {k for k, v in file_hashes(model).items() if before[k] != v}
-    assert changed == {f"heads/{NEW}/head.json"}
-    code, _, _ = run_cli(["heads", "calibrate", NEW, model, "--data", calibration], monkeypatch, capsys)
-    assert code == 0 and json.load(open(os.path.join(model, "heads", NEW, "head.json")))["threshold_rule"] == "best F1"
 
     code, _, err = run_cli(["heads", "remove", NEW, model], monkeypatch, capsys)
     assert code == 0 and "heads left: multiclass" in err
@@ -241,7 +248,7 @@ def test_wrong_names_and_missing_folders_give_one_line_errors(added, folders, tm
         (["add-head", "x", "--positives", str(tmp_path / "missing"), "--model", model], "Positives folder not found"),
         (["add-head", "x", "--positives", positives, "--negatives", str(tmp_path), "--model", model], "holds no image files"),
         (["add-head", "x", "--positives", positives, "--model", str(tmp_path / "nomodel")], "Model directory not found"),
-        (["heads", "remove", "nope", model], "No head 'nope'", f"Its heads: {NEW}, {MULTICLASS}."),
+        (["heads", "remove", "nope", model], "No head 'nope'", f"Its heads: {', '.join(sorted([NEW, MULTICLASS]))}."),
         (["heads", "calibrate", "nope", model, "--data", eval_dir], "No head 'nope'"),
         (["heads", "calibrate", MULTICLASS, model, "--data", eval_dir], "only binary heads have a threshold"),
         (["heads", "calibrate", NEW, model, "--data", str(tmp_path / "nodata")], "Data path not found"),
