@@ -1,0 +1,112 @@
+"""The paper's Table 2 on the mini GAN zoo: every method trained on the same train split, scored on every test split.
+
+Rows: the baselines PRNU, LeveFreq (DCT-spectrum CNN) and AttNet, and the ablations Base, Base+PT, Base+PCL and
+Base+PT+PCL (DNA-Det); +PT initialises the encoder from one stage-1 run. Columns: accuracy (%) on closed-set,
+cross-seed, cross-loss, cross-finetune and cross-dataset (macro-F1 in the JSON). Zoo, stage 1 and every run are
+kept in --work and reused when the script runs again, so an interrupted run resumes.
+
+    python benchmarks/cross_test.py --preset small [--config cpu] [--epochs N] [--work DIR]
+"""
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from tfdnadet.atomic import atomic_path  # noqa: E402
+from tfdnadet.config import load_config  # noqa: E402
+from tfdnadet.evaluation.protocol import evaluate_protocol, protocol_summary  # noqa: E402
+from tfdnadet.methods import apply_method  # noqa: E402
+from tfdnadet.models.detector import load_detector  # noqa: E402
+from tfdnadet.training.stage1 import train_stage1  # noqa: E402
+from tfdnadet.training.stage2 import train_stage2  # noqa: E402
+from tfdnadet.zoo.build import TEST_SPLITS, build_zoo  # noqa: E402
+
+# (row, --method, initialised from stage 1)
+ROWS = (
+    ("PRNU", "prnu", False),
+    ("LeveFreq", "dct", False),
+    ("AttNet", "attnet", False),
+    ("Base", "base", False),
+    ("Base+PT", "base", True),
+    ("Base+PCL", "dnadet", False),
+    ("Base+PT+PCL (DNA-Det)", "dnadet", True),
+)
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="small", help="zoo preset: tiny, small or full")
+    parser.add_argument("--config", default="cpu", help="config of stage 1 and of every method")
+    parser.add_argument("--epochs", type=int, default=None, help="train.epochs of every stage-2 run (default: the config's)")
+    parser.add_argument("--steps-per-epoch", type=int, default=None, help="train.steps_per_epoch of every run")
+    parser.add_argument("--stage1-epochs", type=int, default=None, help="train.epochs of stage 1 (default: the config's)")
+    parser.add_argument("--work", default=None, help="zoo, stage 1 and runs (default: ./cross_test_<preset>)")
+    parser.add_argument("--rows", default=",".join(row for row, _, _ in ROWS), help="comma-separated rows to run")
+    parser.add_argument("--out", default=os.path.join(RESULTS, "cross_test"), help="writes OUT.json and OUT.md")
+    return parser.parse_args()
+
+
+def trained(run_dir, train):
+    """(model directory, training seconds): a finished run is reused, otherwise trained (or resumed) now."""
+    model_dir = os.path.join(run_dir, "model")
+    started = time.time()
+    if not os.path.isfile(os.path.join(model_dir, "detector.json")):
+        train(run_dir)
+    return model_dir, round(time.time() - started, 1)
+
+
+def main():
+    args = parse_args()
+    work = args.work or f"cross_test_{args.preset}"
+    started = time.time()
+    zoo = build_zoo(os.path.join(work, "zoo"), args.preset)
+    zoo_seconds = round(time.time() - started, 1)
+    overrides = {"data.base_size": zoo["image_size"], "train.epochs": args.epochs, "train.steps_per_epoch": args.steps_per_epoch}
+    config = load_config(args.config, overrides)
+    stage1_config = load_config(args.config, {"data.base_size": zoo["image_size"], "train.epochs": args.stage1_epochs})
+    stage1, stage1_seconds = trained(os.path.join(work, "stage1"), lambda run: train_stage1(None, run, stage1_config, resume=True, verbose=2))
+    train_csv = os.path.join(zoo["root"], "train.csv")
+    rows = {}
+    for row, method, pretrained in ROWS:
+        if row not in args.rows.split(","):
+            continue
+        run_dir = os.path.join(work, "runs", row.split(" ")[0].replace("+", "_"))
+        init = stage1 if pretrained else None
+        model_dir, seconds = trained(
+            run_dir, lambda run: train_stage2(train_csv, run, apply_method(config, method), init_model=init, resume=True, verbose=2)
+        )
+        results = evaluate_protocol(load_detector(model_dir), zoo["root"])
+        rows[row] = {"method": method, "init": init, "train_seconds": seconds, "splits": protocol_summary(results)}
+        print(f"{row}: " + ", ".join(f"{s} {100 * m['accuracy']:.1f}" for s, m in rows[row]["splits"].items()), flush=True)
+    report = {
+        "preset": args.preset,
+        "config": args.config,
+        "overrides": overrides,
+        "zoo": {"root": os.path.abspath(zoo["root"]), "build_seconds": zoo_seconds, "images": {s: v["images"] for s, v in zoo["splits"].items()}},
+        "stage1": {"model": os.path.abspath(stage1), "train_seconds": stage1_seconds},
+        "rows": rows,
+    }
+    table = markdown_table(rows)
+    print(table)
+    with atomic_path(f"{args.out}.json") as temporary, open(temporary, "w") as f:
+        json.dump(report, f, indent=2)
+    with atomic_path(f"{args.out}.md") as temporary, open(temporary, "w") as f:
+        f.write(f"Cross-test protocol (Table 2 layout), zoo preset `{args.preset}`, config `{args.config}`: accuracy (%) / macro-F1 (%)\n\n{table}\n")
+    print(f"wrote {args.out}.json and {args.out}.md")
+
+
+def markdown_table(rows: dict) -> str:
+    header = "| method | " + " | ".join(TEST_SPLITS) + " |"
+    lines = [header, "|" + "---|" * (len(TEST_SPLITS) + 1)]
+    for row, result in rows.items():
+        cells = [f"{100 * result['splits'][s]['accuracy']:.2f} / {100 * result['splits'][s]['macro_f1']:.2f}" for s in TEST_SPLITS if s in result["splits"]]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
