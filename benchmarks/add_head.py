@@ -27,7 +27,7 @@ from tfdnadet.training.add_head import add_head  # noqa: E402
 from tfdnadet.training.stage2 import train_stage2  # noqa: E402
 from tfdnadet.zoo.testdata import make_test_dataset  # noqa: E402
 
-KNOWN, NEW = ("progan", "dcgan"), "mmdgan"
+KNOWN, NEW = ("progan", "dcgan"), "stylegan2"
 TRAIN_SEEDS, CALIBRATION_SEED, TEST_SEED = (0, 1), 3, 2
 
 
