@@ -48,9 +48,9 @@ def gaussian_blur(image: tf.Tensor, kernel: int) -> tf.Tensor:
 
 def median_blur(image: tf.Tensor, kernel: int) -> tf.Tensor:
     """The median of each k x k window, per channel, exact for uint8 (top_k over the windows measured 3-10x slower)."""
-    # Comparing every window value costs ~8 k^2 per pixel, counting below each of 255 thresholds a constant:
-    # on 64 px crops the two break even between k = 9 and k = 11.
-    if kernel <= 9:
+    # Comparing every window value costs ~8 k^2 per pixel, counting below each of 255 thresholds ~2 k * 255:
+    # on 64 px crops the counting wins from k = 7.
+    if kernel <= 5:
         return _median_by_bits(image, kernel)
     return _median_by_counting(image, kernel)
 
@@ -73,18 +73,13 @@ def _median_by_bits(image: tf.Tensor, kernel: int) -> tf.Tensor:
 def _median_by_counting(image: tf.Tensor, kernel: int) -> tf.Tensor:
     """The median is the number of thresholds 1..255 with fewer than half the window below them."""
     below = tf.cast(_pad(image, kernel // 2)[..., None] < tf.constant(np.arange(1, 256, dtype=np.uint8)), tf.float32)
-    shape = tf.shape(image)
-    # Window sums as products with 0/1 band matrices (exact in float32, and far faster than cumsum here).
-    counts = tf.einsum("ij,jwct->iwct", _band(shape[0], kernel), below)
-    counts = tf.einsum("vw,iwct->ivct", _band(shape[1], kernel), counts)
+    shape = tf.shape(below)
+    # Window sums as two 1-D depthwise convolutions with ones (exact in float32; TF's cumsum was 5x slower).
+    below = tf.reshape(below, [1, shape[0], shape[1], 3 * 255])
+    counts = tf.nn.depthwise_conv2d(below, tf.ones([kernel, 1, 3 * 255, 1]), [1, 1, 1, 1], "VALID")
+    counts = tf.nn.depthwise_conv2d(counts, tf.ones([1, kernel, 3 * 255, 1]), [1, 1, 1, 1], "VALID")
+    counts = tf.reshape(counts, [shape[0] - kernel + 1, shape[1] - kernel + 1, 3, 255])
     return tf.reduce_sum(tf.cast(counts < _median_rank(kernel), tf.uint8), axis=-1)
-
-
-def _band(size: tf.Tensor, kernel: int) -> tf.Tensor:
-    """[size, size + kernel - 1] with ones where row i sums padded positions i .. i + kernel - 1."""
-    rows = tf.range(size)[:, None]
-    columns = tf.range(size + kernel - 1)[None, :]
-    return tf.cast((columns >= rows) & (columns < rows + kernel), tf.float32)
 
 
 def _median_rank(kernel: int) -> int:
