@@ -222,8 +222,7 @@ def transform_images(images: np.ndarray, labels: np.ndarray, bank: TransformBank
         .map(bank.apply, num_parallel_calls=tf.data.AUTOTUNE)
         .batch(batch_size)
     )
-    parts = list(dataset.as_numpy_iterator())
-    return np.concatenate(parts) if parts else np.zeros_like(images)
+    return np.concatenate(list(dataset.as_numpy_iterator()))
 
 
 def make_transform_dataset(crops: np.ndarray, bank: TransformBank, data_config, images_per_class: int, seed: int = 0) -> tf.data.Dataset:
