@@ -1,6 +1,7 @@
 """The mini GAN zoo: GAN training pieces, the preset's model plan, the built tiny zoo and its resumption."""
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -150,8 +151,8 @@ def test_tiny_zoo_splits_follow_table_1(tiny_zoo):
     root, splits = tiny_zoo["root"], tiny_zoo["splits"]
     assert list(splits) == ["train", *build.TEST_SPLITS]
     architectures = sorted(build.get_preset("tiny").architectures)
-    assert splits["train"]["classes"] == splits["closed-set"]["classes"] == ["real", *architectures]
-    assert splits["cross-dataset"]["classes"] == ["real", *architectures]
+    everything = sorted(["real", *architectures])
+    assert splits["train"]["classes"] == splits["closed-set"]["classes"] == splits["cross-dataset"]["classes"] == everything
     assert "real" not in splits["cross-seed"]["classes"] + splits["cross-loss"]["classes"] + splits["cross-finetune"]["classes"]
     models = {m["id"]: m for m in tiny_zoo["models"]}
     for split, info in splits.items():
@@ -210,3 +211,17 @@ def test_read_zoo_rejects_what_is_not_a_zoo(tmp_path):
     (tmp_path / "zoo.json").write_text("{broken")
     with pytest.raises(TfdnadetError, match="not valid JSON"):
         build.read_zoo(str(tmp_path))
+
+
+def test_workers_train_models_in_parallel_processes(tmp_path):
+    preset = dataclasses.replace(
+        build.get_preset("tiny"), image_size=8, width=16, batch_size=4, steps=3, photo_crops=16, train_images=2, test_images=2
+    )
+    models = [m for m in build.plan_models(preset) if m.split == "cross-dataset"][:2]
+    events = []
+    build._run_models(str(tmp_path), preset, models, 2, lambda *event: events.append(event))
+    for model in models:
+        assert (model.id, 3, 3) in events and [e[1] for e in events if e[0] == model.id] == [1, 2, 3]
+        assert len(os.listdir(tmp_path / "cross-dataset" / model.architecture / model.id)) == 2
+        with open(tmp_path / "models" / model.id / "model.json") as f:
+            assert json.load(f)["steps"] == 3
