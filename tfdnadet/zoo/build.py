@@ -63,20 +63,22 @@ _ALL_ARCHITECTURES = (*_PAPER_ARCHITECTURES, "dcgan", "stylegan2")
 PRESETS = {
     # CI and the quick start: the paper's three upsampling kinds (nearest, depth-to-space, bilinear).
     "tiny": ZooPreset(
-        "tiny", 32, 16, 32, 16, 300, 100, 5e-4, ("progan", "mmdgan", "infomaxgan"),
-        (("progan", 1),), (("mmdgan", "hinge"),), 1000, 48, 16,
+        name="tiny", image_size=32, width=16, latent_dim=32, batch_size=16, steps=300, finetune_steps=100,
+        learning_rate=5e-4, architectures=("progan", "mmdgan", "infomaxgan"), cross_seeds=(("progan", 1),),
+        cross_losses=(("mmdgan", "hinge"),), photo_crops=1000, train_images=48, test_images=16,
     ),
     "small": ZooPreset(
-        "small", 64, 32, 64, 16, 1200, 400, 5e-4, _ALL_ARCHITECTURES,
-        tuple((name, 1) for name in _ALL_ARCHITECTURES),
-        (("progan", "hinge"), ("mmdgan", "hinge"), ("infomaxgan", "lsgan"), ("dcgan", "lsgan")),
-        4000, 300, 100,
+        name="small", image_size=64, width=32, latent_dim=64, batch_size=16, steps=1200, finetune_steps=400,
+        learning_rate=5e-4, architectures=_ALL_ARCHITECTURES, cross_seeds=tuple((a, 1) for a in _ALL_ARCHITECTURES),
+        cross_losses=(("progan", "hinge"), ("mmdgan", "hinge"), ("infomaxgan", "lsgan"), ("dcgan", "lsgan")),
+        photo_crops=4000, train_images=300, test_images=100,
     ),
     "full": ZooPreset(
-        "full", 64, 64, 128, 32, 6000, 2000, 2e-4, _ALL_ARCHITECTURES,
-        tuple((name, seed) for name in _ALL_ARCHITECTURES for seed in (1, 2)),
-        tuple((name, loss) for name in _ALL_ARCHITECTURES for loss in ("hinge", "lsgan")),
-        8000, 1000, 250,
+        name="full", image_size=64, width=64, latent_dim=128, batch_size=32, steps=6000, finetune_steps=2000,
+        learning_rate=2e-4, architectures=_ALL_ARCHITECTURES,
+        cross_seeds=tuple((a, seed) for a in _ALL_ARCHITECTURES for seed in (1, 2)),
+        cross_losses=tuple((a, loss) for a in _ALL_ARCHITECTURES for loss in ("hinge", "lsgan")),
+        photo_crops=8000, train_images=1000, test_images=250,
     ),
 }
 
