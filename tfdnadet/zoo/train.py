@@ -86,8 +86,6 @@ def train_gan(
     pair with other images. `on_step(step)` hears about every finished step. Returns {"d_loss": [...],
     "g_loss": [...]} per step.
     """
-    if loss not in GAN_LOSSES:
-        raise ValueError(f"Unknown GAN loss. Received: loss={loss!r}. Known: {list(GAN_LOSSES)}")
     latent_dim = generator.input_shape[-1]
     # beta_1 = 0.5 as in DCGAN: a lower momentum keeps the two players from overshooting each other.
     g_optimizer = keras.optimizers.Adam(learning_rate, beta_1=0.5, beta_2=0.99)
