@@ -68,6 +68,18 @@ def _resume_config(config: Optional[str], out_dir: str, resume: bool) -> Optiona
     return saved if resume and config is None and os.path.isfile(saved) else config
 
 
+def _train_options(epochs, steps_per_epoch, learning_rate, precision, distribution, seed) -> dict:
+    """The train.* overrides that train-stage1 and train-stage2 share."""
+    return {
+        "train.epochs": epochs,
+        "train.steps_per_epoch": steps_per_epoch,
+        "train.learning_rate": learning_rate,
+        "train.precision": precision,
+        "train.distribution": distribution,
+        "train.seed": seed,
+    }
+
+
 def _print_trained(result) -> None:
     err.print(f"trained {result.epochs_completed} epoch(s), {result.steps} steps; model written to {result.model_dir}")
     out.print_json(json.dumps({"model": result.model_dir, "epochs": result.epochs_completed, "steps": result.steps}))
@@ -111,14 +123,9 @@ def train_stage2_command(
     cfg = _config(
         _resume_config(config, out_dir, resume),
         {
-            "train.epochs": epochs,
-            "train.steps_per_epoch": steps_per_epoch,
-            "train.learning_rate": learning_rate,
-            "train.precision": precision,
-            "train.distribution": distribution,
+            **_train_options(epochs, steps_per_epoch, learning_rate, precision, distribution, seed),
             "train.loss": loss,
             "train.jit_compile": jit_compile,
-            "train.seed": seed,
             "model.width": width,
             "data.images_per_class": images_per_class,
             "data.patches_per_image": patches_per_image,
@@ -569,12 +576,7 @@ def train_stage1_command(
     cfg = _config(
         _resume_config(config, out_dir, resume),
         {
-            "train.epochs": epochs,
-            "train.steps_per_epoch": steps_per_epoch,
-            "train.learning_rate": learning_rate,
-            "train.precision": precision,
-            "train.distribution": distribution,
-            "train.seed": seed,
+            **_train_options(epochs, steps_per_epoch, learning_rate, precision, distribution, seed),
             "stage1.crops": crops,
         },
         settings,
