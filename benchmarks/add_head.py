@@ -9,7 +9,6 @@ tracing, training, writing). Held-out generator seeds give each answer's recall 
 
 import argparse
 import csv
-import json
 import os
 import tempfile
 import time
@@ -18,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf  # noqa: E402
 
+from tfdnadet.atomic import write_json  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
 from tfdnadet.evaluation.evaluate import evaluate_dataset  # noqa: E402
 from tfdnadet.evaluation.heads import evaluate_heads  # noqa: E402
@@ -112,9 +112,7 @@ def main():
     print(f"{'add-head (frozen backbone)':28} {r['add_head_seconds']:8.1f} {r['add_head_steps']:6d} {r['head_recall']:7.2f} {r['head_precision']:9.2f}")
     print(f"{'retrain multiclass':28} {r['retrain_seconds']:8.1f} {r['retrain_steps']:6d} {r['retrained_recall']:7.2f} {r['retrained_precision']:9.2f}")
     print(f"ratio retrain / add-head: {r['ratio']:.1f}x   (recall/precision of '{NEW}' on held-out generator seed {TEST_SEED})")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"device": tf.config.list_logical_devices()[0].device_type, "args": vars(args), "result": r}, f, indent=2)
+    write_json(args.out, {"device": tf.config.list_logical_devices()[0].device_type, "args": vars(args), "result": r})
     print(f"wrote {args.out}")
 
 

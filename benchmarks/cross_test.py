@@ -9,13 +9,12 @@ kept in --work and reused when the script runs again, so an interrupted run resu
 """
 
 import argparse
-import json
 import os
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from tfdnadet.atomic import atomic_path  # noqa: E402
+from tfdnadet.atomic import atomic_path, write_json  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
 from tfdnadet.evaluation.protocol import evaluate_protocol, protocol_summary  # noqa: E402
 from tfdnadet.methods import apply_method  # noqa: E402
@@ -92,8 +91,7 @@ def main():
     }
     table = markdown_table(rows)
     print(table)
-    with atomic_path(f"{args.out}.json") as temporary, open(temporary, "w") as f:
-        json.dump(report, f, indent=2)
+    write_json(f"{args.out}.json", report)
     with atomic_path(f"{args.out}.md") as temporary, open(temporary, "w") as f:
         f.write(f"Cross-test protocol (Table 2 layout), zoo preset `{args.preset}`, config `{args.config}`: accuracy (%) / macro-F1 (%)\n\n{table}\n")
     print(f"wrote {args.out}.json and {args.out}.md")

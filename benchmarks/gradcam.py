@@ -7,7 +7,6 @@ Random-initialised models of each config's sizes (speed does not depend on the w
 """
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -17,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from tfdnadet.atomic import write_json  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
 from tfdnadet.explain.gradcam import GradCAM  # noqa: E402
 from tfdnadet.models.detector import MULTICLASS, Detector  # noqa: E402
@@ -96,9 +96,7 @@ def main():
             f"{r['config']:8} {r['width']:5.2f} {r['input_size']:5d} {r['batch']:5d} {r['predict']:9.1f} {r['gradcam']:9.1f} "
             f"{r['gradcam_mixed']:9.1f} {r['gradcam_cost']:6.2f} {r['callback_s']:8.2f}s"
         )
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"device": tf.config.list_logical_devices()[0].device_type, "args": vars(args), "results": results}, f, indent=2)
+    write_json(args.out, {"device": tf.config.list_logical_devices()[0].device_type, "args": vars(args), "results": results})
     print(f"wrote {args.out}")
 
 

@@ -10,7 +10,6 @@ With no --train, it makes a data set of random-init generators (test data maker,
 
 import argparse
 import csv
-import json
 import os
 import tempfile
 import time
@@ -19,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf  # noqa: E402
 
+from tfdnadet.atomic import write_json  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
 from tfdnadet.data.perturb import ATTACK_TITLES, ATTACKS, COMBINATION, COMBINATION_PROBABILITY  # noqa: E402
 from tfdnadet.evaluation.robustness import CLEAN, robustness_table  # noqa: E402
@@ -106,20 +106,17 @@ def main():
         f"target (augmented model, closed set, every single attack within {TARGET_POINTS:g} points of clean): "
         f"{'met' if target['met'] else 'NOT met'}; worst: {target['worst_attack']} -{target['drop_points']:.2f} points"
     )
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(
-            {
-                "device": tf.config.list_logical_devices()[0].device_type,
-                "args": vars(args),
-                "augmentation": AUGMENTATION,
-                "train_seconds": seconds,
-                "target": target,
-                "tables": tables,
-            },
-            f,
-            indent=2,
-        )
+    write_json(
+        args.out,
+        {
+            "device": tf.config.list_logical_devices()[0].device_type,
+            "args": vars(args),
+            "augmentation": AUGMENTATION,
+            "train_seconds": seconds,
+            "target": target,
+            "tables": tables,
+        },
+    )
     print(f"wrote {args.out}")
 
 

@@ -9,7 +9,6 @@ tf.saved_model.load, and times the same batch, interleaved, through
 """
 
 import argparse
-import json
 import os
 import statistics
 import tempfile
@@ -21,6 +20,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from tfdnadet.atomic import write_json  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
 from tfdnadet.data.preprocess import resize_to_base, to_model_input  # noqa: E402
 from tfdnadet.export import export_model  # noqa: E402
@@ -112,9 +112,7 @@ def main():
         "ratio": ratio,
         "target_ratio": TARGET_RATIO,
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

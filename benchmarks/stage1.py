@@ -8,7 +8,6 @@ samples/s the stage-1 tf.data pipeline produces with the samples/s one train ste
 """
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -19,6 +18,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from tfdnadet.atomic import write_json  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
 from tfdnadet.data.pipeline import LoadedImages  # noqa: E402
 from tfdnadet.data.transforms import TransformBank, make_transform_dataset, transform_images  # noqa: E402
@@ -134,9 +134,7 @@ def main():
             print(f"{level:24} {m['count']:6d} {m['accuracy']:9.3f} {m['macro_f1']:9.3f} {m['chance']:7.3f}")
         print("recall per operation: " + ", ".join(f"{k} {v:.2f}" for k, v in result["held_out"]["per_operation_recall"].items()))
 
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -7,7 +7,6 @@ Both run `model.fit` on the same in-memory batch of patches with the same encode
 """
 
 import argparse
-import json
 import os
 import time
 
@@ -17,6 +16,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from tfdnadet.atomic import write_json  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
 from tfdnadet.models.encoder import create_backbone  # noqa: E402
 from tfdnadet.training.trainer import build_patch_model  # noqa: E402
@@ -77,9 +77,7 @@ def main():
             f"{r['config']:8} {r['width']:5.2f} {r['patch_size']:5d} {r['batch_patches']:6d} {r['plain_fit']:10.1f} "
             f"{r['ours']:10.1f} {r['ours_xla']:10.1f} {r['ratio']:6.2f}"
         )
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"device": tf.config.list_logical_devices()[0].device_type, "args": vars(args), "results": results}, f, indent=2)
+    write_json(args.out, {"device": tf.config.list_logical_devices()[0].device_type, "args": vars(args), "results": results})
     print(f"wrote {args.out}")
 
 

@@ -1,7 +1,6 @@
 """The evaluation report (`evaluate --report`), t-SNE, Grad-CAM examples and the 4x4 patch-agreement check."""
 
 import json
-import os
 import re
 
 import numpy as np

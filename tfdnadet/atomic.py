@@ -1,6 +1,7 @@
 """Write files and folders to a temporary path, then rename into place, so a kill never leaves half a file."""
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -23,6 +24,12 @@ def atomic_path(final_path: str, directory: bool = False):
         _replace(temporary, final_path, directory)
     finally:
         _remove(temporary)
+
+
+def write_json(path: str, value) -> None:
+    """Write `value` as indented JSON, atomically."""
+    with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2)
 
 
 def _replace(temporary: str, final_path: str, directory: bool) -> None:

@@ -1,12 +1,11 @@
 """Evaluating a model on a labelled data set: metrics, a confusion-matrix PNG and a JSON file."""
 
-import json
 import os
 from typing import Optional
 
 import numpy as np
 
-from tfdnadet.atomic import atomic_path
+from tfdnadet.atomic import write_json
 from tfdnadet.data.pipeline import LoadedImages
 from tfdnadet.data.sources import align_to_classes, read_dataset
 from tfdnadet.errors import TfdnadetError
@@ -56,7 +55,5 @@ def write_evaluation(metrics: dict, out_dir: str, name: str = "evaluation") -> d
     os.makedirs(out_dir, exist_ok=True)
     paths = {"json": os.path.join(out_dir, f"{name}.json"), "confusion_png": os.path.join(out_dir, f"{name}_confusion.png")}
     plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), metrics["class_names"], paths["confusion_png"], f"{name}: {os.path.basename(str(metrics['data']))}")
-    with atomic_path(paths["json"]) as temporary:
-        with open(temporary, "w") as f:
-            json.dump(metrics, f, indent=2)
+    write_json(paths["json"], metrics)
     return paths

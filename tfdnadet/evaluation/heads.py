@@ -1,13 +1,12 @@
 """Evaluating one-vs-all heads [Khoo 3.2, 4]: per-head P/R/F1/AUC, attribution rates, the open-set check, thresholds."""
 
-import json
 import os
 from typing import Optional
 
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_auc_score
 
-from tfdnadet.atomic import atomic_path
+from tfdnadet.atomic import write_json
 from tfdnadet.data.sources import read_dataset
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.inference import load_for_detector, predict_loaded
@@ -107,7 +106,5 @@ def write_heads_evaluation(metrics: dict, out_dir: str, name: str = "heads_evalu
     """Write NAME.json into out_dir atomically; return its path."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{name}.json")
-    with atomic_path(path) as temporary:
-        with open(temporary, "w") as f:
-            json.dump(metrics, f, indent=2)
+    write_json(path, metrics)
     return path

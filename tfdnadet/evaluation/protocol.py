@@ -4,10 +4,9 @@ Closed-set, cross-seed, cross-loss, cross-finetune and cross-dataset, each score
 macro-F1 (over the classes the split holds), with a confusion-matrix PNG per split and one JSON file.
 """
 
-import json
 import os
 
-from tfdnadet.atomic import atomic_path
+from tfdnadet.atomic import write_json
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.evaluation.evaluate import write_evaluation
 from tfdnadet.evaluation.splits import evaluate_splits
@@ -40,7 +39,5 @@ def write_protocol(results: dict, out_dir: str, model: str, zoo_path: str) -> di
     files = {split: write_evaluation(metrics, out_dir, split) for split, metrics in results.items()}
     summary_path = os.path.join(out_dir, "protocol.json")
     summary = {"model": os.path.abspath(model), "zoo": os.path.abspath(zoo_path), "splits": protocol_summary(results), "files": files}
-    with atomic_path(summary_path) as temporary:
-        with open(temporary, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
+    write_json(summary_path, summary)
     return {"protocol_json": summary_path, **{f"{split}_confusion_png": paths["confusion_png"] for split, paths in files.items()}}

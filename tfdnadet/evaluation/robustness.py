@@ -5,10 +5,9 @@ first resize of the paper's chain, where the training augmentation works too).
 """
 
 import dataclasses
-import json
 from typing import Optional
 
-from tfdnadet.atomic import atomic_path
+from tfdnadet.atomic import write_json
 from tfdnadet.data.perturb import apply_attack
 from tfdnadet.evaluation.evaluate import load_labelled, loaded_metrics
 from tfdnadet.models.detector import Detector
@@ -49,6 +48,4 @@ def robustness_table(
 
 
 def write_robustness(table: dict, path: str) -> None:
-    with atomic_path(path) as temporary:
-        with open(temporary, "w") as f:
-            json.dump(table, f, indent=2)
+    write_json(path, table)

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfdnadet.atomic import atomic_path
+from tfdnadet.atomic import atomic_path, write_json
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models import encoder, heads  # noqa: F401  (registers the classes that saved models name)
 from tfdnadet.models.encoder import POOL_LAYER
@@ -99,14 +99,14 @@ def save_detector(detector: Detector, path: str) -> None:
             "preprocessing": detector.preprocessing,
             "config": detector.config,
         }
-        _write_json(os.path.join(temporary, "detector.json"), metadata)
+        write_json(os.path.join(temporary, "detector.json"), metadata)
 
 
 def write_head(model_dir: str, name: str, head: keras.Model, info: dict) -> None:
     """Write one head folder atomically; nothing else in the model directory is touched."""
     with atomic_path(os.path.join(model_dir, "heads", name), directory=True) as temporary:
         head.save(os.path.join(temporary, "head.keras"))
-        _write_json(os.path.join(temporary, "head.json"), info)
+        write_json(os.path.join(temporary, "head.json"), info)
 
 
 def load_detector(path: str) -> Detector:
@@ -140,8 +140,7 @@ def read_head_info(path: str, name: str) -> dict:
 
 def write_head_info(path: str, name: str, info: dict) -> None:
     """Replace one head's head.json atomically (e.g. a new threshold); its weights file is not touched."""
-    with atomic_path(os.path.join(path, "heads", name, "head.json")) as temporary:
-        _write_json(temporary, info)
+    write_json(os.path.join(path, "heads", name, "head.json"), info)
 
 
 def read_metadata(path: str) -> dict:
@@ -176,8 +175,3 @@ def _read_json(path: str) -> dict:
         raise TfdnadetError(f"Missing file: {path}") from None
     except json.JSONDecodeError as exc:
         raise TfdnadetError(f"{path} is not valid JSON: {exc}") from None
-
-
-def _write_json(path: str, value: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2)

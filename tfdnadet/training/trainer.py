@@ -1,6 +1,5 @@
 """The patchwise contrastive training loop shared by stage 1 and stage 2."""
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -8,6 +7,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
+from tfdnadet.atomic import write_json
 from tfdnadet.config import Config, TrainConfig, save_config
 from tfdnadet.data.pipeline import make_image_dataset
 from tfdnadet.errors import TfdnadetError
@@ -153,8 +153,7 @@ def fit_patch_model(
     detector.add_head(MULTICLASS, model.classifier, {"class_names": list(class_names)})
     save_detector(detector, model_dir)
     final_state = read_checkpoint_state(checkpoint_dir) or {"epoch": 0, "step": 0}
-    with open(os.path.join(run_dir, "run.json"), "w") as f:
-        json.dump({"class_names": list(class_names), **final_state, **(model_info or {})}, f, indent=2)
+    write_json(os.path.join(run_dir, "run.json"), {"class_names": list(class_names), **final_state, **(model_info or {})})
     return TrainResult(run_dir, model_dir, final_state["epoch"], final_state["step"], history)
 
 

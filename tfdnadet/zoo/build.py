@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tfdnadet.atomic import atomic_path
+from tfdnadet.atomic import atomic_path, write_json
 from tfdnadet.errors import TfdnadetError
 
 FORMAT = "tfdnadet-zoo"
@@ -186,7 +186,7 @@ def _claim(out_dir: str, preset: ZooPreset) -> None:
             )
         return
     os.makedirs(out_dir, exist_ok=True)
-    _write_json(path, wanted)
+    write_json(path, wanted)
 
 
 def _run_models(out_dir, preset, models, workers, on_progress):
@@ -290,7 +290,7 @@ def _train_model(out_dir, preset, model, model_dir, on_progress):
     with atomic_path(model_dir, directory=True) as temporary:
         generator.save(os.path.join(temporary, "generator.keras"))
         discriminator.save(os.path.join(temporary, "discriminator.keras"))
-        _write_json(os.path.join(temporary, "model.json"), info)
+        write_json(os.path.join(temporary, "model.json"), info)
     return generator
 
 
@@ -344,8 +344,7 @@ def _write_manifest(out_dir, preset, models):
         "real": real,
         "preview": os.path.basename(preview),
     }
-    with atomic_path(os.path.join(out_dir, "zoo.json")) as temporary:
-        _write_json(temporary, manifest)
+    write_json(os.path.join(out_dir, "zoo.json"), manifest)
     return {**manifest, "root": os.path.abspath(out_dir)}
 
 
@@ -405,8 +404,3 @@ def _write_pngs(images, folder):
 def _stable_seed(*parts) -> int:
     """A seed that names decide, the same in every process and Python run (unlike hash())."""
     return zlib.crc32("/".join(map(str, parts)).encode())
-
-
-def _write_json(path, value):
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=2)
