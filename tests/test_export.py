@@ -107,6 +107,22 @@ def test_interrupted_export_leaves_no_partial_version(trained_run, tmp_path, mon
     assert not os.path.exists(tmp_path / "models.config")
 
 
+def test_a_concurrent_export_of_the_same_version_is_kept(trained_run, tmp_path, monkeypatch):
+    """Two exports that both chose version 1: the one renaming second fails and leaves the first intact."""
+    from tfdnadet.serving import warmup
+
+    def other_export_finishes_first(temporary, name, requests):
+        warmup.write_warmup(temporary, name, requests)
+        os.makedirs(tmp_path / "detector" / "1")
+        (tmp_path / "detector" / "1" / "saved_model.pb").write_bytes(b"the other export")
+
+    monkeypatch.setattr("tfdnadet.export.write_warmup", other_export_finishes_first)
+    with pytest.raises(TfdnadetError, match="written by another export meanwhile"):
+        export_model(trained_run.model_dir, "detector", str(tmp_path))
+    assert (tmp_path / "detector" / "1" / "saved_model.pb").read_bytes() == b"the other export"
+    assert os.listdir(tmp_path / "detector") == ["1"]  # no temporary folder left
+
+
 def test_fresh_process_parity_with_keras(exported, test_pngs, tmp_path):
     detector = exported["detector"]
     loaded_images = load_for_detector(detector, test_pngs)  # the Python path: PIL decode + resize_to_base

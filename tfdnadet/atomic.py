@@ -8,8 +8,12 @@ import tempfile
 
 
 @contextlib.contextmanager
-def atomic_path(final_path: str, directory: bool = False):
-    """Yield a temporary path beside `final_path`; on success it replaces `final_path` in one rename."""
+def atomic_path(final_path: str, directory: bool = False, overwrite: bool = True):
+    """Yield a temporary path beside `final_path`; on success it replaces `final_path` in one rename.
+
+    With `overwrite=False` a folder that appeared at `final_path` meanwhile (another process) is kept and
+    FileExistsError is raised.
+    """
     parent = os.path.dirname(os.path.abspath(final_path))
     os.makedirs(parent, exist_ok=True)
     base = os.path.basename(final_path)
@@ -21,7 +25,10 @@ def atomic_path(final_path: str, directory: bool = False):
         os.remove(temporary)
     try:
         yield temporary
-        _replace(temporary, final_path, directory)
+        if overwrite:
+            _replace(temporary, final_path, directory)
+        else:
+            _rename_new(temporary, final_path)
     finally:
         _remove(temporary)
 
@@ -42,6 +49,16 @@ def _replace(temporary: str, final_path: str, directory: bool) -> None:
     os.replace(final_path, old)
     os.replace(temporary, final_path)
     _remove(old)
+
+
+def _rename_new(temporary: str, final_path: str) -> None:
+    """Rename into place only when nothing holding files is there (rename onto a non-empty folder fails)."""
+    if os.path.isfile(final_path):
+        raise FileExistsError(final_path)
+    try:
+        os.rename(temporary, final_path)
+    except OSError as exc:
+        raise FileExistsError(final_path) from exc
 
 
 def _remove(path: str) -> None:

@@ -44,9 +44,12 @@ def export_model(
     serving = DetectorServing(load_detector(model_dir))
     signatures = serving.signatures()
     # The temporary folder's name starts with '.', so a server watching BASE/NAME never sees a half-written version.
-    with atomic_path(path, directory=True) as temporary:
-        tf.saved_model.save(serving, temporary, signatures=signatures)
-        write_warmup(temporary, name, serving.warmup_requests())
+    try:
+        with atomic_path(path, directory=True, overwrite=False) as temporary:
+            tf.saved_model.save(serving, temporary, signatures=signatures)
+            write_warmup(temporary, name, serving.warmup_requests())
+    except FileExistsError:
+        raise TfdnadetError(f"{path} was written by another export meanwhile and is kept; run the export again for the next version.") from None
     return ExportResult(path, name, version, layout.write_models_config(base, server_base), sorted(signatures))
 
 
