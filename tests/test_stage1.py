@@ -192,6 +192,21 @@ def test_train_stage1_cli_on_builtin_photos_then_resume(tmp_path, monkeypatch, c
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1]
 
 
+def test_resume_continues_on_the_photos_the_run_started_on(photo_folder, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    args = ["train-stage1", "--out", run, "--config", "tiny", "--steps-per-epoch", "1", "--set", "stage1.crops=40"]
+    code, _, err = run_cli([*args, "--data", photo_folder, "--epochs", "1"], monkeypatch, capsys)
+    assert code == 0, err
+
+    code, out, err = run_cli([*args, "--resume", "--epochs", "2"], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads(out)["epochs"] == 2
+    assert json.load(open(run / "run.json"))["data_source"] == os.path.abspath(photo_folder)
+
+    code, _, err = run_cli([*args, "--data", tmp_path, "--resume", "--epochs", "3"], monkeypatch, capsys)
+    assert code == 1 and "resume it on the same photos" in err and len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("case, message", [("missing", "no such folder"), ("empty", "holds no image files"), ("broken", "No usable photos")])
 def test_missing_empty_or_unusable_data_folders_are_one_line_errors(case, message, tmp_path, monkeypatch, capsys):
     folder = tmp_path / case

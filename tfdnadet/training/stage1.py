@@ -1,20 +1,24 @@
 """Stage 1 [4.1]: pretrain the encoder on image-transformation classification with patchwise contrastive learning."""
 
+import json
 import math
 import os
 from typing import Optional
 
 import numpy as np
 
+from tfdnadet.atomic import write_json
 from tfdnadet.config import Config
 from tfdnadet.data.images import IMAGE_EXTENSIONS, ImageError, decode_image
 from tfdnadet.data.sources import list_image_files
 from tfdnadet.data.transforms import TransformBank, make_transform_dataset, transform_images
 from tfdnadet.errors import TfdnadetError
+from tfdnadet.training.callbacks import read_checkpoint_state
 from tfdnadet.training.trainer import TrainResult, fit_patch_model
 from tfdnadet.zoo.photos import load_photos, random_crops
 
 BUILTIN_PHOTOS = "built-in photos (scikit-image, scikit-learn)"
+DATA_RECORD = "stage1_data.json"  # the photos a run started on, so --resume continues on them
 
 
 def train_stage1(
@@ -30,7 +34,10 @@ def train_stage1(
     """Pretrain on transformed crops of the photos in `data` (None: the built-in photos); writes RUN_DIR/model."""
     d, s = config.data, config.stage1
     bank = TransformBank(s.transforms, d.base_size)
+    data = _run_data(data, run_dir, resume)
     crops = natural_crops(data, s.crops, d.base_size, config.train.seed, d.max_pixels, on_skipped)
+    if read_checkpoint_state(os.path.join(run_dir, "checkpoint")) is None:
+        write_json(os.path.join(run_dir, DATA_RECORD), {"data": os.path.abspath(data) if data else None})
     held_out = int(len(crops) * d.val_fraction)
     train_crops, val_crops = crops[held_out:], crops[:held_out]
     val_labels = np.arange(held_out, dtype=np.int32) % len(bank)
@@ -48,6 +55,20 @@ def train_stage1(
         callbacks=callbacks,
         model_info={"data_source": os.path.abspath(data) if data else BUILTIN_PHOTOS, "stage": 1},
     )
+
+
+def _run_data(data: Optional[str], run_dir: str, resume: bool) -> Optional[str]:
+    """The photos to train on: a resumed run keeps the ones it started with (--data may be left out)."""
+    record = os.path.join(run_dir, DATA_RECORD)
+    if not resume or not os.path.isfile(record):
+        return data
+    with open(record, encoding="utf-8") as f:
+        started_with = json.load(f)["data"]
+    if data is not None and os.path.abspath(data) != started_with:
+        raise TfdnadetError(
+            f"{run_dir} started on {started_with or BUILTIN_PHOTOS}, not {os.path.abspath(data)}: resume it on the same photos, or choose another --out."
+        )
+    return started_with
 
 
 def natural_crops(data: Optional[str], count: int, size: int, seed: int, max_pixels: int, on_skipped=None) -> np.ndarray:
