@@ -52,7 +52,7 @@ def throughput(config, bank, steps, repeats):
     samples = s.images_per_class * len(bank)
     model = build_patch_model(config, len(bank))
     fixed = dataset.take(1).cache().repeat()
-    model.fit(fixed, steps_per_epoch=2, epochs=1, verbose=0)  # trace and warm up
+    model.fit(fixed, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # trace and warm up
     pipeline, train = [], []
     for _ in range(repeats):
         iterator = iter(dataset)
@@ -63,7 +63,7 @@ def throughput(config, bank, steps, repeats):
         pipeline.append(steps * samples / (time.perf_counter() - start))
         del iterator
         start = time.perf_counter()
-        model.fit(fixed, steps_per_epoch=steps, epochs=1, verbose=0)
+        model.fit(fixed, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
         train.append(steps * samples / (time.perf_counter() - start))
     return max(pipeline), max(train)
 
