@@ -42,7 +42,7 @@ def parse_args():
     parser.add_argument("--config", default="cpu", help="config of stage 1 and of every method")
     parser.add_argument("--epochs", type=int, default=None, help="train.epochs of every stage-2 run (default: the config's)")
     parser.add_argument("--steps-per-epoch", type=int, default=None, help="train.steps_per_epoch of every run")
-    parser.add_argument("--stage1-epochs", type=int, default=None, help="train.epochs of stage 1 (default: the config's)")
+    parser.add_argument("--stage1-epochs", type=int, default=None, help="stage1.epochs (default: the config's)")
     parser.add_argument("--work", default=None, help="zoo, stage 1 and runs (default: ./cross_test_<preset>)")
     parser.add_argument("--rows", default=",".join(row for row, _, _ in ROWS), help="comma-separated rows to run")
     parser.add_argument("--out", default=os.path.join(RESULTS, "cross_test"), help="writes OUT.json and OUT.md")
@@ -66,7 +66,7 @@ def main():
     zoo_seconds = round(time.time() - started, 1)
     overrides = {"data.base_size": zoo["image_size"], "train.epochs": args.epochs, "train.steps_per_epoch": args.steps_per_epoch}
     config = load_config(args.config, overrides)
-    stage1_config = load_config(args.config, {"data.base_size": zoo["image_size"], "train.epochs": args.stage1_epochs})
+    stage1_config = load_config(args.config, {"data.base_size": zoo["image_size"], "stage1.epochs": args.stage1_epochs})
     stage1, stage1_seconds = trained(os.path.join(work, "stage1"), lambda run: train_stage1(None, run, stage1_config, resume=True, verbose=2))
     train_csv = os.path.join(zoo["root"], "train.csv")
     rows = {}

@@ -102,14 +102,14 @@ def held_out_metrics(model_dir, bank, count, base_size):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="cpu")
-    parser.add_argument("--epochs", type=int, default=None, help="train.epochs (default: the config's)")
+    parser.add_argument("--epochs", type=int, default=None, help="stage1.epochs (default: the config's)")
     parser.add_argument("--test-images", type=int, default=1700)
     parser.add_argument("--steps", type=int, default=5, help="batches timed per throughput measurement")
     parser.add_argument("--repeats", type=int, default=3, help="throughput measurements, best kept (the machine is shared)")
     parser.add_argument("--skip-training", action="store_true", help="only measure throughput")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "stage1.json"))
     args = parser.parse_args()
-    config = load_config(args.config, {"train.epochs": args.epochs})
+    config = load_config(args.config, {"stage1.epochs": args.epochs})
     bank = TransformBank(config.stage1.transforms, config.data.base_size)
     result = {"device": tf.config.list_logical_devices()[0].device_type, "args": vars(args)}
 

@@ -90,7 +90,7 @@ def test_quickstart_end_to_end_and_again(tiny_zoo, tmp_path, monkeypatch, capsys
     """The README's first command on the tiny zoo (already built) with shortened training runs."""
     out_dir = tmp_path / "qs"
     shutil.copytree(tiny_zoo["root"], out_dir / "zoo")
-    monkeypatch.setattr(quickstart, "_STAGE1_SETTINGS", {"train.epochs": 1, "train.steps_per_epoch": 2, "stage1.crops": 64, "stage1.transforms": {"jpeg": [30, 90], "noise": [25]}})
+    monkeypatch.setattr(quickstart, "_STAGE1_SETTINGS", {"stage1.epochs": 1, "train.steps_per_epoch": 2, "stage1.crops": 64, "stage1.transforms": {"jpeg": [30, 90], "noise": [25]}})
     monkeypatch.setattr(quickstart, "_STAGE2_SETTINGS", {"train.epochs": 1, "train.steps_per_epoch": 4})
     code, out, err = run_cli(["quickstart", "--out", out_dir], monkeypatch, capsys)
     assert code == 0, err

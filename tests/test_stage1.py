@@ -111,6 +111,8 @@ def test_kernels_larger_than_the_images_and_bad_stage1_settings_are_errors():
         load_config("tiny", {"stage1.crops": 0})
     with pytest.raises(TfdnadetError, match="Unknown config key 'stage1.bank'"):
         load_config("tiny", {"stage1.bank": 3})
+    with pytest.raises(TfdnadetError, match="stage1.epochs must be >= 1"):
+        load_config("tiny", {"stage1.epochs": 0})
 
 
 def test_transform_batches_hold_every_class_k_times():
@@ -185,9 +187,9 @@ def test_train_stage1_cli_on_builtin_photos_then_resume(tmp_path, monkeypatch, c
     code, out, err = run_cli([*args, "--epochs", "2"], monkeypatch, capsys)
     assert code == 1 and "--resume" in err and len(err.strip().splitlines()) == 1
 
-    code, out, err = run_cli(["train-stage1", "--out", run, "--resume", "--epochs", "2"], monkeypatch, capsys)
+    code, out, err = run_cli(["train-stage1", "--out", run, "--resume", "--epochs", "2", "--set", "train.epochs=5"], monkeypatch, capsys)
     assert code == 0, err
-    assert json.loads(out)["epochs"] == 2 and json.loads(out)["steps"] == 4
+    assert json.loads(out)["epochs"] == 2 and json.loads(out)["steps"] == 4  # --epochs is stage1.epochs, above train.epochs
     with open(run / "history.csv") as f:
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1]
 

@@ -68,10 +68,9 @@ def _resume_config(config: Optional[str], out_dir: str, resume: bool) -> Optiona
     return saved if resume and config is None and os.path.isfile(saved) else config
 
 
-def _train_options(epochs, steps_per_epoch, learning_rate, precision, distribution, seed) -> dict:
+def _train_options(steps_per_epoch, learning_rate, precision, distribution, seed) -> dict:
     """The train.* overrides that train-stage1 and train-stage2 share."""
     return {
-        "train.epochs": epochs,
         "train.steps_per_epoch": steps_per_epoch,
         "train.learning_rate": learning_rate,
         "train.precision": precision,
@@ -123,7 +122,8 @@ def train_stage2_command(
     cfg = _config(
         _resume_config(config, out_dir, resume),
         {
-            **_train_options(epochs, steps_per_epoch, learning_rate, precision, distribution, seed),
+            "train.epochs": epochs,
+            **_train_options(steps_per_epoch, learning_rate, precision, distribution, seed),
             "train.loss": loss,
             "train.jit_compile": jit_compile,
             "model.width": width,
@@ -561,7 +561,7 @@ def train_stage1_command(
     out_dir: str = typer.Option(..., "--out", "-o", help="Run directory: checkpoints, history.csv, curves.png, model/."),
     config: Optional[str] = ConfigOption,
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
-    epochs: Optional[int] = typer.Option(None, help="train.epochs"),
+    epochs: Optional[int] = typer.Option(None, help="stage1.epochs (null in the config: train.epochs)"),
     steps_per_epoch: Optional[int] = typer.Option(None, help="train.steps_per_epoch"),
     learning_rate: Optional[float] = typer.Option(None, help="train.learning_rate"),
     precision: Optional[str] = typer.Option(None, help="train.precision: float32, mixed_float16, mixed_bfloat16"),
@@ -576,7 +576,8 @@ def train_stage1_command(
     cfg = _config(
         _resume_config(config, out_dir, resume),
         {
-            **_train_options(epochs, steps_per_epoch, learning_rate, precision, distribution, seed),
+            "stage1.epochs": epochs,
+            **_train_options(steps_per_epoch, learning_rate, precision, distribution, seed),
             "stage1.crops": crops,
         },
         settings,

@@ -66,6 +66,7 @@ class Stage1Config:
     transforms: Optional[dict] = None
     crops: int = 20_000  # [4.1] random base-size crops of natural photos that the transformations are applied to
     images_per_class: int = 2  # class-balanced batches as in stage 2 [5.1], but k x 170 classes must fit a step
+    epochs: Optional[int] = None  # passes of stage 1 (None: train.epochs); its many classes need more than stage 2
 
 
 @dataclass
@@ -134,6 +135,7 @@ def validate(config: Config) -> None:
         (0 < config.heads.threshold < 1, f"heads.threshold must be in (0, 1). Received: {config.heads.threshold}"),
         (config.heads.epochs >= 1, f"heads.epochs must be >= 1. Received: {config.heads.epochs}"),
         (s.crops >= 1 and s.images_per_class >= 1, "stage1.crops and stage1.images_per_class must be >= 1"),
+        (s.epochs is None or s.epochs >= 1, f"stage1.epochs must be >= 1 (or null: train.epochs). Received: {s.epochs}"),
     ]
     for ok, message in checks:
         if not ok:

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 
 from tfdnadet.atomic import write_json
-from tfdnadet.config import Config
+from tfdnadet.config import Config, config_with_overrides
 from tfdnadet.data.images import IMAGE_EXTENSIONS, ImageError, decode_image
 from tfdnadet.data.sources import list_image_files
 from tfdnadet.data.transforms import TransformBank, make_transform_dataset, transform_images
@@ -33,6 +33,8 @@ def train_stage1(
 ) -> TrainResult:
     """Pretrain on transformed crops of the photos in `data` (None: the built-in photos); writes RUN_DIR/model."""
     d, s = config.data, config.stage1
+    if s.epochs is not None:
+        config = config_with_overrides(config.to_dict(), {"train.epochs": s.epochs})
     bank = TransformBank(s.transforms, d.base_size)
     data = _run_data(data, run_dir, resume)
     crops = natural_crops(data, s.crops, d.base_size, config.train.seed, d.max_pixels, on_skipped)
