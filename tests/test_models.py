@@ -3,9 +3,11 @@ import os
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
+from tfdnadet.config import load_config
 from tfdnadet.errors import TfdnadetError
-from tfdnadet.models.detector import MULTICLASS, Detector, load_detector, save_detector
+from tfdnadet.models.detector import MULTICLASS, Detector, load_detector, patch_grid, save_detector
 from tfdnadet.models.encoder import BACKBONES, Encoder, create_backbone
 from tfdnadet.models.heads import MulticlassHead, ProjectionHead
 
@@ -75,6 +77,27 @@ def test_detector_directory_round_trip(tmp_path):
     # Saving again over an existing model directory replaces it whole.
     save_detector(make_detector(), str(tmp_path / "model"))
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]
+
+
+def test_patch_grid_tiles_row_by_row():
+    images = tf.reshape(tf.range(2 * 4 * 4, dtype=tf.float32), [2, 4, 4, 1])
+    patches, count = patch_grid(images, 2)
+    assert count == 4 and patches.shape == (8, 2, 2, 1)
+    np.testing.assert_array_equal(patches[1, :, :, 0], [[2, 3], [6, 7]])  # first image, top right
+    np.testing.assert_array_equal(patches[4, :, :, 0], [[16, 17], [20, 21]])  # second image, top left
+
+
+def test_predict_on_patches_is_the_mean_over_the_patch_grid():
+    detector = make_detector()
+    images = np.random.default_rng(2).uniform(-1, 1, (3, 64, 64, 3)).astype("float32")
+    per_patch = [detector.predict(images[:, y : y + 32, x : x + 32])[MULTICLASS] for y in (0, 32) for x in (0, 32)]
+    whole = detector.predict(images)[MULTICLASS]
+    detector.preprocessing["predict_on"] = "patches"
+    on_patches = Detector(detector.backbone, detector.heads, detector.head_info, detector.preprocessing, {}).predict(images)[MULTICLASS]
+    np.testing.assert_allclose(on_patches, np.mean(per_patch, axis=0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(on_patches, whole, atol=1e-4)
+    with pytest.raises(TfdnadetError, match="data.predict_on must be one of"):
+        load_config("tiny", {"data.predict_on": "tiles"})
 
 
 def test_head_from_another_backbone_is_refused(tmp_path):

@@ -16,6 +16,7 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 LOSSES = ("pcl", "ce")
 HEAD_LAYOUTS = ("multiclass", "one-vs-all")
+PREDICT_ON = ("whole", "patches")
 
 
 @dataclass
@@ -29,6 +30,8 @@ class DataConfig:
     split_seed: int = 0
     class_names: Optional[list] = None  # names of integer labels in annotation files
     max_pixels: int = 100_000_000  # larger images are refused (decompression bombs)
+    # whole: predict on the full input image [5.1]; patches: mean of the predictions of its grid of patches
+    predict_on: str = "whole"
     # [5.5] train augmentation, in order: [{op: crop|blur|jpeg|noise|relight, p: 0.5, <parameter>: [low, high]}]
     augment: list = field(default_factory=list)
 
@@ -127,6 +130,7 @@ def validate(config: Config) -> None:
         (t.loss in LOSSES, f"train.loss must be one of {LOSSES}. Received: {t.loss!r}"),
         (d.patch_size <= d.input_size, f"data.patch_size ({d.patch_size}) must not exceed data.input_size ({d.input_size})"),
         (d.base_size > 0 and d.input_size > 0, "data.base_size and data.input_size must be positive"),
+        (d.predict_on in PREDICT_ON, f"data.predict_on must be one of {PREDICT_ON}. Received: {d.predict_on!r}"),
         (0 <= d.val_fraction < 1, f"data.val_fraction must be in [0, 1). Received: {d.val_fraction}"),
         (d.images_per_class >= 1 and d.patches_per_image >= 1, "data.images_per_class and data.patches_per_image must be >= 1"),
         (t.epochs >= 1, f"train.epochs must be >= 1. Received: {t.epochs}"),

@@ -70,7 +70,17 @@ class Detector:
         return self.head_info[name].get("input_layer", POOL_LAYER)
 
     def probabilities(self, images) -> dict:
-        """The forward pass in tensor ops (the SavedModel export traces it): {head name: float32 probabilities}."""
+        """The forward pass in tensor ops (the SavedModel export traces it): {head name: float32 probabilities}.
+
+        With preprocessing `predict_on: patches` each image's answer is the mean over its grid of patches.
+        """
+        if self.preprocessing.get("predict_on", "whole") == "whole":
+            return self._head_probabilities(images)
+        patches, count = patch_grid(images, self.preprocessing["patch_size"])
+        outputs = self._head_probabilities(patches)
+        return {name: tf.reduce_mean(tf.reshape(value, tf.concat([[-1, count], tf.shape(value)[1:]], 0)), axis=1) for name, value in outputs.items()}
+
+    def _head_probabilities(self, images) -> dict:
         if self._extractor is None:
             self._extractor = feature_extractor(self.backbone, {POOL_LAYER, *map(self.input_layer, self.heads)})
         inputs = self._extractor(images, training=False)
@@ -79,6 +89,16 @@ class Detector:
             logits = tf.cast(head(inputs[self.input_layer(name)], training=False), tf.float32)
             outputs[name] = tf.nn.softmax(logits) if head.kind == MULTICLASS else tf.sigmoid(logits)
         return outputs
+
+
+def patch_grid(images, patch_size: int) -> tuple:
+    """[B, S, S, C] -> ([B * n, P, P, C] non-overlapping patches in row order, n = (S // P)^2); a remainder is cut off."""
+    shape = tf.shape(images)
+    side = shape[1] // patch_size
+    grid = images[:, : side * patch_size, : side * patch_size, :]
+    grid = tf.reshape(grid, [shape[0], side, patch_size, side, patch_size, shape[3]])
+    grid = tf.transpose(grid, [0, 1, 3, 2, 4, 5])
+    return tf.reshape(grid, [-1, patch_size, patch_size, shape[3]]), side * side
 
 
 def feature_extractor(backbone: keras.Model, layer_names) -> keras.Model:

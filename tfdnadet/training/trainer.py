@@ -11,7 +11,7 @@ from tfdnadet.atomic import write_json
 from tfdnadet.config import Config, TrainConfig, save_config
 from tfdnadet.data.pipeline import make_image_dataset
 from tfdnadet.errors import TfdnadetError
-from tfdnadet.models.detector import MULTICLASS, Detector, load_backbone, save_detector
+from tfdnadet.models.detector import MULTICLASS, Detector, load_backbone, patch_grid, save_detector
 from tfdnadet.models.encoder import create_backbone
 from tfdnadet.training.callbacks import (
     CHECKPOINT_WEIGHTS,
@@ -147,7 +147,7 @@ def fit_patch_model(
         model.backbone,
         {},
         {},
-        {k: getattr(config.data, k) for k in ("base_size", "input_size", "patch_size", "max_pixels")},
+        {k: getattr(config.data, k) for k in ("base_size", "input_size", "patch_size", "max_pixels", "predict_on")},
         {**config.to_dict(), **(model_info or {})},
     )
     detector.add_head(MULTICLASS, model.classifier, {"class_names": list(class_names)})
@@ -163,7 +163,11 @@ def _validation_dataset(val_images: Optional[tuple], config: Config, replicas: i
     # Replicas split each batch evenly, so batches are a multiple of their count and a ragged rest is left out.
     batch = max(replicas, min(config.train.eval_batch_size, len(val_images[1])) // replicas * replicas)
     images, labels = val_images
-    return make_image_dataset(images, labels, config.data.input_size, batch, drop_remainder=replicas > 1)
+    dataset = make_image_dataset(images, labels, config.data.input_size, batch, drop_remainder=replicas > 1)
+    if config.data.predict_on == "whole":
+        return dataset
+    count = (config.data.input_size // config.data.patch_size) ** 2  # validated on the patches predictions average
+    return dataset.map(lambda x, y: (patch_grid(x, config.data.patch_size)[0], tf.repeat(y, count)))
 
 
 def _restore(model: PatchContrastiveModel, checkpoint_dir: str, dataset: tf.data.Dataset) -> None:
