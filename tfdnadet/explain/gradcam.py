@@ -17,7 +17,7 @@ from tfdnadet.data.pipeline import LoadedImages, make_image_dataset
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.evaluation.plots import plt, save_figure
 from tfdnadet.inference import expand_inputs, load_for_detector
-from tfdnadet.models.detector import MULTICLASS, Detector, feature_extractor
+from tfdnadet.models.detector import MULTICLASS, Detector, feature_extractor, patch_grid, prediction_patch_size, untile
 from tfdnadet.models.encoder import ENCODER_BLOCKS, GRADCAM_LAYER, POOL_LAYER, block_layer_name
 
 PREDICTED = -1  # class index meaning "whatever the head predicts"
@@ -36,14 +36,18 @@ class GradCAM:
     """Grad-CAM of one head at encoder block `layer`: build once, call on batches of model inputs.
 
     `head_input` names the backbone layer the head reads (pooled features, or a block's map for heads with
-    their own top blocks).
+    their own top blocks). With `patch_size` the image's answer is the mean over its grid of patches, as in
+    `Detector.probabilities`, and the explained score is the mean of the patches' logits.
     """
 
-    def __init__(self, backbone: keras.Model, head: keras.Model, layer: int = GRADCAM_LAYER, head_input: str = POOL_LAYER):
+    def __init__(
+        self, backbone: keras.Model, head: keras.Model, layer: int = GRADCAM_LAYER, head_input: str = POOL_LAYER, patch_size: Optional[int] = None
+    ):
         _check_layer(layer, head_input)
         self.backbone = backbone
         self.head = head
         self.layer = layer
+        self.patch_size = patch_size  # a model that predicts on its patch grid: each patch explained, maps put together
         self.num_outputs = int(head.outputs[0].shape[-1])
         self._names = block_layer_name(layer), head_input
         self._float32 = _float32_copy(backbone)
@@ -62,19 +66,24 @@ class GradCAM:
         return GradCAMResult(heatmaps.numpy(), targets.numpy(), scores.numpy())
 
     def _explain(self, images, wanted):
+        inputs, count = (images, 1) if self.patch_size is None else patch_grid(images, self.patch_size)
         with tf.GradientTape() as tape:
-            features = self._features(images, training=False)
+            features = self._features(inputs, training=False)
             feature_map = features[self._names[0]]
             logits = tf.cast(self.head(features[self._names[1]], training=False), tf.float32)
-            targets = tf.where(wanted == PREDICTED, tf.argmax(logits, axis=-1, output_type=tf.int32), wanted)
-            explained = tf.gather(logits, targets, batch_dims=1)
-        # Images do not interact in inference mode, so the gradient of the sum is each image's own gradient.
+            probabilities = tf.nn.softmax(logits) if self.head.kind == MULTICLASS else tf.sigmoid(logits)
+            probabilities = tf.reduce_mean(tf.reshape(probabilities, [-1, count, self.num_outputs]), axis=1)
+            targets = tf.where(wanted == PREDICTED, tf.argmax(probabilities, axis=-1, output_type=tf.int32), wanted)
+            explained = tf.gather(logits, tf.repeat(targets, count), batch_dims=1)
+        # Images (and patches) do not interact in inference mode, so the gradient of the sum is each one's own.
         gradients = tape.gradient(explained, feature_map)
         weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(weights * feature_map, axis=-1, keepdims=True))
-        cam = tf.image.resize(cam, tf.shape(images)[1:3], method="bilinear")[..., 0]
+        cam = tf.image.resize(cam, tf.shape(inputs)[1:3], method="bilinear")[..., 0]
+        if self.patch_size is not None:
+            cam = untile(cam, tf.shape(images)[1] // self.patch_size)
+            cam = tf.pad(cam, [[0, 0], [0, tf.shape(images)[1] - tf.shape(cam)[1]], [0, tf.shape(images)[2] - tf.shape(cam)[2]]])
         heatmaps = tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=[1, 2], keepdims=True))  # all-zero map stays 0
-        probabilities = tf.nn.softmax(logits) if self.head.kind == MULTICLASS else tf.sigmoid(logits)
         return tf.clip_by_value(heatmaps, 0.0, 1.0), targets, tf.gather(probabilities, targets, batch_dims=1)
 
 
@@ -98,7 +107,7 @@ def detector_gradcam(detector: Detector, head: str = MULTICLASS, layer: int = GR
     """Grad-CAM of the detector's head `head` (by name, any kind)."""
     if head not in detector.heads:
         raise TfdnadetError(f"Unknown head. Received: head={head!r}. This model's heads: {', '.join(sorted(detector.heads))}")
-    return GradCAM(detector.backbone, detector.heads[head], layer, detector.input_layer(head))
+    return GradCAM(detector.backbone, detector.heads[head], layer, detector.input_layer(head), prediction_patch_size(detector.preprocessing))
 
 
 def output_names(detector: Detector, head: str) -> list:

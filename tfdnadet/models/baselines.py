@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfdnadet.models.encoder import POOL_LAYER, channels, register_backbone
+from tfdnadet.models.encoder import POOL_LAYER, batch_norm, channels, register_backbone
 
 # (filters, stride) of AttNet's k4 convolutions: the 70x70 PatchGAN discriminator's C64-C128-C256-C512.
 ATTNET_BLOCKS = ((64, 2), (128, 2), (256, 2), (512, 1))
@@ -35,7 +35,7 @@ class AttNet(keras.Model):
                 channels(filters, width), 4, strides=stride, padding="same", name=f"block{index}_conv", dtype=dtype
             )(x)
             if index > 1:
-                x = keras.layers.BatchNormalization(name=f"block{index}_bn", dtype=dtype)(x)
+                x = batch_norm(f"block{index}_bn", dtype)(x)
             x = keras.layers.LeakyReLU(negative_slope=0.2, name=f"block{index}", dtype=dtype)(x)
         features = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER, dtype=dtype)(x)
         super().__init__(inputs=images, outputs=features, dtype=dtype, **kwargs)
@@ -72,7 +72,7 @@ class DCTCNN(keras.Model):
         images = keras.Input(shape=(None, None, 3), name="images")
         spectrum = DCTSpectrum(name="dct", dtype="float32")(images)
         # Frank et al. standardise the log spectrum with training-set statistics; BN learns the same.
-        x = keras.layers.BatchNormalization(name="spectrum_norm", dtype=dtype)(spectrum)
+        x = batch_norm("spectrum_norm", dtype)(spectrum)
         for index, filters in enumerate(DCT_CNN_BLOCKS, start=1):
             x = keras.layers.Conv2D(
                 channels(filters, width), 3, padding="same", activation="relu", name=f"block{index}", dtype=dtype

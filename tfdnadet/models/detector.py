@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import json
 import os
+from typing import Optional
 
 import keras
 import numpy as np
@@ -74,9 +75,10 @@ class Detector:
 
         With preprocessing `predict_on: patches` each image's answer is the mean over its grid of patches.
         """
-        if self.preprocessing.get("predict_on", "whole") == "whole":
+        patch_size = prediction_patch_size(self.preprocessing)
+        if patch_size is None:
             return self._head_probabilities(images)
-        patches, count = patch_grid(images, self.preprocessing["patch_size"])
+        patches, count = patch_grid(images, patch_size)
         outputs = self._head_probabilities(patches)
         return {name: tf.reduce_mean(tf.reshape(value, tf.concat([[-1, count], tf.shape(value)[1:]], 0)), axis=1) for name, value in outputs.items()}
 
@@ -91,6 +93,11 @@ class Detector:
         return outputs
 
 
+def prediction_patch_size(preprocessing: dict) -> Optional[int]:
+    """The patch size of a model that predicts on its patch grid (`predict_on: patches`), else None."""
+    return preprocessing["patch_size"] if preprocessing.get("predict_on", "whole") == "patches" else None
+
+
 def patch_grid(images, patch_size: int) -> tuple:
     """[B, S, S, C] -> ([B * n, P, P, C] non-overlapping patches in row order, n = (S // P)^2); a remainder is cut off."""
     shape = tf.shape(images)
@@ -99,6 +106,14 @@ def patch_grid(images, patch_size: int) -> tuple:
     grid = tf.reshape(grid, [shape[0], side, patch_size, side, patch_size, shape[3]])
     grid = tf.transpose(grid, [0, 1, 3, 2, 4, 5])
     return tf.reshape(grid, [-1, patch_size, patch_size, shape[3]]), side * side
+
+
+def untile(patches, side) -> tf.Tensor:
+    """The inverse of `patch_grid` for maps: [B * side^2, h, w] -> [B, side * h, side * w]."""
+    shape = tf.shape(patches)
+    grid = tf.reshape(patches, [-1, side, side, shape[1], shape[2]])
+    grid = tf.transpose(grid, [0, 1, 3, 2, 4])
+    return tf.reshape(grid, [-1, side * shape[1], side * shape[2]])
 
 
 def feature_extractor(backbone: keras.Model, layer_names) -> keras.Model:

@@ -1,5 +1,6 @@
 """Evidence during training: Grad-CAM of fixed validation images each epoch [5.4, Fig. 6], and TensorBoard."""
 
+import dataclasses
 import os
 
 import keras
@@ -9,6 +10,7 @@ import tensorflow as tf
 from tfdnadet.config import Config
 from tfdnadet.data.preprocess import to_model_input
 from tfdnadet.explain.gradcam import GradCAM, plot_gradcam_grid, to_uint8
+from tfdnadet.models.detector import prediction_patch_size
 from tfdnadet.models.encoder import GRADCAM_LAYER
 
 GRADCAM_DIR = "gradcam"  # RUN_DIR/gradcam/epoch_NNN.png
@@ -22,8 +24,11 @@ class GradCAMCallback(keras.callbacks.Callback):
     is also written as an image summary there (under gradcam/).
     """
 
-    def __init__(self, images, labels, class_names: list, input_size: int, out_dir: str, tensorboard_dir=None, layer: int = GRADCAM_LAYER):
+    def __init__(
+        self, images, labels, class_names: list, input_size: int, out_dir: str, tensorboard_dir=None, layer: int = GRADCAM_LAYER, patch_size=None
+    ):
         super().__init__()
+        self.patch_size = patch_size
         self.inputs = to_model_input(images, input_size)
         self.labels = np.asarray(labels)
         self.class_names = list(class_names)
@@ -35,7 +40,7 @@ class GradCAMCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self._explainer is None:
-            self._explainer = GradCAM(self.model.backbone, self.model.classifier, self.layer)
+            self._explainer = GradCAM(self.model.backbone, self.model.classifier, self.layer, patch_size=self.patch_size)
         result = self._explainer(self.inputs)
         names = self.class_names
         captions = [
@@ -87,6 +92,7 @@ def evidence_callbacks(run_dir: str, val_images, class_names: list, config: Conf
                 config.data.input_size,
                 os.path.join(run_dir, GRADCAM_DIR),
                 tensorboard_dir,
+                patch_size=prediction_patch_size(dataclasses.asdict(config.data)),
             )
         )
     return callbacks

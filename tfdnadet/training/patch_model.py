@@ -27,6 +27,9 @@ class PatchContrastiveModel(keras.Model):
         self.classifier = classifier or MulticlassHead(feature_dim, num_classes, name="multiclass")
         self.weighting = UncertaintyWeighting(2, name="uncertainty_weighting")
         self.weighting.build()
+        if loss != "pcl":  # plain cross-entropy leaves them unused: no gradients to ask for
+            self.projection.trainable = False
+            self.weighting.trainable = False
         # === Metrics ===
         if num_classes == 1:
             self.accuracy_metric = keras.metrics.BinaryAccuracy(name="accuracy", threshold=0.0)  # on logits
