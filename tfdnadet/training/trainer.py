@@ -166,8 +166,12 @@ def _validation_dataset(val_images: Optional[tuple], config: Config, replicas: i
     dataset = make_image_dataset(images, labels, config.data.input_size, batch, drop_remainder=replicas > 1)
     if config.data.predict_on == "whole":
         return dataset
-    count = (config.data.input_size // config.data.patch_size) ** 2  # validated on the patches predictions average
-    return dataset.map(lambda x, y: (patch_grid(x, config.data.patch_size)[0], tf.repeat(y, count)))
+    return dataset.map(lambda x, y: _label_patches(*patch_grid(x, config.data.patch_size), y))
+
+
+def _label_patches(patches, count, labels) -> tuple:
+    """Validation on the patches whose predictions an image's answer averages: each patch keeps its image's label."""
+    return patches, tf.repeat(labels, count)
 
 
 def _restore(model: PatchContrastiveModel, checkpoint_dir: str, dataset: tf.data.Dataset) -> None:
