@@ -108,6 +108,12 @@ def test_plan_follows_table_1(preset):
         parent = train_models[m.architecture]
         assert (m.origin, m.content, m.steps) == (parent.id, "B", settings.finetune_steps)
         assert ids.index(parent.id) < ids.index(m.id)
+    validation = [m for m in models if m.split == build.VALIDATION_SPLIT]
+    assert len(validation) == 2 * len(settings.validation_seeds) > 0
+    test_seeds = {(m.architecture, m.seed) for m in models if m.split != build.VALIDATION_SPLIT}
+    for m in validation:  # generator models of their own: no test split shares a seed with them
+        assert (m.architecture, m.seed) not in test_seeds
+        assert (m.content, m.origin) in {("A", "scratch"), ("B", f"{m.architecture}-seed{m.seed}-nonsaturating-A")}
     assert all(by_split.values())
 
 
@@ -149,7 +155,8 @@ def test_tiny_zoo_manifest_and_files(tiny_zoo):
 
 def test_tiny_zoo_splits_follow_table_1(tiny_zoo):
     root, splits = tiny_zoo["root"], tiny_zoo["splits"]
-    assert list(splits) == ["train", *build.TEST_SPLITS]
+    assert list(splits) == ["train", "validation", *build.TEST_SPLITS]
+    assert splits["validation"]["classes"] == ["progan", "real"]
     architectures = sorted(build.get_preset("tiny").architectures)
     everything = sorted(["real", *architectures])
     assert splits["train"]["classes"] == splits["closed-set"]["classes"] == splits["cross-dataset"]["classes"] == everything
@@ -200,6 +207,18 @@ def test_a_zoo_directory_keeps_its_preset(tiny_zoo, tmp_path, monkeypatch, capsy
     assert code == 1 and "holds a zoo of preset 'tiny'" in err and "Traceback" not in err
     code, _, err = run_cli(["zoo", "build", "--out", root, "--preset", "huge"], monkeypatch, capsys)
     assert code == 1 and "Unknown zoo preset" in err
+
+
+def test_a_zoo_built_before_validation_models_existed_gains_them(tmp_path):
+    preset = build.get_preset("tiny")
+    older = {k: v for k, v in dataclasses.asdict(preset).items() if k != "validation_seeds"}
+    (tmp_path / "build.json").write_text(json.dumps(older))
+    build._claim(str(tmp_path), preset)
+    assert json.loads((tmp_path / "build.json").read_text())["validation_seeds"] == [["progan", 2]]
+    changed = {**older, "steps": 1}
+    (tmp_path / "build.json").write_text(json.dumps(changed))
+    with pytest.raises(TfdnadetError, match="built with other settings"):
+        build._claim(str(tmp_path), preset)
 
 
 def test_read_zoo_rejects_what_is_not_a_zoo(tmp_path):

@@ -11,6 +11,8 @@ Layout of a zoo directory:
 Splits: `train` (models of content A, seed 0, non-saturating loss) and the test splits `closed-set`
 (other images of the train models), `cross-seed`, `cross-loss`, `cross-finetune` (train models finetuned
 on content B) and `cross-dataset` (models trained on content B from scratch, with real crops of B).
+`validation` holds generator models of their own (other seeds of the train architectures, on content A and
+finetuned on B, with real crops of A and B): epochs and configs are chosen on it, never on a test split.
 """
 
 import csv
@@ -33,6 +35,7 @@ from tfdnadet.errors import TfdnadetError
 FORMAT = "tfdnadet-zoo"
 REAL = "real"
 TRAIN_SPLIT = "train"
+VALIDATION_SPLIT = "validation"
 TEST_SPLITS = ("closed-set", "cross-seed", "cross-loss", "cross-finetune", "cross-dataset")
 TRAIN_CONTENT, OTHER_CONTENT = "A", "B"
 TRAIN_SEED, TRAIN_LOSS = 0, "nonsaturating"
@@ -55,6 +58,9 @@ class ZooPreset:
     photo_crops: int  # real crops per content set that the GANs learn from
     train_images: int  # images per train model, and real crops, in the train split
     test_images: int  # images per model, and real crops, in a test split
+    # (architecture, seed): a validation model on content A and its finetune on content B; added later than
+    # the rest, so a zoo built before it gains these models and keeps every other one (see _claim)
+    validation_seeds: tuple = ()
 
 
 _PAPER_ARCHITECTURES = ("progan", "mmdgan", "sngan", "infomaxgan")  # Table 1
@@ -66,12 +72,14 @@ PRESETS = {
         name="tiny", image_size=32, width=16, latent_dim=32, batch_size=16, steps=300, finetune_steps=100,
         learning_rate=5e-4, architectures=("progan", "mmdgan", "infomaxgan"), cross_seeds=(("progan", 1),),
         cross_losses=(("mmdgan", "hinge"),), photo_crops=1000, train_images=48, test_images=16,
+        validation_seeds=(("progan", 2),),
     ),
     "small": ZooPreset(
         name="small", image_size=64, width=32, latent_dim=64, batch_size=16, steps=1200, finetune_steps=400,
         learning_rate=5e-4, architectures=_ALL_ARCHITECTURES, cross_seeds=tuple((a, 1) for a in _ALL_ARCHITECTURES),
         cross_losses=(("progan", "hinge"), ("mmdgan", "hinge"), ("infomaxgan", "lsgan"), ("dcgan", "lsgan")),
         photo_crops=4000, train_images=300, test_images=100,
+        validation_seeds=tuple((a, 2) for a in _ALL_ARCHITECTURES),
     ),
     "full": ZooPreset(
         name="full", image_size=64, width=64, latent_dim=128, batch_size=32, steps=6000, finetune_steps=2000,
@@ -79,6 +87,7 @@ PRESETS = {
         cross_seeds=tuple((a, seed) for a in _ALL_ARCHITECTURES for seed in (1, 2)),
         cross_losses=tuple((a, loss) for a in _ALL_ARCHITECTURES for loss in ("hinge", "lsgan")),
         photo_crops=8000, train_images=1000, test_images=250,
+        validation_seeds=tuple((a, 3) for a in _ALL_ARCHITECTURES),
     ),
 }
 
@@ -121,18 +130,18 @@ def plan_models(preset: ZooPreset) -> list:
         models.append(_scratch(preset, architecture, TRAIN_SEED, loss, TRAIN_CONTENT, "cross-loss"))
     for architecture in preset.architectures:
         models.append(_scratch(preset, architecture, TRAIN_SEED, TRAIN_LOSS, OTHER_CONTENT, "cross-dataset"))
-    for parent in [m for m in models if m.split == TRAIN_SPLIT]:
-        models.append(
-            dataclasses.replace(
-                parent,
-                id=f"{parent.id}-ft{OTHER_CONTENT}",
-                content=OTHER_CONTENT,
-                origin=parent.id,
-                steps=preset.finetune_steps,
-                split="cross-finetune",
-            )
-        )
+    for architecture, seed in preset.validation_seeds:
+        models.append(_scratch(preset, architecture, seed, TRAIN_LOSS, TRAIN_CONTENT, VALIDATION_SPLIT))
+    for parent in [m for m in models if m.split in (TRAIN_SPLIT, VALIDATION_SPLIT)]:
+        split = "cross-finetune" if parent.split == TRAIN_SPLIT else VALIDATION_SPLIT
+        models.append(_finetuned(preset, parent, split))
     return models
+
+
+def _finetuned(preset, parent, split):
+    return dataclasses.replace(
+        parent, id=f"{parent.id}-ft{OTHER_CONTENT}", content=OTHER_CONTENT, origin=parent.id, steps=preset.finetune_steps, split=split
+    )
 
 
 def _scratch(preset, architecture, seed, loss, content, split):
@@ -179,12 +188,14 @@ def _claim(out_dir: str, preset: ZooPreset) -> None:
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             existing = json.load(f)
-        if existing != json.loads(json.dumps(wanted)):
+        # A zoo built before `validation_seeds` existed gains the validation models and keeps the rest.
+        if {**json.loads(json.dumps(wanted)), **existing} != json.loads(json.dumps(wanted)):
             raise TfdnadetError(
                 f"{out_dir} holds a zoo of preset '{existing.get('name')}' built with other settings: "
                 f"choose another --out to build preset '{preset.name}'."
             )
-        return
+        if existing == json.loads(json.dumps(wanted)):
+            return
     os.makedirs(out_dir, exist_ok=True)
     write_json(path, wanted)
 
@@ -301,12 +312,16 @@ def _photo_crops(preset, content):
 
 
 def _real_folders(preset):
-    """(split, content, count) of the real crops: content A beside the train models, B in cross-dataset."""
-    return [
+    """(split, content, count) of the real crops: content A beside the train models, B in cross-dataset,
+    both in validation (whose models learnt A and B, so content alone cannot tell real from fake there)."""
+    folders = [
         (TRAIN_SPLIT, TRAIN_CONTENT, preset.train_images),
         ("closed-set", TRAIN_CONTENT, preset.test_images),
         ("cross-dataset", OTHER_CONTENT, preset.test_images),
     ]
+    if preset.validation_seeds:
+        folders += [(VALIDATION_SPLIT, content, preset.test_images // 2) for content in (TRAIN_CONTENT, OTHER_CONTENT)]
+    return folders
 
 
 def _write_real_images(out_dir, preset):
@@ -314,7 +329,7 @@ def _write_real_images(out_dir, preset):
 
     written = []
     for split, content, count in _real_folders(preset):
-        folder = os.path.join(out_dir, split, REAL)
+        folder = os.path.join(out_dir, split, REAL, content) if split == VALIDATION_SPLIT else os.path.join(out_dir, split, REAL)
         if not os.path.isdir(folder):
             crops = random_crops(list(load_photos(content)), count, preset.image_size, seed=_stable_seed(content, split))
             _write_pngs(crops, folder)
@@ -325,7 +340,7 @@ def _write_real_images(out_dir, preset):
 def _write_manifest(out_dir, preset, models):
     real = _write_real_images(out_dir, preset)
     splits = {}
-    for split in (TRAIN_SPLIT, *TEST_SPLITS):
+    for split in (TRAIN_SPLIT, VALIDATION_SPLIT, *TEST_SPLITS):
         rows = _split_rows(out_dir, split, models, real)
         if rows:
             _write_split_csv(os.path.join(out_dir, f"{split}.csv"), rows)
