@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import run_cli
 from tfdnadet.data.sources import read_dataset
 from tfdnadet.errors import TfdnadetError
-from tfdnadet.zoo import build, train
+from tfdnadet.zoo import build, fidelity, train
 from tfdnadet.zoo.generators import build_generator, sample_images
 from tfdnadet.zoo.photos import load_photos, random_crops
 
@@ -149,6 +149,9 @@ def test_tiny_zoo_manifest_and_files(tiny_zoo):
             assert len(pngs) == count
             image = np.asarray(Image.open(os.path.join(root, folder, pngs[0])))
             assert image.shape == (32, 32, 3) and image.std() > 5  # not a flat colour
+        score = entry["fidelity"]
+        assert score["images"] == preset.test_images and 0.2 < score["diversity"] < 2
+        assert 0 < score["real_frechet"] < score["frechet"] < 1e4 and np.isfinite(entry["final_g_loss"])
     preview = Image.open(os.path.join(root, on_disk["preview"]))
     assert preview.size[1] > 64 * (len(models) + 2)  # a row per model plus two rows of real crops
 
@@ -244,3 +247,28 @@ def test_workers_train_models_in_parallel_processes(tmp_path):
         assert len(os.listdir(tmp_path / "cross-dataset" / model.architecture / model.id)) == 2
         with open(tmp_path / "models" / model.id / "model.json") as f:
             assert json.load(f)["steps"] == 3
+
+
+# === Fidelity ===
+
+
+def test_frechet_distance_of_known_gaussians():
+    a = np.random.default_rng(0).normal(size=(500, 4))
+    assert fidelity.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    # b = 2a + 3: mean 2 mu + 3, covariance 4 S, so the distance is |mu + 3|^2 + tr(S + 4S - 2 * 2S) = |mu + 3|^2 + tr(S)
+    expected = np.sum((a.mean(axis=0) + 3) ** 2) + np.trace(np.cov(a, rowvar=False))
+    assert fidelity.frechet_distance(a, 2 * a + 3) == pytest.approx(expected, rel=1e-6)
+
+
+def test_fidelity_tells_a_collapsed_generator_from_real_crops():
+    reference = fidelity.RealReference("A", 16, seed=0)
+    real = random_crops(list(load_photos("A")), 64, 16, seed=9)
+    other_content = random_crops(list(load_photos("B")), 64, 16, seed=9)
+    collapsed = np.repeat(real[:1], 64, axis=0)
+    scores = {name: reference.fidelity(images) for name, images in [("real", real), ("B", other_content), ("collapsed", collapsed)]}
+    assert scores["real"]["images"] == 64 and scores["real"]["real_frechet"] == scores["collapsed"]["real_frechet"] > 0
+    assert 0.8 < scores["real"]["diversity"] < 1.25 and scores["collapsed"]["diversity"] == 0.0
+    assert scores["real"]["frechet"] < 2 * scores["real"]["real_frechet"]
+    assert scores["collapsed"]["frechet"] > 10 * scores["real"]["frechet"]
+    assert scores["real"]["frechet"] < scores["B"]["frechet"]  # the other content set is further from A's crops
+    assert fidelity.image_features(real).shape == (64, 8 + fidelity.SPECTRUM_BINS)

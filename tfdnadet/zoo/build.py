@@ -355,7 +355,7 @@ def _write_manifest(out_dir, preset, models):
         "image_size": preset.image_size,
         "class_names": [REAL, *sorted(preset.architectures)],
         "splits": splits,
-        "models": [_model_entry(out_dir, model) for model in models],
+        "models": _model_entries(out_dir, preset, models),
         "real": real,
         "preview": os.path.basename(preview),
     }
@@ -363,11 +363,27 @@ def _write_manifest(out_dir, preset, models):
     return {**manifest, "root": os.path.abspath(out_dir)}
 
 
-def _model_entry(out_dir, model):
-    with open(os.path.join(out_dir, "models", model.id, "model.json"), encoding="utf-8") as f:
-        info = json.load(f)
-    folders = {split: f"{split}/{model.architecture}/{model.id}" for split in model.image_splits}
-    return {**info, "folders": folders}
+def _model_entries(out_dir, preset, models):
+    """model.json of each model, its image folders and the fidelity of its test images (see zoo.fidelity)."""
+    from tfdnadet.zoo.fidelity import RealReference
+
+    references = {}
+    entries = []
+    for model in models:
+        with open(os.path.join(out_dir, "models", model.id, "model.json"), encoding="utf-8") as f:
+            info = json.load(f)
+        folders = {split: f"{split}/{model.architecture}/{model.id}" for split in model.image_splits}
+        if model.content not in references:
+            references[model.content] = RealReference(model.content, preset.image_size, seed=_stable_seed(model.content, "fidelity"))
+        samples = _read_pngs(os.path.join(out_dir, folders[model.image_splits[-1]]))
+        entries.append({**info, "folders": folders, "fidelity": references[model.content].fidelity(samples)})
+    return entries
+
+
+def _read_pngs(folder, limit=None):
+    """The first `limit` (default: all) PNGs of a folder by name, uint8 [N, S, S, 3]."""
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".png"))[:limit]
+    return np.stack([np.asarray(Image.open(os.path.join(folder, name)).convert("RGB")) for name in names])
 
 
 def _split_rows(out_dir, split, models, real):
@@ -394,7 +410,7 @@ def write_preview(out_dir: str, models: list, real: list, path: str) -> None:
     """One labelled row of samples per model after the real crops of the test splits; written atomically."""
     rows = [(f"real, content {r['content']}", os.path.join(out_dir, r["folder"])) for r in real if r["split"] != TRAIN_SPLIT]
     rows += [(m.id, os.path.join(out_dir, m.image_splits[-1], m.architecture, m.id)) for m in models]
-    tiles = [[np.asarray(Image.open(os.path.join(folder, name)).convert("RGB")) for name in sorted(os.listdir(folder))[:_PREVIEW_SAMPLES]] for _, folder in rows]
+    tiles = [_read_pngs(folder, _PREVIEW_SAMPLES) for _, folder in rows]
     size = tiles[0][0].shape[0]
     scale = max(1, 64 // size)
     cell, label_width, gap = size * scale, 260, 2
