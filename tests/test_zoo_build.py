@@ -118,7 +118,7 @@ def test_plan_follows_table_1(preset):
 
 
 def test_unknown_preset_and_bad_workers(tmp_path):
-    with pytest.raises(TfdnadetError, match=r"preset='huge'. Known: tiny, small, full"):
+    with pytest.raises(TfdnadetError, match=r"preset='huge'. Known: tiny, small, medium, full"):
         build.build_zoo(str(tmp_path), "huge")
     with pytest.raises(TfdnadetError, match="--workers"):
         build.build_zoo(str(tmp_path), "tiny", workers=0)
@@ -168,9 +168,12 @@ def test_tiny_zoo_splits_follow_table_1(tiny_zoo):
     for split, info in splits.items():
         rows = _csv_rows(os.path.join(root, info["manifest"]))
         assert len(rows) == info["images"] and {r["split"] for r in rows} == {split}
+        real_groups = {"cross-dataset": {"real-B"}, "validation": {"real-A", "real-B"}}.get(split, {"real-A"})
+        # validation's models learnt A and B, so it holds real crops of both
+        assert {r["group"] for r in rows if r["label"] == "real"} in (set(), real_groups)
         for row in rows:
             if row["label"] == "real":
-                assert row["group"] == ("real-B" if split == "cross-dataset" else "real-A")
+                assert row["group"] in real_groups
             else:
                 model = models[row["group"]]
                 assert model["architecture"] == row["label"] and split in model["folders"]
@@ -272,3 +275,48 @@ def test_fidelity_tells_a_collapsed_generator_from_real_crops():
     assert scores["collapsed"]["frechet"] > 10 * scores["real"]["frechet"]
     assert scores["real"]["frechet"] < scores["B"]["frechet"]  # the other content set is further from A's crops
     assert fidelity.image_features(real).shape == (64, 8 + fidelity.SPECTRUM_BINS)
+
+
+def test_mixed_bfloat16_trains_in_bfloat16_and_saves_float32_models(tmp_path, monkeypatch):
+    preset = dataclasses.replace(
+        build.get_preset("tiny"), image_size=8, width=16, batch_size=4, steps=3, finetune_steps=2, photo_crops=16,
+        train_images=2, test_images=2, precision="mixed_bfloat16",
+    )
+    parent = build.plan_models(preset)[0]
+    models = [parent, next(m for m in build.plan_models(preset) if m.origin == parent.id)]
+    seen = []
+    original = train.train_gan
+
+    def recording_train_gan(generator, discriminator, *args, **kwargs):
+        seen.append({layer.compute_dtype for layer in (*generator.layers[1:], *discriminator.layers[1:])})
+        return original(generator, discriminator, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_gan", recording_train_gan)
+    for model in models:
+        build.build_model(str(tmp_path), preset, model)
+    assert len(seen) == 2 and all("bfloat16" in dtypes and "float32" in dtypes for dtypes in seen)  # logits/tanh in float32
+    assert keras.config.dtype_policy().name == "float32"
+    for model in models:
+        generator = keras.saving.load_model(tmp_path / "models" / model.id / "generator.keras", compile=False)
+        assert {layer.compute_dtype for layer in generator.layers} == {"float32"}
+        with open(tmp_path / "models" / model.id / "model.json") as f:
+            assert np.isfinite(json.load(f)["final_d_loss"])
+        assert len(os.listdir(tmp_path / model.image_splits[-1] / model.architecture / model.id)) == 2
+
+
+def test_small_and_tiny_presets_are_unchanged():
+    """Zoos of these presets must stay comparable across releases: their recipe and model ids are fixed."""
+    for name, key, ids in [
+        ("tiny", (32, 16, 32, 16, 300, 100, 5e-4, 1000, 48, 16, "float32"), 13),
+        ("small", (64, 32, 64, 16, 1200, 400, 5e-4, 4000, 300, 100, "float32"), 40),
+    ]:
+        preset = build.get_preset(name)
+        assert (
+            preset.image_size, preset.width, preset.latent_dim, preset.batch_size, preset.steps, preset.finetune_steps,
+            preset.learning_rate, preset.photo_crops, preset.train_images, preset.test_images, preset.precision,
+        ) == key
+        assert len(build.plan_models(preset)) == ids
+    small = [m.id for m in build.plan_models(build.get_preset("small"))]
+    assert small[:6] == [f"{a}-seed0-nonsaturating-A" for a in ("progan", "mmdgan", "sngan", "infomaxgan", "dcgan", "stylegan2")]
+    assert small[-1] == "stylegan2-seed2-nonsaturating-A-ftB" and "dcgan-seed0-lsgan-A" in small
+    assert build.get_preset("tiny").validation_seeds == (("progan", 2),)
