@@ -320,3 +320,11 @@ def test_small_and_tiny_presets_are_unchanged():
     assert small[:6] == [f"{a}-seed0-nonsaturating-A" for a in ("progan", "mmdgan", "sngan", "infomaxgan", "dcgan", "stylegan2")]
     assert small[-1] == "stylegan2-seed2-nonsaturating-A-ftB" and "dcgan-seed0-lsgan-A" in small
     assert build.get_preset("tiny").validation_seeds == (("progan", 2),)
+
+
+def test_medium_trains_small_models_for_longer():
+    small, medium = build.get_preset("small"), build.get_preset("medium")
+    assert [m.id for m in build.plan_models(medium)] == [m.id for m in build.plan_models(small)]
+    assert (medium.steps, medium.finetune_steps, medium.precision) == (1600, 500, "mixed_bfloat16")
+    same = ("image_size", "width", "latent_dim", "batch_size", "learning_rate", "photo_crops", "train_images", "test_images")
+    assert all(getattr(medium, field) == getattr(small, field) for field in same)

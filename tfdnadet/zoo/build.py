@@ -91,8 +91,10 @@ PRESETS = {
     # architecture traces in about 90 minutes on 2 cores with --workers 2. The estimate: a plan of 28 x 1600 +
     # 12 x 500 = 50,800 GAN steps against small's 38,400 (x1.32); a bfloat16 step of a small-sized progan took
     # 0.84 x a float32 one (200 timed steps each, 0.099 vs 0.119 s, on this 2-core CPU under heavy load from
-    # other jobs), so x1.11 small's cost; small built in about an hour before its 12 validation models
-    # (28,800 steps), about 80 minutes now, so medium takes about 90.
+    # other jobs; width 48 would cost 1.9x per step, so steps, not width, grow), so x1.11 small's cost. small
+    # ran at 480-540 GAN steps a minute with --workers 2 (an hour for its 28,800 steps before the validation
+    # models; 27,600 steps in 51 minutes of a loaded rebuild), so medium's 42,700 float32-equivalent steps take
+    # 80-90 minutes plus sampling.
     "medium": dataclasses.replace(_SMALL, name="medium", steps=1600, finetune_steps=500, precision="mixed_bfloat16"),
     "full": ZooPreset(
         name="full", image_size=64, width=64, latent_dim=128, batch_size=32, steps=6000, finetune_steps=2000,
