@@ -21,8 +21,8 @@ from tfdnadet.atomic import write_json  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
 from tfdnadet.evaluation.evaluate import evaluate_dataset  # noqa: E402
 from tfdnadet.evaluation.heads import evaluate_heads  # noqa: E402
-from tfdnadet.heads import calibrate_head  # noqa: E402
-from tfdnadet.models.detector import load_detector  # noqa: E402
+from tfdnadet.evaluation.heads import calibrate_head  # noqa: E402
+from tfdnadet.models.model_dir import load_detector  # noqa: E402
 from tfdnadet.training.add_head import add_head  # noqa: E402
 from tfdnadet.training.stage2 import train_stage2  # noqa: E402
 from tfdnadet.zoo.testdata import make_test_dataset  # noqa: E402

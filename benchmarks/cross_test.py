@@ -18,7 +18,7 @@ from tfdnadet.atomic import atomic_path, write_json  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
 from tfdnadet.evaluation.protocol import evaluate_protocol, protocol_summary  # noqa: E402
 from tfdnadet.methods import apply_method  # noqa: E402
-from tfdnadet.models.detector import load_detector  # noqa: E402
+from tfdnadet.models.model_dir import load_detector  # noqa: E402
 from tfdnadet.training.stage1 import train_stage1  # noqa: E402
 from tfdnadet.training.stage2 import train_stage2  # noqa: E402
 from tfdnadet.zoo.build import TEST_SPLITS, build_zoo  # noqa: E402

@@ -19,8 +19,8 @@ import tensorflow as tf  # noqa: E402
 from tfdnadet.atomic import write_json  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
 from tfdnadet.explain.gradcam import GradCAM  # noqa: E402
-from tfdnadet.models.detector import MULTICLASS, Detector  # noqa: E402
-from tfdnadet.models.encoder import create_backbone  # noqa: E402
+from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing  # noqa: E402
+from tfdnadet.models.backbones import create_backbone  # noqa: E402
 from tfdnadet.models.heads import MulticlassHead  # noqa: E402
 from tfdnadet.training.gradcam_callback import GradCAMCallback  # noqa: E402
 
@@ -51,7 +51,8 @@ def callback_seconds(backbone, head, config, repeats: int) -> float:
     count, base = config.train.gradcam_images, config.data.base_size
     images = np.random.default_rng(1).integers(0, 256, (count, base, base, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as folder:
-        callback = GradCAMCallback(images, np.arange(count) % CLASSES, [f"c{i}" for i in range(CLASSES)], config.data.input_size, folder)
+        preprocessing = Preprocessing.from_data_config(config.data)
+        callback = GradCAMCallback(images, np.arange(count) % CLASSES, [f"c{i}" for i in range(CLASSES)], preprocessing, folder)
         callback.set_model(model)
         callback.on_epoch_end(0)
         times = []
@@ -69,11 +70,13 @@ def run(name: str, batch: int, repeats: int) -> dict:
     mixed = create_backbone(config.model.backbone, width=config.model.width, dtype="mixed_float16", name="encoder")
     mixed.set_weights(backbone.get_weights())
     head = MulticlassHead(backbone.feature_dim, CLASSES, name=MULTICLASS)
-    detector = Detector(backbone, {}, {}, {}, {})
+    d = config.data
+    detector = Detector(backbone, {}, {}, Preprocessing(d.base_size, d.input_size, d.patch_size, d.max_pixels), {})
     detector.add_head(MULTICLASS, head, {"class_names": [f"c{i}" for i in range(CLASSES)]})
+    mixed_detector = Detector(mixed, detector.heads, detector.head_info, detector.preprocessing, {})
     images = tf.random.uniform([batch, size, size, 3], -1, 1, seed=0)
     rates = best_rate(
-        {"predict": detector.predict, "gradcam": GradCAM(backbone, head), "gradcam_mixed": GradCAM(mixed, head)}, images, repeats
+        {"predict": detector.predict, "gradcam": GradCAM(detector), "gradcam_mixed": GradCAM(mixed_detector)}, images, repeats
     )
     row = {"config": name, "width": config.model.width, "input_size": size, "batch": batch, **rates}
     row["gradcam_cost"] = rates["predict"] / rates["gradcam"]

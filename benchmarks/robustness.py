@@ -22,7 +22,7 @@ from tfdnadet.atomic import write_json  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
 from tfdnadet.data.perturb import ATTACK_TITLES, ATTACKS, COMBINATION, COMBINATION_PROBABILITY  # noqa: E402
 from tfdnadet.evaluation.robustness import CLEAN, robustness_table  # noqa: E402
-from tfdnadet.models.detector import load_detector  # noqa: E402
+from tfdnadet.models.model_dir import load_detector  # noqa: E402
 from tfdnadet.training.stage2 import train_stage2  # noqa: E402
 from tfdnadet.zoo.testdata import make_test_dataset  # noqa: E402
 

@@ -25,8 +25,9 @@ from tfdnadet.config import load_config  # noqa: E402
 from tfdnadet.data.preprocess import resize_to_base, to_model_input  # noqa: E402
 from tfdnadet.export import export_model  # noqa: E402
 from tfdnadet.inference import load_for_detector, predict_loaded  # noqa: E402
-from tfdnadet.models.detector import MULTICLASS, Detector, load_detector, save_detector  # noqa: E402
-from tfdnadet.models.encoder import create_backbone  # noqa: E402
+from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing  # noqa: E402
+from tfdnadet.models.model_dir import load_detector, save_detector  # noqa: E402
+from tfdnadet.models.backbones import create_backbone  # noqa: E402
 from tfdnadet.models.heads import MulticlassHead  # noqa: E402
 
 TARGET_RATIO = 0.95
@@ -35,7 +36,8 @@ TARGET_RATIO = 0.95
 def random_detector(config, precision: str, model_dir: str) -> str:
     """A random-init detector of the config's sizes, saved as a model directory (real + 4 architectures)."""
     backbone = create_backbone(config.model.backbone, width=config.model.width, dtype=precision, name="encoder")
-    preprocessing = {k: getattr(config.data, k) for k in ("base_size", "input_size", "patch_size", "max_pixels")}
+    d = config.data
+    preprocessing = Preprocessing(d.base_size, d.input_size, d.patch_size, d.max_pixels)
     detector = Detector(backbone, {}, {}, preprocessing, config.to_dict())
     classes = ["real", "progan", "mmdgan", "sngan", "infomaxgan"]
     detector.add_head(MULTICLASS, MulticlassHead(backbone.feature_dim, len(classes), name=MULTICLASS), {"class_names": classes})
@@ -80,13 +82,13 @@ def main():
         signatures = tf.saved_model.load(exported.path).signatures
 
         p = detector.preprocessing
-        pixels = np.random.default_rng(0).integers(0, 256, (args.batch, 2 * p["base_size"], 2 * p["base_size"], 3), dtype=np.uint8)
+        pixels = np.random.default_rng(0).integers(0, 256, (args.batch, 2 * p.base_size, 2 * p.base_size, 3), dtype=np.uint8)
         paths = []
         for i, image in enumerate(pixels):
             paths.append(os.path.join(work, f"{i}.png"))
             Image.fromarray(image).save(paths[-1])
         encoded = tf.constant([open(path, "rb").read() for path in paths])
-        batch = to_model_input(resize_to_base(pixels, p["base_size"]), p["input_size"])
+        batch = to_model_input(resize_to_base(pixels, p.base_size), p.input_size)
 
         preprocessed = compare(
             lambda: detector.predict(batch), lambda: signatures["predict_images"](images=batch), args.batch, args.repeats

@@ -24,7 +24,8 @@ from tfdnadet.data.pipeline import LoadedImages  # noqa: E402
 from tfdnadet.data.transforms import TransformBank, make_transform_dataset, transform_images  # noqa: E402
 from tfdnadet.evaluation.metrics import classification_metrics  # noqa: E402
 from tfdnadet.inference import predict_loaded  # noqa: E402
-from tfdnadet.models.detector import MULTICLASS, load_detector  # noqa: E402
+from tfdnadet.models.detector import MULTICLASS  # noqa: E402
+from tfdnadet.models.model_dir import load_detector  # noqa: E402
 from tfdnadet.training.stage1 import natural_crops, train_stage1  # noqa: E402
 from tfdnadet.training.trainer import build_patch_model  # noqa: E402
 from tfdnadet.zoo.photos import load_photos, random_crops  # noqa: E402

@@ -18,7 +18,7 @@ import tensorflow as tf  # noqa: E402
 
 from tfdnadet.atomic import write_json  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
-from tfdnadet.models.encoder import create_backbone  # noqa: E402
+from tfdnadet.models.backbones import create_backbone  # noqa: E402
 from tfdnadet.training.trainer import build_patch_model  # noqa: E402
 
 

@@ -10,8 +10,8 @@ from tfdnadet.errors import TfdnadetError
 from tfdnadet.evaluation.evaluate import evaluate_dataset
 from tfdnadet.methods import apply_method
 from tfdnadet.models.baselines import DCTSpectrum, NoiseResidual, PRNUResidual
-from tfdnadet.models.detector import load_detector
-from tfdnadet.models.encoder import create_backbone
+from tfdnadet.models.model_dir import load_detector
+from tfdnadet.models.backbones import create_backbone
 
 
 def test_dct_spectrum_matches_a_numpy_dct():

@@ -22,14 +22,15 @@ from tfdnadet.data.preprocess import to_model_input
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.export import check_export, export_model
 from tfdnadet.inference import attribute, load_for_detector, predict_loaded
-from tfdnadet.models.detector import MULTICLASS, Detector, load_detector, save_detector
+from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing
+from tfdnadet.models.model_dir import load_detector, save_detector
 from tfdnadet.models.encoder import Encoder
 from tfdnadet.models.heads import BinaryHead, MulticlassHead
-from tfdnadet.serving.graph import DetectorServing, float32_detector
+from tfdnadet.serving.graph import DetectorServing
 from tfdnadet.serving.warmup import read_warmup
 from tfdnadet.verdict import verdicts
 
-PREPROCESSING = {"base_size": 32, "input_size": 64, "patch_size": 32, "max_pixels": 10**8}
+PREPROCESSING = Preprocessing(base_size=32, input_size=64, patch_size=32, max_pixels=10**8)
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ def test_fresh_process_parity_with_keras(exported, test_pngs, tmp_path):
     loaded_images = load_for_detector(detector, test_pngs)  # the Python path: PIL decode + resize_to_base
     assert len(loaded_images.paths) == len(test_pngs)
     keras_from_files = predict_loaded(detector, loaded_images)[MULTICLASS]
-    batch = to_model_input(loaded_images.images, detector.preprocessing["input_size"])
+    batch = to_model_input(loaded_images.images, detector.preprocessing.input_size)
     np.save(tmp_path / "batch.npy", batch.numpy())
     keras_from_batch = detector.predict(batch)[MULTICLASS]
     script = (
@@ -257,7 +258,7 @@ def test_binary_heads_mixed_precision_export(tmp_path):
     images = np.random.default_rng(2).uniform(-1, 1, (6, 64, 64, 3)).astype("float32")
     loaded = tf.saved_model.load(result.path)
     served = {k: v.numpy() for k, v in loaded.signatures["predict_images"](images=tf.constant(images)).items()}
-    float32 = float32_detector(load_detector(str(tmp_path / "model")))
+    float32 = load_detector(str(tmp_path / "model")).float32()
     expected = float32.predict(images)
     np.testing.assert_allclose(served["sngan_score"], expected["sngan"][:, 0], atol=1e-5)
     np.testing.assert_allclose(served["multiclass_probabilities"], expected[MULTICLASS], atol=1e-5)

@@ -12,9 +12,11 @@ from PIL import Image
 
 from conftest import run_cli
 from tfdnadet.errors import TfdnadetError
-from tfdnadet.explain.gradcam import GradCAM, detector_gradcam
-from tfdnadet.models.detector import load_detector
-from tfdnadet.models.encoder import channels, create_backbone
+from tfdnadet.explain.gradcam import GradCAM
+from tfdnadet.models.backbones import create_backbone
+from tfdnadet.models.detector import Detector, Preprocessing
+from tfdnadet.models.model_dir import load_detector
+from tfdnadet.models.encoder import channels
 from tfdnadet.models.heads import BinaryHead, MulticlassHead
 
 
@@ -30,12 +32,12 @@ def inputs(gan_images, detector):
 
     paths = [os.path.join(gan_images["root"], arch, "seed2", "0000.png") for arch in ("progan", "mmdgan", "dcgan")]
     loaded = load_for_detector(detector, paths)
-    return to_model_input(loaded.images, detector.preprocessing["input_size"])
+    return to_model_input(loaded.images, detector.preprocessing.input_size)
 
 
 def test_heatmaps_have_the_image_size_are_finite_and_not_constant(detector, inputs):
-    result = detector_gradcam(detector)(inputs)
-    size = detector.preprocessing["input_size"]
+    result = GradCAM(detector)(inputs)
+    size = detector.preprocessing.input_size
     assert result.heatmaps.shape == (3, size, size) and result.heatmaps.dtype == np.float32
     assert np.all(np.isfinite(result.heatmaps))
     assert result.heatmaps.min() >= 0.0 and np.allclose(result.heatmaps.max(axis=(1, 2)), 1.0)
@@ -46,12 +48,12 @@ def test_heatmaps_have_the_image_size_are_finite_and_not_constant(detector, inpu
 
 
 def test_heatmaps_change_with_the_head_and_the_class(detector, inputs):
-    multiclass = detector_gradcam(detector)(inputs)
-    other_class = detector_gradcam(detector)(inputs, (multiclass.targets + 1) % len(detector.class_names))
+    multiclass = GradCAM(detector)(inputs)
+    other_class = GradCAM(detector)(inputs, (multiclass.targets + 1) % len(detector.class_names))
     keras.utils.set_random_seed(1)
     binary = BinaryHead(detector.backbone.feature_dim, hidden_dim=8, name="progan")
     detector.add_head("progan", binary, {"class_names": ["progan"]})
-    one_vs_all = detector_gradcam(detector, "progan")(inputs)
+    one_vs_all = GradCAM(detector, "progan")(inputs)
     assert one_vs_all.heatmaps.shape == multiclass.heatmaps.shape
     assert np.all(one_vs_all.targets == 0)
     np.testing.assert_allclose(one_vs_all.scores, detector.predict(inputs)["progan"][:, 0], atol=1e-5)
@@ -59,16 +61,23 @@ def test_heatmaps_change_with_the_head_and_the_class(detector, inputs):
     assert np.abs(other_class.heatmaps - multiclass.heatmaps).mean() > 0.01
 
 
+def one_head_detector(backbone, head, input_layer="pool", predict_on="whole"):
+    info = {"input_layer": input_layer, "class_names": ["a", "b", "c"]}
+    return Detector(backbone, {head.name: head}, {head.name: info}, Preprocessing(32, 64, 32, 10**8, predict_on), {})
+
+
 def test_head_on_a_block_feature_map_and_layers_past_it():
     backbone = create_backbone("dnadet", width=0.125, name="encoder")
     head = BinaryHead(channels(256, 0.125), hidden_dim=8, finetune_top=2, width=0.125, name="sngan")
     images = tf.random.uniform([2, 64, 64, 3], -1, 1, seed=3)
-    result = GradCAM(backbone, head, layer=5, head_input="block6")(images)
+    result = GradCAM(one_head_detector(backbone, head, "block6"), "sngan", layer=5)(images)
     assert result.heatmaps.shape == (2, 64, 64) and np.all(np.isfinite(result.heatmaps))
     with pytest.raises(TfdnadetError, match=r"1\.\.6 \(this head reads encoder layer 6\)"):
-        GradCAM(backbone, head, layer=7, head_input="block6")
+        GradCAM(one_head_detector(backbone, head, "block6"), "sngan", layer=7)
     with pytest.raises(TfdnadetError, match="Encoder layer must be 1..8. Received: layer=0"):
-        GradCAM(backbone, MulticlassHead(backbone.feature_dim, 3), layer=0)
+        GradCAM(one_head_detector(backbone, MulticlassHead(backbone.feature_dim, 3, name="multiclass")), layer=0)
+    with pytest.raises(TfdnadetError, match="Unknown head. Received: head='real'"):
+        GradCAM(one_head_detector(backbone, head, "block6"), "real")
 
 
 def test_mixed_precision_gives_the_float32_maps():
@@ -76,19 +85,19 @@ def test_mixed_precision_gives_the_float32_maps():
     full = create_backbone("dnadet", width=0.125, name="encoder")
     mixed = create_backbone("dnadet", width=0.125, dtype="mixed_float16", name="encoder")
     mixed.set_weights(full.get_weights())
-    head = MulticlassHead(full.feature_dim, 3)
+    head = MulticlassHead(full.feature_dim, 3, name="multiclass")
     images = tf.random.uniform([2, 64, 64, 3], -1, 1, seed=4)
-    expected = GradCAM(full, head)(images)
-    result = GradCAM(mixed, head)(images)
+    expected = GradCAM(one_head_detector(full, head, predict_on="patches"))(images)
+    result = GradCAM(one_head_detector(mixed, head, predict_on="patches"))(images)
     assert np.all(np.isfinite(result.heatmaps))
     np.testing.assert_allclose(result.heatmaps, expected.heatmaps, atol=1e-5)
 
 
 def test_all_zero_maps_give_zeros_not_nan():
     backbone = create_backbone("dnadet", width=0.125, name="encoder")
-    head = MulticlassHead(backbone.feature_dim, 3)
+    head = MulticlassHead(backbone.feature_dim, 3, name="multiclass")
     head.set_weights([np.zeros_like(w) for w in head.get_weights()])
-    explainer = GradCAM(backbone, head)
+    explainer = GradCAM(one_head_detector(backbone, head))
     result = explainer(np.zeros([2, 32, 32, 3], np.float32))
     assert result.heatmaps.shape == (2, 32, 32)
     np.testing.assert_array_equal(result.heatmaps, 0.0)

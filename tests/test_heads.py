@@ -13,7 +13,8 @@ from conftest import run_cli
 from test_models import check_keras_round_trip, make_detector
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.evaluation.heads import binary_metrics, evaluate_heads, pick_threshold
-from tfdnadet.models.detector import MULTICLASS, Detector, load_detector, save_detector
+from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing
+from tfdnadet.models.model_dir import load_detector, save_detector
 from tfdnadet.models.encoder import Encoder
 from tfdnadet.models.heads import BinaryHead
 from tfdnadet.verdict import MULTIPLE, REAL, UNKNOWN, verdicts
@@ -73,7 +74,7 @@ def base_model(folders, tiny_config, tmp_path_factory):
 @pytest.fixture(scope="module")
 def added(base_model, folders, tmp_path_factory):
     """A copy of the base model, its files and predictions before, the head.json of NEW added to it, then calibrated."""
-    from tfdnadet.heads import calibrate_head
+    from tfdnadet.evaluation.heads import calibrate_head
     from tfdnadet.training.add_head import add_head
 
     model = str(tmp_path_factory.mktemp("added") / "model")
@@ -129,7 +130,7 @@ def test_verdicts_real_one_architecture_multiple_unknown_and_contradiction():
     assert decided[3].failed_attribution and not decided[0].failed_attribution
     assert decided[4].heads["sngan"] == {"score": pytest.approx(0.69), "threshold": 0.7, "positive": False}
     # Only binary heads: the head named `real` judges; without any judge a failed attribution reads as real.
-    binary_only = Detector(Encoder(width=0.125, name="encoder"), {}, {}, {}, {})
+    binary_only = Detector(Encoder(width=0.125, name="encoder"), {}, {}, Preprocessing(32, 64, 32, 10**8), {})
     binary_only.add_head("progan", BinaryHead(binary_only.backbone.feature_dim, 4, name="progan"), {})
     no_judge = verdicts(binary_only, {"progan": np.asarray([[0.2], [0.8]])})
     assert [v.label for v in no_judge] == [REAL, "progan"] and no_judge[0].judged_real is None

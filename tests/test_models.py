@@ -1,3 +1,4 @@
+import json
 import os
 
 import keras
@@ -7,8 +8,10 @@ import tensorflow as tf
 
 from tfdnadet.config import load_config
 from tfdnadet.errors import TfdnadetError
-from tfdnadet.models.detector import MULTICLASS, Detector, load_detector, patch_grid, save_detector
-from tfdnadet.models.encoder import BACKBONES, Encoder, create_backbone
+from tfdnadet.models.backbones import CLOSED_FORM, GRADIENT, backbone_names, backbone_spec, create_backbone
+from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing, patch_grid
+from tfdnadet.models.model_dir import load_detector, save_detector
+from tfdnadet.models.encoder import Encoder
 from tfdnadet.models.heads import MulticlassHead, ProjectionHead
 
 
@@ -35,10 +38,25 @@ def test_encoder_follows_table_7():
         encoder.feature_model(9)
 
 
-@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize("backbone", backbone_names(GRADIENT))
 def test_every_backbone_round_trips(backbone, tmp_path):
     model = create_backbone(backbone, width=0.125, name="encoder")
     check_keras_round_trip(model, np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32"), tmp_path)
+
+
+@pytest.mark.parametrize("backbone", backbone_names(CLOSED_FORM))
+def test_every_closed_form_backbone_round_trips_and_fits_a_head(backbone, tmp_path):
+    model = create_backbone(backbone, image_size=16, name="encoder")
+    images = np.random.default_rng(0).normal(size=(4, 16, 16, 3)).astype("float32")
+    check_keras_round_trip(model, images, tmp_path)
+    head = model.fit_head(keras.ops.convert_to_numpy(model(images)), np.array([0, 1, 0, 1]), 2)
+    assert head.kind == MULTICLASS and head(model(images)).shape == (4, 2)
+
+
+def test_the_registry_names_every_backbone_and_refuses_unknown_ones():
+    assert backbone_names(GRADIENT) == ["attnet", "dct_cnn", "dnadet"] and backbone_names(CLOSED_FORM) == ["prnu"]
+    with pytest.raises(TfdnadetError, match="Unknown backbone. Received: backbone='resnet'"):
+        backbone_spec("resnet")
 
 
 def test_heads_round_trip_and_projection_is_unit_norm(tmp_path):
@@ -59,7 +77,7 @@ def test_mixed_precision_keeps_outputs_float32():
 
 def make_detector(width=0.125, classes=("real", "progan", "sngan")):
     backbone = Encoder(width=width, name="encoder")
-    detector = Detector(backbone, {}, {}, {"base_size": 32, "input_size": 64, "patch_size": 32, "max_pixels": 10**8}, {})
+    detector = Detector(backbone, {}, {}, Preprocessing(base_size=32, input_size=64, patch_size=32, max_pixels=10**8), {})
     detector.add_head(MULTICLASS, MulticlassHead(backbone.feature_dim, len(classes), name="multiclass"), {"class_names": list(classes)})
     return detector
 
@@ -71,7 +89,9 @@ def test_detector_directory_round_trip(tmp_path):
     assert sorted(os.listdir(tmp_path / "model")) == ["backbone.keras", "detector.json", "heads"]
     assert sorted(os.listdir(tmp_path / "model" / "heads" / MULTICLASS)) == ["head.json", "head.keras"]
     loaded = load_detector(str(tmp_path / "model"))
-    assert loaded.class_names == ["real", "progan", "sngan"]
+    assert loaded.class_names == ["real", "progan", "sngan"] and loaded.preprocessing == detector.preprocessing
+    saved = json.loads((tmp_path / "model" / "detector.json").read_text())["preprocessing"]
+    assert saved == {"base_size": 32, "input_size": 64, "patch_size": 32, "max_pixels": 10**8, "predict_on": "whole", "aggregation": "mean_probability"}
     np.testing.assert_array_equal(detector.predict(images)[MULTICLASS], loaded.predict(images)[MULTICLASS])
     np.testing.assert_allclose(loaded.predict(images)[MULTICLASS].sum(axis=1), 1.0, rtol=1e-5)
     # Saving again over an existing model directory replaces it whole.
@@ -92,8 +112,7 @@ def test_predict_on_patches_is_the_mean_over_the_patch_grid():
     images = np.random.default_rng(2).uniform(-1, 1, (3, 64, 64, 3)).astype("float32")
     per_patch = [detector.predict(images[:, y : y + 32, x : x + 32])[MULTICLASS] for y in (0, 32) for x in (0, 32)]
     whole = detector.predict(images)[MULTICLASS]
-    detector.preprocessing["predict_on"] = "patches"
-    on_patches = Detector(detector.backbone, detector.heads, detector.head_info, detector.preprocessing, {}).predict(images)[MULTICLASS]
+    on_patches = detector.with_preprocessing(predict_on="patches").predict(images)[MULTICLASS]
     np.testing.assert_allclose(on_patches, np.mean(per_patch, axis=0), rtol=1e-5, atol=1e-6)
     assert not np.allclose(on_patches, whole, atol=1e-4)
     with pytest.raises(TfdnadetError, match="data.predict_on must be one of"):
@@ -108,3 +127,47 @@ def test_head_from_another_backbone_is_refused(tmp_path):
         load_detector(str(tmp_path / "a"))
     with pytest.raises(TfdnadetError, match="not found"):
         load_detector(str(tmp_path / "missing"))
+
+
+def test_features_are_on_the_grid_the_model_predicts_on():
+    detector = make_detector().with_preprocessing(predict_on="patches")
+    images = np.random.default_rng(3).uniform(-1, 1, (2, 64, 64, 3)).astype("float32")
+    probabilities, features = detector.predict_with_features(images, ["pool", "block4"])
+    assert features["pool"].shape == (2, 4, detector.backbone.feature_dim) and features["block4"].shape[:2] == (2, 4)
+    top_right = detector.backbone(images[:, :32, 32:], training=False)
+    np.testing.assert_allclose(features["pool"][:, 1], top_right, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(probabilities[MULTICLASS], detector.predict(images)[MULTICLASS], rtol=1e-5, atol=1e-6)
+    whole = make_detector().predict_with_features(images, ["pool"])[1]["pool"]
+    assert whole.shape == (2, 1, detector.backbone.feature_dim)
+
+
+def test_preprocessing_is_typed_and_refuses_unknown_or_bad_fields():
+    with pytest.raises(TfdnadetError, match="Unknown preprocessing keys: tile_size"):
+        Preprocessing.from_dict({"base_size": 32, "input_size": 64, "patch_size": 32, "max_pixels": 100, "tile_size": 8})
+    with pytest.raises(TfdnadetError, match="Missing preprocessing keys: max_pixels"):
+        Preprocessing.from_dict({"base_size": 32, "input_size": 64, "patch_size": 32})
+    with pytest.raises(TfdnadetError, match="predict_on must be one of"):
+        Preprocessing(32, 64, 32, 100, predict_on="tiles")
+    with pytest.raises(TfdnadetError, match="input_size must be a positive integer"):
+        Preprocessing(32, "64", 32, 100)
+    with pytest.raises(TypeError, match="must be a Preprocessing"):
+        Detector(Encoder(width=0.125), {}, {}, {"base_size": 32}, {})
+    assert Preprocessing.from_data_config(load_config("tiny").data) == Preprocessing(32, 64, 32, 100_000_000, "patches")
+
+
+def test_a_model_directory_of_the_previous_version_still_loads(tmp_path):
+    """detector.json written before predict_on and aggregation existed: a plain dict of the four sizes."""
+    detector = make_detector()
+    save_detector(detector, str(tmp_path / "model"))
+    path = tmp_path / "model" / "detector.json"
+    metadata = json.loads(path.read_text())
+    metadata["preprocessing"] = {"base_size": 32, "input_size": 64, "patch_size": 32, "max_pixels": 10**8}
+    path.write_text(json.dumps(metadata))
+    loaded = load_detector(str(tmp_path / "model"))
+    assert loaded.preprocessing == Preprocessing(32, 64, 32, 10**8, predict_on="whole", aggregation="mean_probability")
+    images = np.random.default_rng(4).uniform(-1, 1, (2, 64, 64, 3)).astype("float32")
+    np.testing.assert_array_equal(loaded.predict(images)[MULTICLASS], detector.predict(images)[MULTICLASS])
+    metadata["preprocessing"]["crop"] = 3
+    path.write_text(json.dumps(metadata))
+    with pytest.raises(TfdnadetError, match=r"detector.json: Unknown preprocessing keys: crop"):
+        load_detector(str(tmp_path / "model"))

@@ -8,7 +8,7 @@ import pytest
 from conftest import run_cli
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.evaluation.splits import annotation_splits, evaluate_splits, is_annotation_folder
-from tfdnadet.models.detector import load_detector
+from tfdnadet.models.model_dir import load_detector
 
 RELEASE_CLASSES = ["real", "progan", "mmdgan", "dcgan"]  # the release's label order, not the model's
 

@@ -155,7 +155,7 @@ def test_stage2_trains_with_augmentation_from_the_config(gan_images, tmp_path):
 def test_robustness_table_is_deterministic_and_matches_clean_evaluation(trained_run, gan_images):
     from tfdnadet.evaluation.evaluate import evaluate_dataset
     from tfdnadet.evaluation.robustness import robustness_table
-    from tfdnadet.models.detector import load_detector
+    from tfdnadet.models.model_dir import load_detector
 
     detector = load_detector(trained_run.model_dir)
     sets = {"closed-set": gan_images["test"]}

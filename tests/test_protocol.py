@@ -13,7 +13,7 @@ from tfdnadet import quickstart
 from tfdnadet.config import load_config
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.evaluation.protocol import evaluate_protocol, protocol_summary, write_protocol, zoo_test_splits
-from tfdnadet.models.detector import load_detector
+from tfdnadet.models.model_dir import load_detector
 from tfdnadet.training.stage2 import train_stage2
 from tfdnadet.zoo.build import TEST_SPLITS
 

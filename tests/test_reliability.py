@@ -24,7 +24,8 @@ from tfdnadet.data.pipeline import load_images, make_patch_dataset
 from tfdnadet.data.sources import read_dataset
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.inference import attribute
-from tfdnadet.models.detector import Detector, load_detector, save_detector
+from tfdnadet.models.detector import Detector, Preprocessing
+from tfdnadet.models.model_dir import load_detector, save_detector
 from tfdnadet.training.callbacks import read_checkpoint_state
 from tfdnadet.training.trainer import fit_patch_model
 
@@ -68,12 +69,11 @@ def test_a_kill_while_saving_a_model_leaves_the_previous_one_whole(trained_run, 
     script = textwrap.dedent(
         f"""
         import os, signal
-        from tfdnadet.models import detector as d
+        from tfdnadet.models import model_dir as d
         model = d.load_detector({trained_run.model_dir!r})
         d.save_detector(model, {str(target)!r})
         d.write_head = lambda *args: os.kill(os.getpid(), signal.SIGKILL)  # dies after backbone.keras is written
-        model.preprocessing["input_size"] = 999
-        d.save_detector(model, {str(target)!r})
+        d.save_detector(model.with_preprocessing(input_size=999), {str(target)!r})
         """
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -225,7 +225,7 @@ def test_the_data_pipeline_survives_thousands_of_mutated_files(fuzz_folder):
 
 def test_predict_survives_thousands_of_mutated_files(trained_run, fuzz_folder):
     detector = load_detector(trained_run.model_dir)
-    detector.preprocessing["max_pixels"] = 1_000_000
+    detector = detector.with_preprocessing(max_pixels=1_000_000)
     results, failures = attribute(detector, [fuzz_folder["root"]], batch_size=64)
     assert len(results) + len(failures) == FUZZ_FILES
     attributed = {r.path for r in results}
@@ -272,9 +272,9 @@ def test_decompression_bombs_are_refused_before_decoding(trained_run, tmp_path):
         decode_image(good_images()["rgb.png"], max_pixels=1000)
 
     detector = load_detector(trained_run.model_dir)
-    assert detector.preprocessing["max_pixels"] == load_config("tiny").data.max_pixels  # the model carries its limit
+    assert detector.preprocessing.max_pixels == load_config("tiny").data.max_pixels  # the model carries its limit
     (tmp_path / "a.png").write_bytes(good_images()["rgb.png"])
-    detector.preprocessing["max_pixels"] = 1000
+    detector = detector.with_preprocessing(max_pixels=1000)
     results, failures = attribute(detector, [str(tmp_path)])
     assert results == [] and "exceeds max_pixels=1000" in failures[0][1]
 
@@ -288,7 +288,7 @@ def test_models_load_in_safe_mode_and_never_run_code_from_the_file(tmp_path):
     backbone = keras.Model(inputs, keras.layers.Lambda(eval(code), name="payload")(inputs))
     marker.unlink(missing_ok=True)
     model_dir = str(tmp_path / "model")
-    save_detector(Detector(backbone, {}, {}, {"base_size": 8, "input_size": 8, "patch_size": 8, "max_pixels": 64}, {}), model_dir)
+    save_detector(Detector(backbone, {}, {}, Preprocessing(base_size=8, input_size=8, patch_size=8, max_pixels=64), {}), model_dir)
     marker.unlink(missing_ok=True)
     with pytest.raises(TfdnadetError, match=r"Cannot load .*backbone\.keras: .*Lambda"):
         load_detector(model_dir)

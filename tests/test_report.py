@@ -9,7 +9,10 @@ from PIL import Image
 
 from conftest import run_cli
 from tfdnadet.evaluation.consistency import grid_patches, patch_agreement
-from tfdnadet.evaluation.report import Section, pick_examples, render_html, tsne_embedding
+from tfdnadet.evaluation.evaluate import load_labelled
+from tfdnadet.evaluation.report import EXAMPLES_PER_CLASS, Section, evaluate_with_report, pick_examples, render_html, tsne_embedding
+from tfdnadet.inference import predict_loaded
+from tfdnadet.models.model_dir import load_detector
 
 SECTIONS = ("Metrics", "Confusion matrix", "Patch agreement", "t-SNE of encoder features", "Grad-CAM examples", "Training curves")
 
@@ -37,6 +40,30 @@ def test_evaluate_report_holds_every_section_with_decodable_pictures(trained_run
     assert f"{metrics['accuracy']:.4f}" in markdown
     for name, agreement in metrics["patch_agreement"].items():
         assert 0.25 <= agreement <= 1.0 and f"| {name} | {agreement:.3f} |" in markdown
+
+
+def test_report_judges_right_and_wrong_as_evaluate_does(trained_run, gan_images, tmp_path):
+    """Grad-CAM picks and t-SNE rings come from the predictions on the model's patch grid, as the metrics do."""
+    detector = load_detector(trained_run.model_dir)
+    assert detector.preprocessing.predict_on == "patches"
+    metrics, paths = evaluate_with_report(detector, gan_images["test"], str(tmp_path / "report"), tsne_samples=1000)
+    markdown = open(paths["markdown"]).read()
+    confusion = np.asarray(metrics["confusion_matrix"])
+    wrong = int(confusion.sum() - np.trace(confusion))
+    assert f"{confusion.sum()} of {confusion.sum()} images" in markdown and f"; {wrong} wrongly attributed (ringed)" in markdown
+    rows = [line.strip("|").split(" | ") for line in markdown.splitlines() if re.match(r"^\| .+ \| (right|WRONG) \|$", line)]
+    for index, name in enumerate(metrics["class_names"]):
+        judged = [row[4].strip() for row in rows if row[0].strip() == name]
+        right, missed = int(confusion[index, index]), int(confusion[index].sum() - confusion[index, index])
+        assert judged == ["right"] * min(EXAMPLES_PER_CLASS, right) + ["WRONG"] * min(EXAMPLES_PER_CLASS, missed), name
+    assert len(rows) == sum(min(EXAMPLES_PER_CLASS, int(n)) for n in np.diag(confusion)) + sum(
+        min(EXAMPLES_PER_CLASS, int(n)) for n in confusion.sum(axis=1) - np.diag(confusion)
+    )
+    assert all((row[2].strip() == row[0].strip()) == (row[4].strip() == "right") for row in rows)
+    # Judged on whole images (the old report) this model gives other probabilities, often another class.
+    loaded = load_labelled(detector, gan_images["test"])
+    on_whole = predict_loaded(detector.with_preprocessing(predict_on="whole"), loaded)["multiclass"]
+    assert not np.allclose(predict_loaded(detector, loaded)["multiclass"], on_whole, atol=1e-3)
 
 
 def test_report_without_a_training_history_says_so(trained_run, gan_images, tmp_path, monkeypatch, capsys):

@@ -13,7 +13,7 @@ from conftest import run_cli
 from tfdnadet.config import load_config
 from tfdnadet.data.transforms import TransformBank, gaussian_blur, make_transform_dataset, median_blur, transform_images
 from tfdnadet.errors import TfdnadetError
-from tfdnadet.models.detector import load_backbone, load_detector
+from tfdnadet.models.model_dir import load_backbone, load_detector
 from tfdnadet.training.stage1 import natural_crops, train_stage1
 from tfdnadet.training.trainer import build_patch_model
 from tfdnadet.zoo.photos import load_photos, random_crops

@@ -5,7 +5,8 @@ import pytest
 
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.interop.torch_import import import_torch_checkpoint
-from tfdnadet.models.detector import MULTICLASS, load_detector
+from tfdnadet.models.detector import MULTICLASS
+from tfdnadet.models.model_dir import load_detector
 
 torch = pytest.importorskip("torch", reason="the torch extra is not installed (pip install 'tfdnadet[torch]')")
 nn = torch.nn
@@ -65,7 +66,7 @@ def test_logits_match_pytorch_on_512px_images(converted):
     detector = load_detector(str(root / "model"))
     got = np.asarray(detector.heads[MULTICLASS](detector.backbone(images)))
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
-    assert detector.class_names == CLASSES and detector.preprocessing["input_size"] == 512
+    assert detector.class_names == CLASSES and detector.preprocessing.input_size == 512
 
 
 def test_converted_model_reloads_with_identical_predictions(converted, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.evaluation.evaluate import evaluate_dataset
-from tfdnadet.models.detector import load_detector
+from tfdnadet.models.model_dir import load_detector
 from tfdnadet.training.stage2 import train_stage2
 
 

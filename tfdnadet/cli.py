@@ -164,7 +164,7 @@ def predict_command(
 ):
     """Attribute images to the architecture that made them (or to real)."""
     from tfdnadet.inference import attribute
-    from tfdnadet.models.detector import load_detector
+    from tfdnadet.models.model_dir import load_detector
 
     detector = load_detector(model)
     results, failures = attribute(detector, paths, batch_size, top_k)
@@ -216,7 +216,7 @@ def evaluate_command(
     """Accuracy, macro-F1, per-class precision/recall and the confusion matrix on labelled images."""
     from tfdnadet.evaluation.evaluate import evaluate_dataset, write_evaluation
     from tfdnadet.evaluation.splits import annotation_splits, evaluate_splits, is_annotation_folder
-    from tfdnadet.models.detector import load_detector
+    from tfdnadet.models.model_dir import load_detector
 
     if (data is None) == (protocol is None):
         raise typer.BadParameter("give either --data DATA or --protocol ZOO_DIR/zoo.json.")
@@ -389,7 +389,7 @@ def gradcam_command(
 ):
     """Grad-CAM evidence: a heatmap over each image showing where the attribution comes from."""
     from tfdnadet.explain.gradcam import explain_files
-    from tfdnadet.models.detector import load_detector
+    from tfdnadet.models.model_dir import load_detector
 
     chosen = {key: value for key, value in {"head": head, "layer": layer}.items() if value is not None}
     result = explain_files(load_detector(model), paths, out_dir, batch_size=batch_size, **chosen)
@@ -427,7 +427,7 @@ ModelArgument = typer.Argument(None, help="Model directory (default: $TFDNADET_M
 
 
 def _model_dir(model: Optional[str]) -> str:
-    from tfdnadet.heads import default_model_dir
+    from tfdnadet.models.model_dir import default_model_dir
 
     return model or default_model_dir()
 
@@ -476,7 +476,7 @@ def heads_list_command(
     as_json: bool = typer.Option(False, "--json", help="A JSON list on stdout."),
 ):
     """Name, kind, positives count, threshold, validation precision/recall and date of every head."""
-    from tfdnadet.heads import LIST_FIELDS, list_heads
+    from tfdnadet.models.model_dir import LIST_FIELDS, list_heads
 
     rows = list_heads(_model_dir(model))
     if as_json:
@@ -494,7 +494,7 @@ def heads_remove_command(
     model: Optional[str] = ModelArgument,
 ):
     """Delete one head; the backbone and the other heads are not touched."""
-    from tfdnadet.heads import remove_head
+    from tfdnadet.models.model_dir import remove_head
 
     model_dir = _model_dir(model)
     left = remove_head(model_dir, name)
@@ -510,7 +510,7 @@ def heads_calibrate_command(
     batch_size: int = typer.Option(16, help="Images per inference batch."),
 ):
     """Choose a binary head's threshold on validation data and store it with the head."""
-    from tfdnadet.heads import calibrate_head
+    from tfdnadet.evaluation.heads import calibrate_head
 
     info = calibrate_head(_model_dir(model), name, data, target_precision, batch_size)
     err.print(
@@ -529,7 +529,7 @@ def heads_evaluate_command(
 ):
     """Per-head precision/recall/F1/AUC, failed/multiple attribution and self-contradiction rates, open-set rate."""
     from tfdnadet.evaluation.heads import evaluate_heads, write_heads_evaluation
-    from tfdnadet.models.detector import load_detector
+    from tfdnadet.models.model_dir import load_detector
 
     metrics = evaluate_heads(load_detector(_model_dir(model)), data, batch_size)
     if metrics["skipped"]:

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tfdnadet.atomic import atomic_path
 from tfdnadet.errors import TfdnadetError
-from tfdnadet.models.detector import load_detector
+from tfdnadet.models.model_dir import load_detector
 from tfdnadet.serving import layout
 from tfdnadet.serving.graph import DEFAULT_SIGNATURE, IMAGES_SIGNATURE, DetectorServing
 from tfdnadet.serving.warmup import read_warmup, write_warmup

@@ -7,7 +7,6 @@ from typing import Optional
 import numpy as np
 
 from tfdnadet.data.pipeline import LoadedImages, load_images, make_image_dataset
-from tfdnadet.data.preprocess import min_image_side
 from tfdnadet.data.sources import ImageList, list_image_files
 from tfdnadet.models.detector import MULTICLASS, Detector
 from tfdnadet.verdict import verdicts
@@ -56,7 +55,7 @@ def expand_inputs(inputs: list) -> tuple:
 def load_for_detector(detector: Detector, paths: list, labels=None) -> LoadedImages:
     p = detector.preprocessing
     labels = np.zeros(len(paths), np.int32) if labels is None else labels
-    return load_images(ImageList(list(paths), labels, []), p["base_size"], p["max_pixels"], min_size=min_image_side(p["patch_size"], p["base_size"]))
+    return load_images(ImageList(list(paths), labels, []), p.base_size, p.max_pixels, min_size=p.min_image_side)
 
 
 def predict_loaded(detector: Detector, loaded: LoadedImages, batch_size: int = 16, transform=None) -> dict:
@@ -64,11 +63,18 @@ def predict_loaded(detector: Detector, loaded: LoadedImages, batch_size: int = 1
 
     `transform` maps each batch of model inputs to what is predicted (e.g. its patches) before the heads run.
     """
-    outputs = {}
-    for batch in make_image_dataset(loaded.images, None, detector.preprocessing["input_size"], batch_size):
-        for name, values in detector.predict(transform(batch) if transform else batch).items():
-            outputs.setdefault(name, []).append(values)
-    return {name: np.concatenate(parts) for name, parts in outputs.items()}
+    return predict_loaded_with_features(detector, loaded, (), batch_size, transform)[0]
+
+
+def predict_loaded_with_features(detector: Detector, loaded: LoadedImages, layers, batch_size: int = 16, transform=None) -> tuple:
+    """`predict_loaded`, plus {layer: [N, n, ...]} of the named backbone layers on the model's grid, from the same pass."""
+    outputs, features = {}, {}
+    for batch in make_image_dataset(loaded.images, None, detector.preprocessing.input_size, batch_size):
+        probabilities, maps = detector.predict_with_features(transform(batch) if transform else batch, layers)
+        for collected, values in ((outputs, probabilities), (features, maps)):
+            for name, value in values.items():
+                collected.setdefault(name, []).append(value)
+    return tuple({name: np.concatenate(parts) for name, parts in collected.items()} for collected in (outputs, features))
 
 
 def attribute(detector: Detector, inputs: list, batch_size: int = 16, top_k: int = 3) -> tuple:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from tfdnadet.config import load_config
 from tfdnadet.evaluation.protocol import evaluate_protocol, write_protocol
 from tfdnadet.export import export_model
-from tfdnadet.models.detector import load_detector
+from tfdnadet.models.model_dir import load_detector
 from tfdnadet.training.add_head import add_head
 from tfdnadet.training.stage1 import train_stage1
 from tfdnadet.training.stage2 import train_stage2

@@ -28,7 +28,7 @@ def grid_patches(images: tf.Tensor, grid: int = GRID, size: Optional[int] = None
 def has_patch_grid(detector: Detector) -> bool:
     """Patch agreement needs a model trained on patches whose backbone takes any image size."""
     p = detector.preprocessing
-    return detector.backbone.inputs[0].shape[1] is None and p["patch_size"] < p["input_size"]
+    return detector.backbone.inputs[0].shape[1] is None and p.patch_size < p.input_size
 
 
 def patch_classes(detector: Detector, loaded: LoadedImages, batch_size: int = 16, grid: int = GRID) -> np.ndarray:
@@ -37,7 +37,7 @@ def patch_classes(detector: Detector, loaded: LoadedImages, batch_size: int = 16
     Patches are never smaller than the training patches, which the encoder was trained to judge.
     """
     p = detector.preprocessing
-    size = max(p["input_size"] // grid, p["patch_size"])
+    size = max(p.input_size // grid, p.patch_size)
     probabilities = predict_loaded(detector, loaded, batch_size, transform=lambda batch: grid_patches(batch, grid, size))
     return np.argmax(probabilities[MULTICLASS], axis=-1).reshape(len(loaded.images), grid * grid)
 

@@ -11,7 +11,7 @@ from tfdnadet.data.sources import align_to_classes, read_dataset
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.evaluation.consistency import agreement_by_class, has_patch_grid, patch_agreement, patch_classes
 from tfdnadet.evaluation.metrics import classification_metrics
-from tfdnadet.evaluation.plots import plot_confusion_matrix
+from tfdnadet.plots import plot_confusion_matrix
 from tfdnadet.inference import load_for_detector, predict_loaded
 from tfdnadet.models.detector import MULTICLASS, Detector
 

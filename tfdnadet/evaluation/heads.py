@@ -1,5 +1,7 @@
-"""Evaluating one-vs-all heads [Khoo 3.2, 4]: per-head P/R/F1/AUC, attribution rates, the open-set check, thresholds."""
+"""Evaluating one-vs-all heads [Khoo 3.2, 4]: per-head P/R/F1/AUC, attribution rates, the open-set check, thresholds
+and calibrating a head's threshold."""
 
+import datetime
 import os
 from typing import Optional
 
@@ -11,6 +13,8 @@ from tfdnadet.data.sources import read_dataset
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.inference import load_for_detector, predict_loaded
 from tfdnadet.models.detector import MULTICLASS, Detector
+from tfdnadet.models.heads import BinaryHead
+from tfdnadet.models.model_dir import load_detector, read_metadata, require_head, write_head_info
 from tfdnadet.verdict import REAL, UNKNOWN, binary_heads, threshold_of, verdicts
 
 
@@ -51,6 +55,47 @@ def pick_threshold(truth: np.ndarray, scores: np.ndarray, target_precision: Opti
             raise TfdnadetError(f"No threshold reaches precision {target_precision} on this data (best: {precision.max():.3f}).")
         index = int(reaching[0])
     return binary_metrics(truth, scores, float(thresholds[index]))
+
+
+def calibrate_head(
+    model_dir: str, name: str, data: str, target_precision: Optional[float] = None, batch_size: int = 16
+) -> dict:
+    """Pick a binary head's threshold on labelled images (class `name` = positives, others negatives) and store it."""
+    if target_precision is not None and not 0 < target_precision <= 1:
+        raise TfdnadetError(f"--target-precision must be in (0, 1]. Received: {target_precision}")
+    read_metadata(model_dir)
+    require_head(model_dir, name)
+    detector = load_detector(model_dir)
+    if detector.heads[name].kind != BinaryHead.kind:
+        raise TfdnadetError(f"Head '{name}' is a {detector.heads[name].kind} head; only binary heads have a threshold.")
+    images = read_dataset(data)
+    if name not in images.class_names:
+        raise TfdnadetError(f"Calibration data {data} has no class '{name}' (its classes: {', '.join(images.class_names)}).")
+    loaded = load_for_detector(detector, images.paths, images.labels)
+    truth = loaded.labels == images.class_names.index(name)
+    scores = predict_loaded(detector, loaded, batch_size)[name][:, 0]
+    chosen = pick_threshold(truth, scores, target_precision)
+    info = {
+        **detector.head_info[name],
+        **validation_fields(chosen),
+        "threshold_rule": "best F1" if target_precision is None else f"precision >= {target_precision}",
+        "calibration_data": os.path.abspath(data),
+        "calibrated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_head_info(model_dir, name, info)
+    return info
+
+
+def validation_fields(metrics: dict) -> dict:
+    """What a head records of its validation metrics (see `tfdnadet.evaluation.heads.binary_metrics`)."""
+    return {
+        "threshold": metrics["threshold"],
+        "val_precision": metrics["precision"],
+        "val_recall": metrics["recall"],
+        "val_f1": metrics["f1"],
+        "val_auc": metrics["auc"],
+        "val_count": metrics["positives"] + metrics["negatives"],
+    }
 
 
 def evaluate_heads(detector: Detector, data: str, batch_size: int = 16, class_names: Optional[list] = None) -> dict:

@@ -10,16 +10,17 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
-import tensorflow as tf
 from sklearn.manifold import TSNE
 
 from tfdnadet.atomic import atomic_path
-from tfdnadet.data.pipeline import LoadedImages, make_image_dataset
+from tfdnadet.data.pipeline import LoadedImages
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.evaluation.evaluate import evaluate_loaded, load_labelled
-from tfdnadet.evaluation.plots import plot_confusion_matrix, plot_training_curves, plt, save_figure
-from tfdnadet.explain.gradcam import detector_gradcam, explain_loaded, plot_gradcam_grid
+from tfdnadet.plots import plot_confusion_matrix, plot_training_curves, plt, save_figure
+from tfdnadet.explain.gradcam import GradCAM, explain_loaded, plot_gradcam_grid
+from tfdnadet.inference import predict_loaded_with_features
 from tfdnadet.models.detector import MULTICLASS, Detector
+from tfdnadet.models.encoder import POOL_LAYER
 
 TSNE_SAMPLES = 500  # images drawn for the t-SNE plot (t-SNE is quadratic in their number)
 EXAMPLES_PER_CLASS = 3  # Grad-CAM examples of right and of wrong predictions per class
@@ -67,7 +68,9 @@ def write_report(
     """Write report.md, report.html and their PNGs into out_dir; return the two report paths."""
     _check_tsne_samples(tsne_samples)
     os.makedirs(out_dir, exist_ok=True)
-    features, probabilities = encode(detector, loaded, batch_size)
+    # The detector's own pass, as evaluate's: the answers judged right or wrong here are the ones in the metrics.
+    outputs, features = predict_loaded_with_features(detector, loaded, [POOL_LAYER], batch_size)
+    features, probabilities = features[POOL_LAYER].mean(axis=1), outputs[MULTICLASS]
     names = detector.class_names
     sections = [
         _metrics_section(metrics),
@@ -91,17 +94,6 @@ def write_report(
 def _check_tsne_samples(samples: int) -> None:
     if samples < 3:
         raise TfdnadetError(f"The t-SNE plot needs at least 3 samples. Received: tsne_samples={samples}")
-
-
-def encode(detector: Detector, loaded: LoadedImages, batch_size: int = 16) -> tuple:
-    """Pooled encoder features [N, D] and multiclass probabilities [N, C] of decoded images, in one pass."""
-    features, probabilities = [], []
-    for batch in make_image_dataset(loaded.images, None, detector.preprocessing["input_size"], batch_size):
-        pooled = detector.backbone(batch, training=False)
-        logits = detector.heads[MULTICLASS](pooled, training=False)
-        features.append(np.asarray(pooled, np.float32))
-        probabilities.append(tf.nn.softmax(tf.cast(logits, tf.float32)).numpy())
-    return np.concatenate(features), np.concatenate(probabilities)
 
 
 def tsne_embedding(features: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -159,8 +151,12 @@ def _tsne_section(features, labels, predicted, class_names: list, out_dir: str, 
         return Section(title, f"Too few images for t-SNE ({len(features)}).")
     chosen = np.sort(np.random.default_rng(seed).permutation(len(features))[:samples])
     points = tsne_embedding(features[chosen], seed)
-    plot_tsne(points, labels[chosen], labels[chosen] != predicted[chosen], class_names, os.path.join(out_dir, "tsne.png"))
-    text = f"Pooled encoder features of {len(chosen)} of {len(features)} images (as the paper's Figure 1)."
+    wrong = labels[chosen] != predicted[chosen]
+    plot_tsne(points, labels[chosen], wrong, class_names, os.path.join(out_dir, "tsne.png"))
+    text = (
+        f"Pooled encoder features of {len(chosen)} of {len(features)} images (as the paper's Figure 1), averaged over "
+        f"the grid each image is predicted on; {int(wrong.sum())} wrongly attributed (ringed)."
+    )
     return Section(title, text, None, ["tsne.png"])
 
 
@@ -168,10 +164,16 @@ def _gradcam_section(detector: Detector, loaded: LoadedImages, probabilities: np
     names = detector.class_names
     predicted = probabilities.argmax(axis=1)
     chosen = {label: pick_examples(loaded.labels, predicted, probabilities.max(axis=1), label) for label in np.unique(loaded.labels)}
-    explainer = detector_gradcam(detector, MULTICLASS)
+    explainer = GradCAM(detector, MULTICLASS)
     images, heatmaps = _explain_subset(explainer, loaded, np.concatenate(list(chosen.values())), predicted, detector, batch_size)
     text = f"Encoder layer {explainer.layer}, explaining the predicted class: the most confident right and wrong predictions of each class."
-    section = Section("Grad-CAM examples", text)
+    rows = [["true class", "image", "predicted", "probability", "judged"]]
+    rows += [
+        [names[label], os.path.basename(loaded.paths[i]), names[predicted[i]], f"{probabilities[i, predicted[i]]:.2f}", "right" if predicted[i] == label else "WRONG"]
+        for label, indices in chosen.items()
+        for i in indices
+    ]
+    section = Section("Grad-CAM examples", text, rows)
     start = 0
     for label, indices in chosen.items():
         end = start + len(indices)
@@ -190,7 +192,7 @@ def _gradcam_section(detector: Detector, loaded: LoadedImages, probabilities: np
 def _explain_subset(explainer, loaded: LoadedImages, order: np.ndarray, predicted: np.ndarray, detector: Detector, batch_size: int) -> tuple:
     """Grad-CAM of the predicted class for loaded images at `order` -> (uint8 images, heatmaps)."""
     subset = LoadedImages(loaded.images[order], loaded.labels[order], [loaded.paths[i] for i in order], [])
-    batches = list(explain_loaded(explainer, subset, detector.preprocessing["input_size"], batch_size, predicted[order]))
+    batches = list(explain_loaded(explainer, subset, detector.preprocessing.input_size, batch_size, predicted[order]))
     return np.concatenate([b[1] for b in batches]), np.concatenate([b[2].heatmaps for b in batches])
 
 

@@ -1,7 +1,8 @@
 """Grad-CAM (Selvaraju et al. 2017) of any head at a named encoder block [5.1, Fig. 6 and 13], and overlays.
 
-The encoder's blocks are named layers, read together with the head's input in one pass (`feature_extractor`),
-so no graph surgery is needed.
+The forward pass is the detector's own (`Detector.features`, `logits`, `aggregate`): the same patch grid and the
+same answer as predict. The encoder's blocks are named layers, read with the head's input in that one pass, so no
+graph surgery is needed.
 """
 
 import math
@@ -9,16 +10,15 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from tfdnadet.data.pipeline import LoadedImages, make_image_dataset
 from tfdnadet.errors import TfdnadetError
-from tfdnadet.evaluation.plots import plt, save_figure
 from tfdnadet.inference import expand_inputs, load_for_detector
-from tfdnadet.models.detector import MULTICLASS, Detector, feature_extractor, patch_grid, prediction_patch_size, untile
-from tfdnadet.models.encoder import ENCODER_BLOCKS, GRADCAM_LAYER, POOL_LAYER, block_layer_name
+from tfdnadet.models.detector import MULTICLASS, Detector, untile
+from tfdnadet.models.encoder import ENCODER_BLOCKS, GRADCAM_LAYER, block_layer_name
+from tfdnadet.plots import plt, save_figure
 
 PREDICTED = -1  # class index meaning "whatever the head predicts"
 OVERLAY_ALPHA = 0.45  # heatmap opacity over the image
@@ -33,25 +33,23 @@ class GradCAMResult:
 
 
 class GradCAM:
-    """Grad-CAM of one head at encoder block `layer`: build once, call on batches of model inputs.
+    """Grad-CAM of the detector's head `head` (by name, any kind) at encoder block `layer`: build once, call on
+    batches of model inputs.
 
-    `head_input` names the backbone layer the head reads (pooled features, or a block's map for heads with
-    their own top blocks). With `patch_size` the image's answer is the mean over its grid of patches, as in
-    `Detector.probabilities`, and the explained score is the mean of the patches' logits.
+    With preprocessing `predict_on: patches` each patch of the grid is explained and the maps are put together;
+    the explained score is the sum of the patches' logits of the class the aggregated answer picks. Under mixed
+    precision a float32 twin of the detector is explained, its weights copied on each call (it follows training).
     """
 
-    def __init__(
-        self, backbone: keras.Model, head: keras.Model, layer: int = GRADCAM_LAYER, head_input: str = POOL_LAYER, patch_size: Optional[int] = None
-    ):
-        _check_layer(layer, head_input)
-        self.backbone = backbone
+    def __init__(self, detector: Detector, head: str = MULTICLASS, layer: int = GRADCAM_LAYER):
+        if head not in detector.heads:
+            raise TfdnadetError(f"Unknown head. Received: head={head!r}. This model's heads: {', '.join(sorted(detector.heads))}")
+        _check_layer(layer, detector.input_layer(head))
+        self.source = detector.with_heads([head])
+        self.detector = self.source.float32()
         self.head = head
         self.layer = layer
-        self.patch_size = patch_size  # a model that predicts on its patch grid: each patch explained, maps put together
-        self.num_outputs = int(head.outputs[0].shape[-1])
-        self._names = block_layer_name(layer), head_input
-        self._float32 = _float32_copy(backbone)
-        self._features = feature_extractor(self._float32, set(self._names))
+        self.num_outputs = int(detector.heads[head].outputs[0].shape[-1])
         self._explain_graph = tf.function(self._explain, reduce_retracing=True)
 
     def __call__(self, images, class_index=None) -> GradCAMResult:
@@ -60,28 +58,34 @@ class GradCAM:
         wanted = np.broadcast_to(PREDICTED if class_index is None else class_index, [images.shape[0]]).astype(np.int32)
         if class_index is not None and not np.all((wanted >= 0) & (wanted < self.num_outputs)):
             raise TfdnadetError(f"class_index must be in 0..{self.num_outputs - 1}. Received: class_index={class_index}")
-        if self._float32 is not self.backbone:
-            self._float32.set_weights(self.backbone.get_weights())  # follow the backbone while it trains
+        self._follow_source()
         heatmaps, targets, scores = self._explain_graph(images, tf.constant(wanted))
         return GradCAMResult(heatmaps.numpy(), targets.numpy(), scores.numpy())
 
+    def _follow_source(self) -> None:
+        pairs = [(self.detector.backbone, self.source.backbone), (self.detector.heads[self.head], self.source.heads[self.head])]
+        for twin, model in pairs:
+            if twin is not model:
+                twin.set_weights(model.get_weights())
+
     def _explain(self, images, wanted):
-        inputs, count = (images, 1) if self.patch_size is None else patch_grid(images, self.patch_size)
+        d, block = self.detector, block_layer_name(self.layer)
         with tf.GradientTape() as tape:
-            features = self._features(inputs, training=False)
-            feature_map = features[self._names[0]]
-            logits = tf.cast(self.head(features[self._names[1]], training=False), tf.float32)
-            probabilities = tf.nn.softmax(logits) if self.head.kind == MULTICLASS else tf.sigmoid(logits)
-            probabilities = tf.reduce_mean(tf.reshape(probabilities, [-1, count, self.num_outputs]), axis=1)
+            features = d.features(images, {block, d.input_layer(self.head)})
+            logits = d.logits(features)[self.head]  # [B, n, K]
+            probabilities = d.aggregate({self.head: logits})[self.head]
             targets = tf.where(wanted == PREDICTED, tf.argmax(probabilities, axis=-1, output_type=tf.int32), wanted)
-            explained = tf.gather(logits, tf.repeat(targets, count), batch_dims=1)
+            explained = tf.gather(logits, targets, axis=2, batch_dims=1)
         # Images (and patches) do not interact in inference mode, so the gradient of the sum is each one's own.
+        feature_map = features.maps[block]
         gradients = tape.gradient(explained, feature_map)
         weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(weights * feature_map, axis=-1, keepdims=True))
-        cam = tf.image.resize(cam, tf.shape(inputs)[1:3], method="bilinear")[..., 0]
-        if self.patch_size is not None:
-            cam = untile(cam, tf.shape(images)[1] // self.patch_size)
+        patch_size = d.preprocessing.grid_patch_size
+        cell = tf.shape(images)[1:3] if patch_size is None else [patch_size, patch_size]
+        cam = tf.image.resize(cam, cell, method="bilinear")[..., 0]
+        if patch_size is not None:
+            cam = untile(cam, tf.shape(images)[1] // patch_size)
             cam = tf.pad(cam, [[0, 0], [0, tf.shape(images)[1] - tf.shape(cam)[1]], [0, tf.shape(images)[2] - tf.shape(cam)[2]]])
         heatmaps = tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=[1, 2], keepdims=True))  # all-zero map stays 0
         return tf.clip_by_value(heatmaps, 0.0, 1.0), targets, tf.gather(probabilities, targets, batch_dims=1)
@@ -94,20 +98,6 @@ def _check_layer(layer: int, head_input: str) -> None:
     if not 1 <= layer <= last:
         reads = f" (this head reads encoder layer {last})" if last < len(ENCODER_BLOCKS) else ""
         raise TfdnadetError(f"Encoder layer must be 1..{last}{reads}. Received: layer={layer}")
-
-
-def _float32_copy(backbone: keras.Model) -> keras.Model:
-    """The backbone, or under mixed precision a float32 twin, so feature maps and gradients are float32."""
-    if all(layer.dtype_policy.compute_dtype == "float32" for layer in backbone.layers):
-        return backbone
-    return type(backbone).from_config({**backbone.get_config(), "dtype": "float32"})
-
-
-def detector_gradcam(detector: Detector, head: str = MULTICLASS, layer: int = GRADCAM_LAYER) -> GradCAM:
-    """Grad-CAM of the detector's head `head` (by name, any kind)."""
-    if head not in detector.heads:
-        raise TfdnadetError(f"Unknown head. Received: head={head!r}. This model's heads: {', '.join(sorted(detector.heads))}")
-    return GradCAM(detector.backbone, detector.heads[head], layer, detector.input_layer(head), prediction_patch_size(detector.preprocessing))
 
 
 def output_names(detector: Detector, head: str) -> list:
@@ -174,13 +164,13 @@ def explain_files(
     detector: Detector, inputs: list, out_dir: str, head: str = MULTICLASS, layer: int = GRADCAM_LAYER, batch_size: int = 16
 ) -> GradCAMFiles:
     """One overlay PNG per image in out_dir, plus contact_sheet.png when there are several images."""
-    explainer = detector_gradcam(detector, head, layer)
+    explainer = GradCAM(detector, head, layer)
     names = output_names(detector, head)
     files, failures = expand_inputs(inputs)
     loaded = load_for_detector(detector, files)
     failures += loaded.failures
     explanations, sheet, used = [], [], set()
-    for paths, images, result in explain_loaded(explainer, loaded, detector.preprocessing["input_size"], batch_size):
+    for paths, images, result in explain_loaded(explainer, loaded, detector.preprocessing.input_size, batch_size):
         for path, image, heatmap, target, score in zip(paths, images, result.heatmaps, result.targets, result.scores):
             overlay = os.path.join(out_dir, _unique_png_name(path, used))
             caption = f"{_short(os.path.basename(path))}\n{head}: {names[target]} {score:.3f}"

@@ -8,7 +8,8 @@ with 'valid' padding, which is exactly PyTorch's k4/s2/p1 and k3/s1/p1; BatchNor
 import numpy as np
 
 from tfdnadet.errors import TfdnadetError
-from tfdnadet.models.detector import MULTICLASS, Detector, save_detector
+from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing
+from tfdnadet.models.model_dir import save_detector
 from tfdnadet.models.encoder import ENCODER_BLOCKS, Encoder
 from tfdnadet.models.heads import MulticlassHead
 
@@ -93,7 +94,7 @@ def import_torch_checkpoint(
     state = read_torch_checkpoint(checkpoint)
     check_state(state)
     encoder = convert_encoder(state)
-    preprocessing = {"base_size": base_size, "input_size": image_size, "patch_size": patch_size, "max_pixels": 100_000_000}
+    preprocessing = Preprocessing(base_size, image_size, patch_size, max_pixels=100_000_000)
     detector = Detector(encoder, {}, {}, preprocessing, {"imported_from": checkpoint})
     if class_names:
         if HEAD_WEIGHT not in state:

@@ -3,7 +3,7 @@
 - AttNet (Yu et al. 2019): a PatchGAN-like convolutional classifier, trained with cross-entropy.
 - LeveFreq (Frank et al. 2020), `dct_cnn`: a small CNN on the log-magnitude DCT spectrum of the image.
 - PRNU (Marra et al. 2019): a noise residual (image minus a denoised copy) per image; a class's fingerprint
-  is the average residual of its training images, matched by correlation (fit in training/prnu.py).
+  is the average residual of its training images, matched by correlation (`PRNUResidual.fit_head`).
 
 Each ends in a layer named `pool`, so the Detector, evaluation and export treat them like the encoder.
 """
@@ -12,12 +12,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfdnadet.models.encoder import POOL_LAYER, batch_norm, channels, register_backbone
+from tfdnadet.models.backbones import CLOSED_FORM, register_backbone
+from tfdnadet.models.encoder import POOL_LAYER, batch_norm, channels
+from tfdnadet.models.heads import MulticlassHead
 
 # (filters, stride) of AttNet's k4 convolutions: the 70x70 PatchGAN discriminator's C64-C128-C256-C512.
 ATTNET_BLOCKS = ((64, 2), (128, 2), (256, 2), (512, 1))
 # Filters of the DCT CNN's conv3 blocks, each but the last followed by 2x2 average pooling.
 DCT_CNN_BLOCKS = (64, 128, 256, 512)
+CORRELATION_SCALE = 100.0  # correlations are small; scaled so the softmax is not flat
 _DENOISE_KERNEL = np.outer([1.0, 2.0, 1.0], [1.0, 2.0, 1.0]) / 16.0  # 3x3 binomial (Gaussian) smoothing
 
 
@@ -104,6 +107,7 @@ class NoiseResidual(keras.layers.Layer):
         return input_shape
 
 
+@register_backbone("prnu", fit=CLOSED_FORM)
 @keras.saving.register_keras_serializable(package="tfdnadet")
 class PRNUResidual(keras.Model):
     """images [B, S, S, 3] -> the L2-normalised noise residual, flattened to [B, S*S*3] (layer `pool`)."""
@@ -122,3 +126,11 @@ class PRNUResidual(keras.Model):
 
     def get_config(self):
         return {"image_size": self.image_size, "name": self.name, "trainable": self.trainable}
+
+    def fit_head(self, features: np.ndarray, labels: np.ndarray, num_classes: int) -> MulticlassHead:
+        """Each class's fingerprint is its mean normalised residual; the head's logits are scaled correlations."""
+        fingerprints = np.stack([features[labels == c].mean(axis=0) for c in range(num_classes)])
+        fingerprints /= np.maximum(np.linalg.norm(fingerprints, axis=1, keepdims=True), 1e-12)
+        head = MulticlassHead(self.feature_dim, num_classes, name="multiclass")
+        head.get_layer("logits").set_weights([CORRELATION_SCALE * fingerprints.T, np.zeros(num_classes, np.float32)])
+        return head

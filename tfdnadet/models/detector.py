@@ -1,30 +1,83 @@
-"""The detector: one backbone and a registry of named heads, saved together as one model directory.
+"""The detector: one backbone and named heads, and the one forward pass every tool uses.
 
-Layout of a model directory:
-    detector.json              class names, preprocessing sizes, config, backbone weight hash
-    backbone.keras             the encoder
-    heads/<name>/head.keras    one folder per head, written on its own
-    heads/<name>/head.json     kind, classes, threshold, hash of the backbone it was trained on
+`Detector.features` gives named backbone outputs on the grid the model predicts on (its patch grid with
+`predict_on: patches`, the whole image otherwise); `Detector.logits` runs the heads on them; `Detector.aggregate`
+turns each image's grid of answers into one. predict, evaluate, the report, Grad-CAM, patch agreement and the
+SavedModel graph all go through these, so they cannot disagree. The model directory is written and read by
+`tfdnadet.models.model_dir`.
 """
 
+import dataclasses
 import datetime
 import hashlib
-import json
-import os
+from dataclasses import dataclass
 from typing import Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfdnadet.atomic import atomic_path, write_json
+from tfdnadet.data.preprocess import min_image_side
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models import encoder, heads  # noqa: F401  (registers the classes that saved models name)
 from tfdnadet.models.encoder import POOL_LAYER
 
-FORMAT = "tfdnadet-detector"
-FORMAT_VERSION = 1
 MULTICLASS = "multiclass"
+PREDICT_ON = ("whole", "patches")
+MEAN_PROBABILITY = "mean_probability"
+AGGREGATIONS = (MEAN_PROBABILITY,)  # how an image's answer is made from its patches' answers
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images become model inputs and answers; saved in detector.json with the model."""
+
+    base_size: int  # [5.1] first resize to the data set's lowest resolution
+    input_size: int  # [5.1] then up to the model's input size
+    patch_size: int  # training patch size; the grid cell with predict_on: patches
+    max_pixels: int  # larger images are refused (decompression bombs)
+    predict_on: str = "whole"  # models saved before this field existed predicted on whole images
+    aggregation: str = MEAN_PROBABILITY
+
+    def __post_init__(self):
+        for name in ("base_size", "input_size", "patch_size", "max_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise TfdnadetError(f"preprocessing.{name} must be a positive integer. Received: {name}={value!r}")
+        if self.predict_on not in PREDICT_ON:
+            raise TfdnadetError(f"preprocessing.predict_on must be one of {PREDICT_ON}. Received: predict_on={self.predict_on!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise TfdnadetError(f"preprocessing.aggregation must be one of {AGGREGATIONS}. Received: aggregation={self.aggregation!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Preprocessing":
+        """From detector.json's `preprocessing`; unknown keys are errors, fields added later take their defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise TfdnadetError(f"Unknown preprocessing keys: {', '.join(unknown)}. Known: {', '.join(sorted(known))}")
+        try:
+            return cls(**values)
+        except TypeError:
+            missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in values]
+            raise TfdnadetError(f"Missing preprocessing keys: {', '.join(missing)}") from None
+
+    @classmethod
+    def from_data_config(cls, data) -> "Preprocessing":
+        """The preprocessing a model trained with config section `data` (a DataConfig) predicts with."""
+        return cls(data.base_size, data.input_size, data.patch_size, data.max_pixels, data.predict_on)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @property
+    def grid_patch_size(self) -> Optional[int]:
+        """The patch size of a model that predicts on its patch grid, else None (it predicts on whole images)."""
+        return self.patch_size if self.predict_on == "patches" else None
+
+    @property
+    def min_image_side(self) -> int:
+        return min_image_side(self.patch_size, self.base_size)
 
 
 def weights_hash(model: keras.Model) -> str:
@@ -38,14 +91,16 @@ def weights_hash(model: keras.Model) -> str:
 class Detector:
     """Holds a backbone and named heads; maps preprocessed images to per-head probabilities."""
 
-    def __init__(self, backbone: keras.Model, heads: dict, head_info: dict, preprocessing: dict, config: dict):
+    def __init__(self, backbone: keras.Model, heads: dict, head_info: dict, preprocessing: Preprocessing, config: dict):
+        if not isinstance(preprocessing, Preprocessing):
+            raise TypeError(f"preprocessing must be a Preprocessing. Received: {type(preprocessing).__name__}")
         self.backbone = backbone
         self.heads = dict(heads)
         self.head_info = dict(head_info)
-        self.preprocessing = dict(preprocessing)
+        self.preprocessing = preprocessing
         self.config = dict(config)
-        self._forward = None
-        self._extractor = None
+        self._compiled = {}
+        self._extractors = {}
 
     @property
     def class_names(self) -> list:
@@ -58,44 +113,100 @@ class Detector:
         info.setdefault("created", datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
         self.heads[name] = head
         self.head_info[name] = info
-        self._forward = self._extractor = None
+        self._compiled = {}
 
-    def predict(self, images) -> dict:
-        """float32 [B, S, S, 3] in [-1, 1] -> {head name: float32 probabilities (numpy)}."""
-        if self._forward is None:
-            self._forward = tf.function(self.probabilities, reduce_retracing=True)
-        return {name: value.numpy() for name, value in self._forward(tf.convert_to_tensor(images, tf.float32)).items()}
+    def with_heads(self, names) -> "Detector":
+        """The same backbone with only the heads `names` (shares every model)."""
+        names = list(names)
+        return Detector(self.backbone, {n: self.heads[n] for n in names}, {n: self.head_info[n] for n in names}, self.preprocessing, self.config)
+
+    def with_preprocessing(self, **changes) -> "Detector":
+        """The same models with some preprocessing fields changed."""
+        return Detector(self.backbone, self.heads, self.head_info, dataclasses.replace(self.preprocessing, **changes), self.config)
+
+    def float32(self) -> "Detector":
+        """The detector with every model rebuilt in float32 (weights copied) where it was built in mixed precision."""
+        heads = {name: float32_copy(head) for name, head in self.heads.items()}
+        return Detector(float32_copy(self.backbone), heads, self.head_info, self.preprocessing, self.config)
 
     def input_layer(self, name: str) -> str:
         """The backbone layer whose output head `name` reads: pooled features, or a block's feature map."""
         return self.head_info[name].get("input_layer", POOL_LAYER)
 
-    def probabilities(self, images) -> dict:
-        """The forward pass in tensor ops (the SavedModel export traces it): {head name: float32 probabilities}.
+    # --- the forward pass ---
 
-        With preprocessing `predict_on: patches` each image's answer is the mean over its grid of patches.
-        """
-        patch_size = prediction_patch_size(self.preprocessing)
-        if patch_size is None:
-            return self._head_probabilities(images)
-        patches, count = patch_grid(images, patch_size)
-        outputs = self._head_probabilities(patches)
-        return {name: tf.reduce_mean(tf.reshape(value, tf.concat([[-1, count], tf.shape(value)[1:]], 0)), axis=1) for name, value in outputs.items()}
+    def grid(self, images) -> tuple:
+        """float32 [B, S, S, 3] -> (what the backbone sees [B * n, ...], n): the patch grid, or the images (n = 1)."""
+        patch_size = self.preprocessing.grid_patch_size
+        return (images, 1) if patch_size is None else patch_grid(images, patch_size)
 
-    def _head_probabilities(self, images) -> dict:
-        if self._extractor is None:
-            self._extractor = feature_extractor(self.backbone, {POOL_LAYER, *map(self.input_layer, self.heads)})
-        inputs = self._extractor(images, training=False)
+    def features(self, images, layers) -> "GridFeatures":
+        """The named backbone outputs of each image's grid cells, in one backbone pass."""
+        inputs, count = self.grid(images)
+        return GridFeatures(self._extractor(layers)(inputs, training=False), count)
+
+    def logits(self, features: "GridFeatures") -> dict:
+        """{head name: float32 logits [B, n, K]} from features holding every head's input layer."""
         outputs = {}
         for name, head in self.heads.items():
-            logits = tf.cast(head(inputs[self.input_layer(name)], training=False), tf.float32)
-            outputs[name] = tf.nn.softmax(logits) if head.kind == MULTICLASS else tf.sigmoid(logits)
+            logits = tf.cast(head(features.maps[self.input_layer(name)], training=False), tf.float32)
+            outputs[name] = _by_image(logits, features.count)
         return outputs
 
+    def aggregate(self, logits: dict) -> dict:
+        """{head name: float32 probabilities [B, K]}: each image's grid of answers made one (preprocessing.aggregation)."""
+        return {name: tf.reduce_mean(self.activation(name, value), axis=1) for name, value in logits.items()}
 
-def prediction_patch_size(preprocessing: dict) -> Optional[int]:
-    """The patch size of a model that predicts on its patch grid (`predict_on: patches`), else None."""
-    return preprocessing["patch_size"] if preprocessing.get("predict_on", "whole") == "patches" else None
+    def activation(self, name: str, logits):
+        """Logits of head `name` -> probabilities: softmax for the multiclass head, sigmoid for one-logit heads."""
+        return tf.nn.softmax(logits) if self.heads[name].kind == MULTICLASS else tf.sigmoid(logits)
+
+    def head_layers(self) -> set:
+        return {POOL_LAYER, *map(self.input_layer, self.heads)}
+
+    def forward(self, images, layers=()) -> tuple:
+        """Tensor ops (the SavedModel export traces them) -> ({head: probabilities [B, K]}, {layer: [B, n, ...]})."""
+        features = self.features(images, self.head_layers() | set(layers))
+        return self.aggregate(self.logits(features)), {name: features.by_image(name) for name in layers}
+
+    def probabilities(self, images) -> dict:
+        """{head name: float32 probabilities [B, K]} in tensor ops."""
+        return self.forward(images)[0]
+
+    def predict(self, images) -> dict:
+        """float32 [B, S, S, 3] in [-1, 1] -> {head name: float32 probabilities [B, K]} (numpy)."""
+        return self.predict_with_features(images, ())[0]
+
+    def predict_with_features(self, images, layers) -> tuple:
+        """`predict`, plus {layer: [B, n, ...]} of the named backbone layers from the same pass (numpy)."""
+        key = tuple(sorted(layers))
+        if key not in self._compiled:
+            self._compiled[key] = tf.function(lambda x: self.forward(x, key), reduce_retracing=True)
+        probabilities, features = self._compiled[key](tf.convert_to_tensor(images, tf.float32))
+        return {n: v.numpy() for n, v in probabilities.items()}, {n: v.numpy() for n, v in features.items()}
+
+    def _extractor(self, layers) -> keras.Model:
+        key = tuple(sorted(layers))
+        if key not in self._extractors:
+            self._extractors[key] = feature_extractor(self.backbone, key)
+        return self._extractors[key]
+
+
+@dataclass
+class GridFeatures:
+    """Backbone outputs on a model's grid: maps[layer] is [B * n, ...], the n cells of each image in a row."""
+
+    maps: dict
+    count: object  # n, an int or a scalar tensor
+
+    def by_image(self, layer: str):
+        """[B, n, ...]: the map of `layer`, grouped by image."""
+        return _by_image(self.maps[layer], self.count)
+
+
+def _by_image(value, count):
+    """[B * n, ...] -> [B, n, ...]."""
+    return tf.reshape(value, tf.concat([[-1, count], tf.shape(value)[1:]], 0))
 
 
 def patch_grid(images, patch_size: int) -> tuple:
@@ -121,92 +232,10 @@ def feature_extractor(backbone: keras.Model, layer_names) -> keras.Model:
     return keras.Model(backbone.inputs[0], {name: backbone.get_layer(name).output for name in sorted(layer_names)})
 
 
-def save_detector(detector: Detector, path: str) -> None:
-    """Write the whole model directory atomically."""
-    with atomic_path(path, directory=True) as temporary:
-        detector.backbone.save(os.path.join(temporary, "backbone.keras"))
-        for name in detector.heads:
-            write_head(temporary, name, detector.heads[name], detector.head_info[name])
-        metadata = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "backbone_sha256": weights_hash(detector.backbone),
-            "preprocessing": detector.preprocessing,
-            "config": detector.config,
-        }
-        write_json(os.path.join(temporary, "detector.json"), metadata)
-
-
-def write_head(model_dir: str, name: str, head: keras.Model, info: dict) -> None:
-    """Write one head folder atomically; nothing else in the model directory is touched."""
-    with atomic_path(os.path.join(model_dir, "heads", name), directory=True) as temporary:
-        head.save(os.path.join(temporary, "head.keras"))
-        write_json(os.path.join(temporary, "head.json"), info)
-
-
-def load_detector(path: str) -> Detector:
-    metadata = read_metadata(path)
-    backbone = _load_keras(os.path.join(path, "backbone.keras"))
-    backbone_hash = weights_hash(backbone)
-    if backbone_hash != metadata["backbone_sha256"]:
-        raise TfdnadetError(f"Model {path}: backbone.keras does not match detector.json (weights hash differs).")
-    heads, infos = {}, {}
-    for name in head_names(path):
-        info = read_head_info(path, name)
-        if info.get("backbone_sha256") != backbone_hash:
-            raise TfdnadetError(
-                f"Head '{name}' in {path} was trained on another backbone (hash {str(info.get('backbone_sha256'))[:12]}, "
-                f"this backbone {backbone_hash[:12]}): retrain or re-add it."
-            )
-        heads[name] = _load_keras(os.path.join(path, "heads", name, "head.keras"))
-        infos[name] = info
-    return Detector(backbone, heads, infos, metadata["preprocessing"], metadata["config"])
-
-
-def head_names(path: str) -> list:
-    """Names of the head folders of a model directory (hidden temporary folders left out), sorted."""
-    heads_dir = os.path.join(path, "heads")
-    return sorted(n for n in os.listdir(heads_dir) if not n.startswith(".")) if os.path.isdir(heads_dir) else []
-
-
-def read_head_info(path: str, name: str) -> dict:
-    return _read_json(os.path.join(path, "heads", name, "head.json"))
-
-
-def write_head_info(path: str, name: str, info: dict) -> None:
-    """Replace one head's head.json atomically (e.g. a new threshold); its weights file is not touched."""
-    write_json(os.path.join(path, "heads", name, "head.json"), info)
-
-
-def read_metadata(path: str) -> dict:
-    if not os.path.isdir(path):
-        raise TfdnadetError(f"Model directory not found: {path}")
-    metadata = _read_json(os.path.join(path, "detector.json"))
-    if metadata.get("format") != FORMAT:
-        raise TfdnadetError(f"{path} is not a tfdnadet model directory (detector.json has no format '{FORMAT}').")
-    return metadata
-
-
-def load_backbone(path: str) -> keras.Model:
-    """The backbone of a model directory (for --init from stage 1 or an earlier run)."""
-    read_metadata(path)
-    return _load_keras(os.path.join(path, "backbone.keras"))
-
-
-def _load_keras(path: str) -> keras.Model:
-    if not os.path.isfile(path):
-        raise TfdnadetError(f"Missing model file: {path}")
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as exc:  # a damaged file raises many kinds of errors
-        raise TfdnadetError(f"Cannot load {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise TfdnadetError(f"Missing file: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise TfdnadetError(f"{path} is not valid JSON: {exc}") from None
+def float32_copy(model: keras.Model) -> keras.Model:
+    """`model`, or where any layer computes in another dtype (mixed precision) a float32 twin with its weights."""
+    if all(layer.compute_dtype == "float32" for layer in [model, *model.layers]):
+        return model
+    copy = type(model).from_config({**model.get_config(), "dtype": "float32"})
+    copy.set_weights(model.get_weights())
+    return copy

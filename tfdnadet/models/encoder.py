@@ -3,6 +3,7 @@
 import keras
 
 from tfdnadet.errors import TfdnadetError
+from tfdnadet.models.backbones import register_backbone
 
 # (filters, kernel, stride) per block [Table 7]; padding 1 everywhere, as in the paper's PyTorch code.
 ENCODER_BLOCKS = (
@@ -18,23 +19,6 @@ ENCODER_BLOCKS = (
 LEAKY_SLOPE = 0.2  # [App. A] slope of every LeakyReLU
 GRADCAM_LAYER = 4  # [5.1] Grad-CAM maps are shown on layer 4
 POOL_LAYER = "pool"  # name of the global-average-pooling layer: the pooled features most heads read
-
-BACKBONES = {}
-
-
-def register_backbone(name: str):
-    def wrap(cls):
-        BACKBONES[name] = cls
-        return cls
-
-    return wrap
-
-
-def create_backbone(backbone: str, **kwargs) -> keras.Model:
-    if backbone not in BACKBONES:
-        raise TfdnadetError(f"Unknown backbone. Received: backbone={backbone!r}. Known: {', '.join(sorted(BACKBONES))}")
-    return BACKBONES[backbone](**kwargs)
-
 
 def block_layer_name(index: int) -> str:
     """Name of the output layer of encoder block `index` (1-based): a real, named feature map."""

@@ -10,10 +10,9 @@ binary -> <name>_score [B] (sigmoid), <name>_decision [B] (1 when score >= the h
 
 import functools
 
-import keras
 import tensorflow as tf
 
-from tfdnadet.data.preprocess import min_image_side, resize_to_base, to_model_input
+from tfdnadet.data.preprocess import resize_to_base, to_model_input
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.detector import MULTICLASS, Detector
 from tfdnadet.models.heads import BinaryHead
@@ -27,20 +26,6 @@ HEAD_SIGNATURE_PREFIX = "head_"
 VERDICT = "verdict"
 
 
-def float32_detector(detector: Detector) -> Detector:
-    """The detector with every model rebuilt in float32 (weights copied) where it was built in mixed precision."""
-    heads = {name: _float32_copy(head) for name, head in detector.heads.items()}
-    return Detector(_float32_copy(detector.backbone), heads, detector.head_info, detector.preprocessing, detector.config)
-
-
-def _float32_copy(model: keras.Model) -> keras.Model:
-    if all(layer.compute_dtype == "float32" for layer in [model, *model.layers]):
-        return model
-    copy = type(model).from_config({**model.get_config(), "dtype": "float32"})
-    copy.set_weights(model.get_weights())
-    return copy
-
-
 class DetectorServing(tf.Module):
     """Holds a float32 detector; `signatures()` gives the concrete functions to save."""
 
@@ -49,11 +34,11 @@ class DetectorServing(tf.Module):
         for name, head in detector.heads.items():
             if head.kind not in (MULTICLASS, BinaryHead.kind):
                 raise TfdnadetError(f"Head {name!r} has kind {head.kind!r}; the export knows {MULTICLASS!r} and {BinaryHead.kind!r}.")
-        self._detector = float32_detector(detector)
+        self._detector = detector.float32()
         self.models = [self._detector.backbone, *self._detector.heads.values()]  # tracked: their variables are saved
         preprocessing = detector.preprocessing
-        self.base_size, self.input_size = preprocessing["base_size"], preprocessing["input_size"]
-        self.min_size = min_image_side(preprocessing["patch_size"], preprocessing["base_size"])  # the Python path refuses images smaller than a patch too
+        self.base_size, self.input_size = preprocessing.base_size, preprocessing.input_size
+        self.min_size = preprocessing.min_image_side  # the Python path refuses images smaller than a patch too
 
     def signatures(self) -> dict:
         bytes_spec = tf.TensorSpec([None], tf.string, name=BYTES_INPUT)
@@ -77,9 +62,7 @@ class DetectorServing(tf.Module):
         return outputs
 
     def serve_head(self, name: str, images_bytes):
-        d = self._detector
-        one_head = Detector(d.backbone, {name: d.heads[name]}, {name: d.head_info[name]}, d.preprocessing, d.config)
-        return self._outputs(one_head, self.decode(images_bytes))
+        return self._outputs(self._detector.with_heads([name]), self.decode(images_bytes))
 
     def decode(self, images_bytes):
         """Encoded images -> float32 model input; a bad image fails the request with InvalidArgument naming the problem."""

@@ -18,9 +18,11 @@ from tfdnadet.data.pipeline import LoadedImages, check_classes_present, make_pat
 from tfdnadet.data.sources import ImageList, list_image_files, read_dataset, split_train_val
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.evaluation.heads import binary_metrics
-from tfdnadet.heads import check_head_name, validation_fields
+from tfdnadet.evaluation.heads import validation_fields
+from tfdnadet.models.model_dir import check_head_name
 from tfdnadet.inference import load_for_detector, predict_loaded
-from tfdnadet.models.detector import MULTICLASS, Detector, feature_extractor, load_detector, save_detector, write_head
+from tfdnadet.models.detector import MULTICLASS, Detector, feature_extractor
+from tfdnadet.models.model_dir import load_detector, save_detector, write_head
 from tfdnadet.models.encoder import ENCODER_BLOCKS, POOL_LAYER, Encoder, block_layer_name
 from tfdnadet.models.heads import EMBEDDING_LAYER, BinaryHead
 from tfdnadet.training.patch_model import PatchContrastiveModel
@@ -133,15 +135,7 @@ def train_one_vs_all(model_dir: str, train: LoadedImages, val: LoadedImages, cla
         fit_binary_head(detector, name, *(dataclasses.replace(part, labels=relabel(part.labels)) for part in (train, val)), config, verbose)
     binary = [name for name in detector.heads if name != MULTICLASS]
     save_detector(
-        Detector(
-            detector.backbone,
-            {name: detector.heads[name] for name in binary},
-            {name: detector.head_info[name] for name in binary},
-            detector.preprocessing,
-            detector.config,
-        ),
-        model_dir,
-    )
+detector.with_heads(binary), model_dir)
 
 
 def _training_model(backbone: keras.Model, head: BinaryHead, input_layer: str, config: Config) -> PatchContrastiveModel:

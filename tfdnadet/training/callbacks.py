@@ -8,7 +8,7 @@ import os
 import keras
 
 from tfdnadet.atomic import atomic_path
-from tfdnadet.evaluation.plots import plot_training_curves
+from tfdnadet.plots import plot_training_curves
 
 CHECKPOINT_WEIGHTS = "weights.weights.h5"
 CHECKPOINT_STATE = "state.json"

@@ -1,6 +1,5 @@
 """Evidence during training: Grad-CAM of fixed validation images each epoch [5.4, Fig. 6], and TensorBoard."""
 
-import dataclasses
 import os
 
 import keras
@@ -10,7 +9,7 @@ import tensorflow as tf
 from tfdnadet.config import Config
 from tfdnadet.data.preprocess import to_model_input
 from tfdnadet.explain.gradcam import GradCAM, plot_gradcam_grid, to_uint8
-from tfdnadet.models.detector import prediction_patch_size
+from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing
 from tfdnadet.models.encoder import GRADCAM_LAYER
 
 GRADCAM_DIR = "gradcam"  # RUN_DIR/gradcam/epoch_NNN.png
@@ -25,11 +24,11 @@ class GradCAMCallback(keras.callbacks.Callback):
     """
 
     def __init__(
-        self, images, labels, class_names: list, input_size: int, out_dir: str, tensorboard_dir=None, layer: int = GRADCAM_LAYER, patch_size=None
+        self, images, labels, class_names: list, preprocessing: Preprocessing, out_dir: str, tensorboard_dir=None, layer: int = GRADCAM_LAYER
     ):
         super().__init__()
-        self.patch_size = patch_size
-        self.inputs = to_model_input(images, input_size)
+        self.preprocessing = preprocessing
+        self.inputs = to_model_input(images, preprocessing.input_size)
         self.labels = np.asarray(labels)
         self.class_names = list(class_names)
         self.out_dir = out_dir
@@ -40,7 +39,8 @@ class GradCAMCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self._explainer is None:
-            self._explainer = GradCAM(self.model.backbone, self.model.classifier, self.layer, patch_size=self.patch_size)
+            detector = Detector(self.model.backbone, {MULTICLASS: self.model.classifier}, {MULTICLASS: {}}, self.preprocessing, {})
+            self._explainer = GradCAM(detector, MULTICLASS, self.layer)
         result = self._explainer(self.inputs)
         names = self.class_names
         captions = [
@@ -89,10 +89,9 @@ def evidence_callbacks(run_dir: str, val_images, class_names: list, config: Conf
                 val_images[0][chosen],
                 val_images[1][chosen],
                 class_names,
-                config.data.input_size,
+                Preprocessing.from_data_config(config.data),
                 os.path.join(run_dir, GRADCAM_DIR),
                 tensorboard_dir,
-                patch_size=prediction_patch_size(dataclasses.asdict(config.data)),
             )
         )
     return callbacks

@@ -9,8 +9,9 @@ from tfdnadet.data.perturb import make_augment
 from tfdnadet.data.pipeline import check_classes_present, load_images, make_patch_dataset
 from tfdnadet.data.preprocess import min_image_side
 from tfdnadet.data.sources import read_dataset, split_train_val
+from tfdnadet.models.backbones import CLOSED_FORM, backbone_spec
 from tfdnadet.training.add_head import train_one_vs_all
-from tfdnadet.training.prnu import fit_prnu
+from tfdnadet.training.closed_form import fit_closed_form
 from tfdnadet.training.trainer import TrainResult, fit_patch_model
 
 
@@ -27,8 +28,8 @@ def train_stage2(
     allow_outside_root: bool = False,
 ) -> TrainResult:
     """Train the architecture classifier on a folder/manifest; `on_skipped(message)` hears about bad files."""
-    if config.model.backbone == "prnu":
-        return fit_prnu(data, run_dir, config, on_skipped, allow_outside_root)
+    if backbone_spec(config.model.backbone).fit == CLOSED_FORM:
+        return fit_closed_form(data, run_dir, config, on_skipped, allow_outside_root)
     d = config.data
     images = read_dataset(data, d.class_names, allow_outside_root)
     train_list, val_list = split_train_val(images, d.val_fraction, d.split_seed)

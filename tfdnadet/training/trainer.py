@@ -11,8 +11,9 @@ from tfdnadet.atomic import write_json
 from tfdnadet.config import Config, TrainConfig, save_config
 from tfdnadet.data.pipeline import make_image_dataset
 from tfdnadet.errors import TfdnadetError
-from tfdnadet.models.detector import MULTICLASS, Detector, load_backbone, patch_grid, save_detector
-from tfdnadet.models.encoder import create_backbone
+from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing, patch_grid
+from tfdnadet.models.model_dir import load_backbone, save_detector
+from tfdnadet.models.backbones import create_backbone
 from tfdnadet.training.callbacks import (
     CHECKPOINT_WEIGHTS,
     AtomicCheckpoint,
@@ -147,7 +148,7 @@ def fit_patch_model(
         model.backbone,
         {},
         {},
-        {k: getattr(config.data, k) for k in ("base_size", "input_size", "patch_size", "max_pixels", "predict_on")},
+        Preprocessing.from_data_config(config.data),
         {**config.to_dict(), **(model_info or {})},
     )
     detector.add_head(MULTICLASS, model.classifier, {"class_names": list(class_names)})

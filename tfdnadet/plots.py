@@ -1,4 +1,4 @@
-"""PNG pictures: confusion matrices and training curves."""
+"""PNG pictures shared by evaluation, explanations and training: confusion matrices, training curves, saving figures."""
 
 import csv
 

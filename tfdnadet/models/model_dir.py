@@ -1,0 +1,163 @@
+"""The model directory, the one place that writes and reads it, and the management of its heads.
+
+Layout:
+    detector.json              format, preprocessing (tfdnadet.models.detector.Preprocessing), config, backbone hash
+    backbone.keras             the encoder
+    heads/<name>/head.keras    one folder per head, written on its own
+    heads/<name>/head.json     kind, classes, threshold, hash of the backbone it was trained on
+"""
+
+import json
+import os
+import re
+import shutil
+import tempfile
+
+import keras
+
+from tfdnadet.atomic import atomic_path, write_json
+from tfdnadet.errors import TfdnadetError
+from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing, weights_hash
+
+FORMAT = "tfdnadet-detector"
+FORMAT_VERSION = 1
+MODEL_ENV = "TFDNADET_MODEL"
+DEFAULT_MODEL_DIR = "model"
+_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")  # also names serving outputs (tfdnadet.serving)
+LIST_FIELDS = ("name", "kind", "positives", "threshold", "val_precision", "val_recall", "created")
+
+
+def save_detector(detector: Detector, path: str) -> None:
+    """Write the whole model directory atomically."""
+    with atomic_path(path, directory=True) as temporary:
+        detector.backbone.save(os.path.join(temporary, "backbone.keras"))
+        for name in detector.heads:
+            write_head(temporary, name, detector.heads[name], detector.head_info[name])
+        metadata = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "backbone_sha256": weights_hash(detector.backbone),
+            "preprocessing": detector.preprocessing.to_dict(),
+            "config": detector.config,
+        }
+        write_json(os.path.join(temporary, "detector.json"), metadata)
+
+
+def write_head(model_dir: str, name: str, head: keras.Model, info: dict) -> None:
+    """Write one head folder atomically; nothing else in the model directory is touched."""
+    with atomic_path(os.path.join(model_dir, "heads", name), directory=True) as temporary:
+        head.save(os.path.join(temporary, "head.keras"))
+        write_json(os.path.join(temporary, "head.json"), info)
+
+
+def load_detector(path: str) -> Detector:
+    metadata = read_metadata(path)
+    preprocessing = _preprocessing(path, metadata)
+    backbone = _load_keras(os.path.join(path, "backbone.keras"))
+    backbone_hash = weights_hash(backbone)
+    if backbone_hash != metadata["backbone_sha256"]:
+        raise TfdnadetError(f"Model {path}: backbone.keras does not match detector.json (weights hash differs).")
+    heads, infos = {}, {}
+    for name in head_names(path):
+        info = read_head_info(path, name)
+        if info.get("backbone_sha256") != backbone_hash:
+            raise TfdnadetError(
+                f"Head '{name}' in {path} was trained on another backbone (hash {str(info.get('backbone_sha256'))[:12]}, "
+                f"this backbone {backbone_hash[:12]}): retrain or re-add it."
+            )
+        heads[name] = _load_keras(os.path.join(path, "heads", name, "head.keras"))
+        infos[name] = info
+    return Detector(backbone, heads, infos, preprocessing, metadata["config"])
+
+
+def _preprocessing(path: str, metadata: dict) -> Preprocessing:
+    try:
+        return Preprocessing.from_dict(metadata.get("preprocessing") or {})
+    except TfdnadetError as error:
+        raise TfdnadetError(f"{path}/detector.json: {error}") from None
+
+
+def head_names(path: str) -> list:
+    """Names of the head folders of a model directory (hidden temporary folders left out), sorted."""
+    heads_dir = os.path.join(path, "heads")
+    return sorted(n for n in os.listdir(heads_dir) if not n.startswith(".")) if os.path.isdir(heads_dir) else []
+
+
+def read_head_info(path: str, name: str) -> dict:
+    return _read_json(os.path.join(path, "heads", name, "head.json"))
+
+
+def write_head_info(path: str, name: str, info: dict) -> None:
+    """Replace one head's head.json atomically (e.g. a new threshold); its weights file is not touched."""
+    write_json(os.path.join(path, "heads", name, "head.json"), info)
+
+
+def read_metadata(path: str) -> dict:
+    if not os.path.isdir(path):
+        raise TfdnadetError(f"Model directory not found: {path}")
+    metadata = _read_json(os.path.join(path, "detector.json"))
+    if metadata.get("format") != FORMAT:
+        raise TfdnadetError(f"{path} is not a tfdnadet model directory (detector.json has no format '{FORMAT}').")
+    return metadata
+
+
+def load_backbone(path: str) -> keras.Model:
+    """The backbone of a model directory (for --init from stage 1 or an earlier run)."""
+    read_metadata(path)
+    return _load_keras(os.path.join(path, "backbone.keras"))
+
+
+def default_model_dir() -> str:
+    """$TFDNADET_MODEL, else ./model."""
+    return os.environ.get(MODEL_ENV) or DEFAULT_MODEL_DIR
+
+
+def check_head_name(name: str) -> None:
+    if not _NAME.match(name or ""):
+        raise TfdnadetError(f"Head names use letters, digits and '_' (at most 64). Received: {name!r}")
+    if name == MULTICLASS:
+        raise TfdnadetError(f"'{MULTICLASS}' is the multiclass head's name; choose another name for a binary head.")
+
+
+def list_heads(model_dir: str) -> list:
+    """One row per head: name, kind, positives count, threshold, validation precision/recall, creation date."""
+    read_metadata(model_dir)
+    return [{key: read_head_info(model_dir, name).get(key) for key in LIST_FIELDS} for name in head_names(model_dir)]
+
+
+def require_head(model_dir: str, name: str) -> None:
+    names = head_names(model_dir)
+    if name not in names:
+        raise TfdnadetError(f"No head '{name}' in {model_dir}. Its heads: {', '.join(names) or 'none'}.")
+
+
+def remove_head(model_dir: str, name: str) -> list:
+    """Delete one head folder (moved aside in one rename first); returns the heads left."""
+    read_metadata(model_dir)
+    require_head(model_dir, name)
+    if len(head_names(model_dir)) == 1:
+        raise TfdnadetError(f"'{name}' is the only head of {model_dir}; a model needs at least one.")
+    folder = os.path.join(model_dir, "heads", name)
+    aside = tempfile.mkdtemp(prefix=f".{name}.removed-", dir=os.path.dirname(folder))
+    os.replace(folder, os.path.join(aside, name))
+    shutil.rmtree(aside)
+    return head_names(model_dir)
+
+
+def _load_keras(path: str) -> keras.Model:
+    if not os.path.isfile(path):
+        raise TfdnadetError(f"Missing model file: {path}")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # a damaged file raises many kinds of errors
+        raise TfdnadetError(f"Cannot load {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise TfdnadetError(f"Missing file: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise TfdnadetError(f"{path} is not valid JSON: {exc}") from None
