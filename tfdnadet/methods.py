@@ -12,6 +12,8 @@ from tfdnadet.errors import TfdnadetError
 METHODS = {
     "dnadet": ("dnadet", "pcl", False),  # Base+PCL (+PT with --init)  [Table 2]
     "base": ("dnadet", "ce", True),  # Base: cross-entropy on whole images (+PT with --init)  [Table 2]
+    "dnadet_spectral": ("dnadet_spectral", "pcl", False),  # DNA-Det encoder fused with a spectral branch (models/two_domain.py)
+    "spectral": ("spectral", "pcl", False),  # the spectral branch alone, trained as DNA-Det (ablation)
     "attnet": ("attnet", "ce", True),  # Yu et al. 2019
     "dct": ("dct_cnn", "ce", True),  # Frank et al. 2020 (LeveFreq)
     "prnu": ("prnu", "ce", True),  # Marra et al. 2019: closed-form fingerprints, no gradient training

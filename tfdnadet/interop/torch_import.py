@@ -3,14 +3,18 @@
 The released network (Table 7) is 8 blocks `main.{i}.main.{0: Conv2d, 1: BatchNorm2d, 2: LeakyReLU}`, global
 average pooling and `classification_head.1` (Linear, after a Dropout). Our `Encoder` pads by 1 and convolves
 with 'valid' padding, which is exactly PyTorch's k4/s2/p1 and k3/s1/p1; BatchNorm epsilon is PyTorch's 1e-5.
+A backbone that holds the encoder's blocks as its spatial branch (`dnadet_spectral`) takes them the same way; its
+other layers keep their fresh initialisation.
 """
 
+import keras
 import numpy as np
 
 from tfdnadet.errors import TfdnadetError
+from tfdnadet.models.backbones import create_backbone
 from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing
+from tfdnadet.models.encoder import ENCODER_BLOCKS
 from tfdnadet.models.model_dir import save_detector
-from tfdnadet.models.encoder import ENCODER_BLOCKS, Encoder
 from tfdnadet.models.heads import MulticlassHead
 
 HEAD_WEIGHT, HEAD_BIAS = "classification_head.1.weight", "classification_head.1.bias"
@@ -75,8 +79,11 @@ def check_state(state: dict, width: float = 1.0) -> None:
         raise TfdnadetError(f"Checkpoint has only one of {HEAD_WEIGHT!r} and {HEAD_BIAS!r}")
 
 
-def convert_encoder(state: dict, width: float = 1.0) -> Encoder:
-    encoder = Encoder(width=width, name="encoder")
+def convert_encoder(state: dict, width: float = 1.0, backbone: str = "dnadet") -> keras.Model:
+    """A `backbone` whose encoder blocks (block{i}_conv, block{i}_bn) hold the checkpoint's weights."""
+    encoder = create_backbone(backbone, width=width, name="encoder")
+    if not all(layer in {x.name for x in encoder.layers} for layer in ("block1_conv", f"block{len(ENCODER_BLOCKS)}_bn")):
+        raise TfdnadetError(f"Backbone {backbone!r} has no DNA-Det encoder blocks to load the checkpoint into.")
     for index in range(len(ENCODER_BLOCKS)):
         conv, bn = f"main.{index}.main.0", f"main.{index}.main.1"
         kernel = np.transpose(state[f"{conv}.weight"], (2, 3, 1, 0))  # OIHW -> HWIO
@@ -88,12 +95,24 @@ def convert_encoder(state: dict, width: float = 1.0) -> Encoder:
 
 
 def import_torch_checkpoint(
-    checkpoint: str, out_dir: str, class_names=None, image_size: int = 512, base_size: int = 128, patch_size: int = 64
+    checkpoint: str,
+    out_dir: str,
+    class_names=None,
+    image_size: int = 512,
+    base_size: int = 128,
+    patch_size: int = 64,
+    backbone: str = "dnadet",
 ) -> Detector:
-    """Write a model directory; a checkpoint whose head does not match `class_names` (pretraining) keeps none."""
+    """Write a model directory; a checkpoint whose head does not match `class_names` (pretraining) keeps none.
+
+    With another `backbone` than dnadet the encoder becomes its spatial branch; the checkpoint's head reads the
+    encoder's own pooled features, so it is not taken over (train heads with train-stage2 --init instead).
+    """
     state = read_torch_checkpoint(checkpoint)
     check_state(state)
-    encoder = convert_encoder(state)
+    if class_names and backbone != "dnadet":
+        raise TfdnadetError(f"--classes needs backbone 'dnadet': the checkpoint's head does not read {backbone!r}'s features.")
+    encoder = convert_encoder(state, backbone=backbone)
     preprocessing = Preprocessing(base_size, image_size, patch_size, max_pixels=100_000_000)
     detector = Detector(encoder, {}, {}, preprocessing, {"imported_from": checkpoint})
     if class_names:
