@@ -117,6 +117,8 @@ def test_import_torch_command(tmp_path, monkeypatch, capsys):
     assert load_detector(str(tmp_path / "m")).class_names == CLASSES
     code, _, err = run_cli(["import-torch", tmp_path / "model.pth", "--classes", "real,progan", "--out", tmp_path / "m2"], monkeypatch, capsys)
     assert code == 1 and "5 classes" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["import-torch", tmp_path / "model.pth", "--backbone", "dnadet_spectral", "--out", tmp_path / "m3"], monkeypatch, capsys)
+    assert code == 0 and "heads: none" in err and load_detector(str(tmp_path / "m3")).backbone.get_layer("spectral_pool")
 
 
 def test_missing_torch_is_a_clear_message(tmp_path, monkeypatch):
@@ -125,3 +127,21 @@ def test_missing_torch_is_a_clear_message(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
     with pytest.raises(TfdnadetError, match=r"pip install 'tfdnadet\[torch\]'"):
         import_torch_checkpoint(str(tmp_path / "model.pth"), str(tmp_path / "m"), CLASSES)
+
+
+def test_encoder_loads_into_the_spatial_branch_of_the_two_domain_backbone(converted, tmp_path):
+    from tfdnadet.models.detector import feature_extractor
+
+    net, root = converted
+    torch.save(net.state_dict(), tmp_path / "model.pth")
+    detector = import_torch_checkpoint(str(tmp_path / "model.pth"), str(tmp_path / "two_domain"), backbone="dnadet_spectral")
+    assert detector.heads == {} and type(load_detector(str(tmp_path / "two_domain")).backbone).__name__ == "TwoDomainEncoder"
+    images = np.random.default_rng(2).uniform(-1, 1, (2, 64, 64, 3)).astype("float32")
+    names = {"block8"}
+    spatial = feature_extractor(detector.backbone, names)(images)["block8"]
+    plain = feature_extractor(load_detector(str(root / "model")).backbone, names)(images)["block8"]
+    np.testing.assert_allclose(np.asarray(spatial), np.asarray(plain), atol=1e-5)
+    with pytest.raises(TfdnadetError, match="needs backbone 'dnadet'"):
+        import_torch_checkpoint(str(tmp_path / "model.pth"), str(tmp_path / "m"), CLASSES, backbone="dnadet_spectral")
+    with pytest.raises(TfdnadetError, match="no DNA-Det encoder blocks"):
+        import_torch_checkpoint(str(tmp_path / "model.pth"), str(tmp_path / "m"), backbone="spectral")

@@ -92,7 +92,8 @@ def train_stage2_command(
     init: Optional[str] = typer.Option(None, "--init", help="Initialise the encoder from a model directory (e.g. stage 1)."),
     no_pretrain: bool = typer.Option(False, "--no-pretrain", help="Randomly initialised encoder (the Base+PCL ablation); excludes --init."),
     method: str = typer.Option(
-        "dnadet", "--method", help="dnadet (SupCon + CE on patches), base (CE on whole images), or a baseline: attnet, dct, prnu."
+        "dnadet", "--method", help="dnadet (SupCon + CE on patches), base (CE on whole images), dnadet_spectral (DNA-Det encoder "
+        "+ spectral branch), spectral (that branch alone), or a baseline: attnet, dct, prnu."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
     epochs: Optional[int] = typer.Option(None, help="train.epochs"),
@@ -412,12 +413,13 @@ def import_torch_command(
     ),
     image_size: int = typer.Option(512, help="Inference size (the paper resizes to 512)."),
     base_size: int = typer.Option(128, help="First resize (the data set's lowest resolution)."),
+    backbone: str = typer.Option("dnadet", help="Backbone to load the encoder into: dnadet, or dnadet_spectral (its spatial branch)."),
 ):
     """Convert a released DNA-Det PyTorch checkpoint into a tfdnadet model directory (needs the torch extra)."""
     from tfdnadet.interop.torch_import import import_torch_checkpoint
 
     detector = import_torch_checkpoint(
-        checkpoint, out_dir, classes.split(",") if classes else None, image_size=image_size, base_size=base_size
+        checkpoint, out_dir, classes.split(",") if classes else None, image_size=image_size, base_size=base_size, backbone=backbone
     )
     heads = ", ".join(detector.heads) or "none (backbone only)"
     err.print(f"wrote {out_dir} (heads: {heads})")
