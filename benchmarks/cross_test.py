@@ -1,7 +1,9 @@
 """The paper's Table 2 on the mini GAN zoo: every method trained on the same train split, scored on every test split.
 
 Rows: the baselines PRNU, LeveFreq (DCT-spectrum CNN) and AttNet, and the ablations Base, Base+PT, Base+PCL and
-Base+PT+PCL (DNA-Det); +PT initialises the encoder from one stage-1 run. Columns: accuracy (%) on closed-set,
+Base+PT+PCL (DNA-Det); +PT initialises the encoder from one stage-1 run. The two-domain ablation adds the spectral
+branch alone (Spectral+PT+PCL) and fused with the encoder (Two-domain+PT+PCL) next to DNA-Det (the spatial branch
+alone), each with a stage-1 run of its own backbone. Columns: accuracy (%) on closed-set,
 cross-seed, cross-loss, cross-finetune and cross-dataset (macro-F1 in the JSON). Zoo, stage 1 and every run are
 kept in --work and reused when the script runs again, so an interrupted run resumes.
 
@@ -17,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from tfdnadet.atomic import atomic_path, write_json  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
 from tfdnadet.evaluation.protocol import evaluate_protocol, protocol_summary  # noqa: E402
-from tfdnadet.methods import apply_method  # noqa: E402
+from tfdnadet.methods import METHODS, apply_method  # noqa: E402
 from tfdnadet.models.model_dir import load_detector  # noqa: E402
 from tfdnadet.training.stage1 import train_stage1  # noqa: E402
 from tfdnadet.training.stage2 import train_stage2  # noqa: E402
@@ -32,6 +34,8 @@ ROWS = (
     ("Base+PT", "base", True),
     ("Base+PCL", "dnadet", False),
     ("Base+PT+PCL (DNA-Det)", "dnadet", True),
+    ("Spectral+PT+PCL", "spectral", True),
+    ("Two-domain+PT+PCL", "dnadet_spectral", True),
 )
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -66,15 +70,14 @@ def main():
     zoo_seconds = round(time.time() - started, 1)
     overrides = {"data.base_size": zoo["image_size"], "train.epochs": args.epochs, "train.steps_per_epoch": args.steps_per_epoch}
     config = load_config(args.config, overrides)
-    stage1_config = load_config(args.config, {"data.base_size": zoo["image_size"], "stage1.epochs": args.stage1_epochs})
-    stage1, stage1_seconds = trained(os.path.join(work, "stage1"), lambda run: train_stage1(None, run, stage1_config, resume=True, verbose=2))
+    stage1_runs = {}  # backbone -> {"model": stage-1 model directory, "train_seconds": ...}, trained when first needed
     train_csv = os.path.join(zoo["root"], "train.csv")
     rows = {}
     for row, method, pretrained in ROWS:
         if row not in args.rows.split(","):
             continue
         run_dir = os.path.join(work, "runs", row.split(" ")[0].replace("+", "_"))
-        init = stage1 if pretrained else None
+        init = stage1_model(stage1_runs, METHODS[method][0], work, args, zoo["image_size"]) if pretrained else None
         model_dir, seconds = trained(
             run_dir, lambda run: train_stage2(train_csv, run, apply_method(config, method), init_model=init, resume=True, verbose=2)
         )
@@ -86,7 +89,7 @@ def main():
         "config": args.config,
         "overrides": overrides,
         "zoo": {"root": os.path.abspath(zoo["root"]), "build_seconds": zoo_seconds, "images": {s: v["images"] for s, v in zoo["splits"].items()}},
-        "stage1": {"model": os.path.abspath(stage1), "train_seconds": stage1_seconds},
+        "stage1": stage1_runs,
         "rows": rows,
     }
     table = markdown_table(rows)
@@ -95,6 +98,17 @@ def main():
     with atomic_path(f"{args.out}.md") as temporary, open(temporary, "w") as f:
         f.write(f"Cross-test protocol (Table 2 layout), zoo preset `{args.preset}`, config `{args.config}`: accuracy (%) / macro-F1 (%)\n\n{table}\n")
     print(f"wrote {args.out}.json and {args.out}.md")
+
+
+def stage1_model(runs: dict, backbone: str, work: str, args, base_size: int) -> str:
+    """The stage-1 model of `backbone` (WORK/stage1 for dnadet, WORK/stage1_BACKBONE otherwise), trained once."""
+    if backbone not in runs:
+        overrides = {"data.base_size": base_size, "stage1.epochs": args.stage1_epochs, "model.backbone": backbone}
+        config = load_config(args.config, overrides)
+        run_dir = os.path.join(work, "stage1" if backbone == "dnadet" else f"stage1_{backbone}")
+        model, seconds = trained(run_dir, lambda run: train_stage1(None, run, config, resume=True, verbose=2))
+        runs[backbone] = {"model": os.path.abspath(model), "train_seconds": seconds}
+    return runs[backbone]["model"]
 
 
 def markdown_table(rows: dict) -> str:
