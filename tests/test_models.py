@@ -54,7 +54,7 @@ def test_every_closed_form_backbone_round_trips_and_fits_a_head(backbone, tmp_pa
 
 
 def test_the_registry_names_every_backbone_and_refuses_unknown_ones():
-    assert backbone_names(GRADIENT) == ["attnet", "dct_cnn", "dnadet"] and backbone_names(CLOSED_FORM) == ["prnu"]
+    assert backbone_names(GRADIENT) == ["attnet", "dct_cnn", "dnadet", "dnadet_spectral", "spectral"] and backbone_names(CLOSED_FORM) == ["prnu"]
     with pytest.raises(TfdnadetError, match="Unknown backbone. Received: backbone='resnet'"):
         backbone_spec("resnet")
 
@@ -91,7 +91,10 @@ def test_detector_directory_round_trip(tmp_path):
     loaded = load_detector(str(tmp_path / "model"))
     assert loaded.class_names == ["real", "progan", "sngan"] and loaded.preprocessing == detector.preprocessing
     saved = json.loads((tmp_path / "model" / "detector.json").read_text())["preprocessing"]
-    assert saved == {"base_size": 32, "input_size": 64, "patch_size": 32, "max_pixels": 10**8, "predict_on": "whole", "aggregation": "mean_probability"}
+    assert saved == {
+        "base_size": 32, "input_size": 64, "patch_size": 32, "max_pixels": 10**8, "predict_on": "whole", "aggregation": "mean_probability",
+        "grid_stride": None, "grid_scales": [1.0],
+    }
     np.testing.assert_array_equal(detector.predict(images)[MULTICLASS], loaded.predict(images)[MULTICLASS])
     np.testing.assert_allclose(loaded.predict(images)[MULTICLASS].sum(axis=1), 1.0, rtol=1e-5)
     # Saving again over an existing model directory replaces it whole.

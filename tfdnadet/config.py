@@ -11,6 +11,7 @@ import yaml
 from tfdnadet.atomic import atomic_path
 from tfdnadet.data.perturb import parse_augment
 from tfdnadet.errors import TfdnadetError
+from tfdnadet.models.detector import Preprocessing
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -32,6 +33,10 @@ class DataConfig:
     max_pixels: int = 100_000_000  # larger images are refused (decompression bombs)
     # whole: predict on the full input image [5.1]; patches: mean of the predictions of its grid of patches
     predict_on: str = "whole"
+    # predict_on: patches — how the grid is cut and its cells' answers made one (saved with the model):
+    aggregation: str = "mean_probability"  # mean_probability | mean_logit | vote
+    grid_stride: Optional[int] = None  # pixels between cells; null: patch_size (no overlap); patch_size / 2 overlaps
+    grid_scales: list = field(default_factory=lambda: [1.0])  # a grid cut from the input resized by each factor
     # [5.5] train augmentation, in order: [{op: crop|blur|jpeg|noise|relight, p: 0.5, <parameter>: [low, high]}]
     augment: list = field(default_factory=list)
 
@@ -145,6 +150,7 @@ def validate(config: Config) -> None:
         if not ok:
             raise TfdnadetError(message)
     parse_augment(d.augment)
+    Preprocessing.from_data_config(d)  # checks aggregation and the grid
 
 
 def builtin_config_names() -> list:

@@ -81,12 +81,11 @@ class GradCAM:
         gradients = tape.gradient(explained, feature_map)
         weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(weights * feature_map, axis=-1, keepdims=True))
-        patch_size = d.preprocessing.grid_patch_size
-        cell = tf.shape(images)[1:3] if patch_size is None else [patch_size, patch_size]
+        p = d.preprocessing
+        cell = tf.shape(images)[1:3] if p.grid_patch_size is None else [p.patch_size, p.patch_size]
         cam = tf.image.resize(cam, cell, method="bilinear")[..., 0]
-        if patch_size is not None:
-            cam = untile(cam, tf.shape(images)[1] // patch_size)
-            cam = tf.pad(cam, [[0, 0], [0, tf.shape(images)[1] - tf.shape(cam)[1]], [0, tf.shape(images)[2] - tf.shape(cam)[2]]])
+        if p.grid_patch_size is not None:
+            cam = untile(cam, tf.shape(images), p.patch_size, p.stride, p.grid_scales)
         heatmaps = tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=[1, 2], keepdims=True))  # all-zero map stays 0
         return tf.clip_by_value(heatmaps, 0.0, 1.0), targets, tf.gather(probabilities, targets, batch_dims=1)
 

@@ -24,8 +24,10 @@ from tfdnadet.models.encoder import POOL_LAYER
 
 MULTICLASS = "multiclass"
 PREDICT_ON = ("whole", "patches")
-MEAN_PROBABILITY = "mean_probability"
-AGGREGATIONS = (MEAN_PROBABILITY,)  # how an image's answer is made from its patches' answers
+MEAN_PROBABILITY = "mean_probability"  # the mean of the cells' probabilities
+MEAN_LOGIT = "mean_logit"  # the probability of the cells' mean logits
+VOTE = "vote"  # the share of cells that pick each class (a one-logit head: that score >= 0.5)
+AGGREGATIONS = (MEAN_PROBABILITY, MEAN_LOGIT, VOTE)  # how an image's answer is made from its grid cells' answers
 
 
 @dataclass(frozen=True)
@@ -38,16 +40,26 @@ class Preprocessing:
     max_pixels: int  # larger images are refused (decompression bombs)
     predict_on: str = "whole"  # models saved before this field existed predicted on whole images
     aggregation: str = MEAN_PROBABILITY
+    grid_stride: Optional[int] = None  # step between grid cells; None: the patch size (cells do not overlap)
+    grid_scales: tuple = (1.0,)  # the input image resized by each factor, a grid cut from each (multi-scale)
 
     def __post_init__(self):
-        for name in ("base_size", "input_size", "patch_size", "max_pixels"):
+        object.__setattr__(self, "grid_scales", tuple(self.grid_scales))  # detector.json holds a list
+        for name in ("base_size", "input_size", "patch_size", "max_pixels", "grid_stride"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if (value is not None or name != "grid_stride") and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise TfdnadetError(f"preprocessing.{name} must be a positive integer. Received: {name}={value!r}")
         if self.predict_on not in PREDICT_ON:
             raise TfdnadetError(f"preprocessing.predict_on must be one of {PREDICT_ON}. Received: predict_on={self.predict_on!r}")
         if self.aggregation not in AGGREGATIONS:
             raise TfdnadetError(f"preprocessing.aggregation must be one of {AGGREGATIONS}. Received: aggregation={self.aggregation!r}")
+        if not self.grid_scales or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in self.grid_scales):
+            raise TfdnadetError(f"preprocessing.grid_scales must be positive numbers. Received: grid_scales={list(self.grid_scales)}")
+        if min(scaled_size(self.input_size, scale) for scale in self.grid_scales) < self.patch_size:
+            raise TfdnadetError(
+                f"preprocessing.grid_scales must keep the {self.input_size} px input at least one {self.patch_size} px patch wide. "
+                f"Received: grid_scales={list(self.grid_scales)}"
+            )
 
     @classmethod
     def from_dict(cls, values: dict) -> "Preprocessing":
@@ -65,7 +77,9 @@ class Preprocessing:
     @classmethod
     def from_data_config(cls, data) -> "Preprocessing":
         """The preprocessing a model trained with config section `data` (a DataConfig) predicts with."""
-        return cls(data.base_size, data.input_size, data.patch_size, data.max_pixels, data.predict_on)
+        return cls(
+            data.base_size, data.input_size, data.patch_size, data.max_pixels, data.predict_on, data.aggregation, data.grid_stride, data.grid_scales
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -74,6 +88,10 @@ class Preprocessing:
     def grid_patch_size(self) -> Optional[int]:
         """The patch size of a model that predicts on its patch grid, else None (it predicts on whole images)."""
         return self.patch_size if self.predict_on == "patches" else None
+
+    @property
+    def stride(self) -> int:
+        return self.grid_stride or self.patch_size
 
     @property
     def min_image_side(self) -> int:
@@ -137,8 +155,8 @@ class Detector:
 
     def grid(self, images) -> tuple:
         """float32 [B, S, S, 3] -> (what the backbone sees [B * n, ...], n): the patch grid, or the images (n = 1)."""
-        patch_size = self.preprocessing.grid_patch_size
-        return (images, 1) if patch_size is None else patch_grid(images, patch_size)
+        p = self.preprocessing
+        return (images, 1) if p.grid_patch_size is None else patch_grid(images, p.patch_size, p.stride, p.grid_scales)
 
     def features(self, images, layers) -> "GridFeatures":
         """The named backbone outputs of each image's grid cells, in one backbone pass."""
@@ -155,7 +173,19 @@ class Detector:
 
     def aggregate(self, logits: dict) -> dict:
         """{head name: float32 probabilities [B, K]}: each image's grid of answers made one (preprocessing.aggregation)."""
-        return {name: tf.reduce_mean(self.activation(name, value), axis=1) for name, value in logits.items()}
+        return {name: self._aggregate_head(name, value) for name, value in logits.items()}
+
+    def _aggregate_head(self, name: str, logits):
+        rule = self.preprocessing.aggregation
+        if rule == MEAN_LOGIT:
+            return self.activation(name, tf.reduce_mean(logits, axis=1))
+        if rule == VOTE:
+            if self.heads[name].kind == MULTICLASS:
+                picks = tf.one_hot(tf.argmax(logits, axis=-1), tf.shape(logits)[-1], dtype=tf.float32)
+            else:
+                picks = tf.cast(logits >= 0.0, tf.float32)  # sigmoid >= 0.5
+            return tf.reduce_mean(picks, axis=1)
+        return tf.reduce_mean(self.activation(name, logits), axis=1)
 
     def activation(self, name: str, logits):
         """Logits of head `name` -> probabilities: softmax for the multiclass head, sigmoid for one-logit heads."""
@@ -209,22 +239,59 @@ def _by_image(value, count):
     return tf.reshape(value, tf.concat([[-1, count], tf.shape(value)[1:]], 0))
 
 
-def patch_grid(images, patch_size: int) -> tuple:
-    """[B, S, S, C] -> ([B * n, P, P, C] non-overlapping patches in row order, n = (S // P)^2); a remainder is cut off."""
+def scaled_size(size, scale: float):
+    """The side of a `size` image resized by `scale` (a Python int, or a tensor for a tensor size)."""
+    if isinstance(size, int):
+        return max(1, int(round(size * scale)))
+    return tf.maximum(1, tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32))
+
+
+def scaled_images(images, scale: float):
+    """[B, H, W, C] resized by `scale` (antialiased bilinear, as the resize chain), or unchanged at scale 1."""
+    if scale == 1:
+        return images
     shape = tf.shape(images)
-    side = shape[1] // patch_size
-    grid = images[:, : side * patch_size, : side * patch_size, :]
-    grid = tf.reshape(grid, [shape[0], side, patch_size, side, patch_size, shape[3]])
-    grid = tf.transpose(grid, [0, 1, 3, 2, 4, 5])
-    return tf.reshape(grid, [-1, patch_size, patch_size, shape[3]]), side * side
+    return tf.image.resize(images, [scaled_size(shape[1], scale), scaled_size(shape[2], scale)], method="bilinear", antialias=True)
 
 
-def untile(patches, side) -> tf.Tensor:
-    """The inverse of `patch_grid` for maps: [B * side^2, h, w] -> [B, side * h, side * w]."""
-    shape = tf.shape(patches)
-    grid = tf.reshape(patches, [-1, side, side, shape[1], shape[2]])
-    grid = tf.transpose(grid, [0, 1, 3, 2, 4])
-    return tf.reshape(grid, [-1, side * shape[1], side * shape[2]])
+def _cut(images, patch_size: int, stride: int):
+    """[B, H, W, C] -> [B, rows, columns, P * P * C]: the P x P cells every `stride` pixels (a remainder is cut off)."""
+    return tf.image.extract_patches(images, [1, patch_size, patch_size, 1], [1, stride, stride, 1], [1, 1, 1, 1], "VALID")
+
+
+def patch_grid(images, patch_size: int, stride: Optional[int] = None, scales=(1.0,)) -> tuple:
+    """[B, S, S, C] -> ([B * n, P, P, C] cells, n): for each scale in turn, the image resized by it, then its P x P
+    cells every `stride` pixels (default P: no overlap) in row order; a remainder is cut off."""
+    stride = stride or patch_size
+    channels = tf.shape(images)[3]
+    cells = [tf.reshape(_cut(scaled_images(images, s), patch_size, stride), [tf.shape(images)[0], -1, patch_size, patch_size, channels]) for s in scales]
+    cells = tf.concat(cells, axis=1)
+    return tf.reshape(cells, [-1, patch_size, patch_size, channels]), tf.shape(cells)[1]
+
+
+def untile(maps, image_shape, patch_size: int, stride: Optional[int] = None, scales=(1.0,)) -> tf.Tensor:
+    """The inverse of `patch_grid` for maps: [B * n, P, P] -> [B, H, W], each pixel the mean of the cells that
+    cover it (over every scale, brought back to H x W); pixels no cell covers are 0."""
+    stride = stride or patch_size
+    height, width = image_shape[1], image_shape[2]
+    maps = tf.reshape(maps, [image_shape[0], -1, patch_size * patch_size])
+    total = covered = 0.0
+    start = 0
+    for scale in scales:
+        size = [scaled_size(height, scale), scaled_size(width, scale)]
+        # extract_patches is linear, so its gradient (adjoint) adds every cell back where it was cut.
+        canvas = tf.zeros([image_shape[0], size[0], size[1], 1])
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch(canvas)
+            cut = _cut(canvas, patch_size, stride)
+        count = tf.shape(cut)[1] * tf.shape(cut)[2]
+        cells = tf.reshape(maps[:, start : start + count], tf.shape(cut))
+        summed, coverage = (tape.gradient(cut, canvas, output_gradients=v) for v in (cells, tf.ones_like(cells)))
+        start += count
+        mean = tf.math.divide_no_nan(summed, coverage)
+        total += tf.image.resize(mean * tf.cast(coverage > 0, tf.float32), [height, width], method="bilinear")
+        covered += tf.image.resize(tf.cast(coverage > 0, tf.float32), [height, width], method="bilinear")
+    return tf.math.divide_no_nan(total, covered)[..., 0]
 
 
 def feature_extractor(backbone: keras.Model, layer_names) -> keras.Model:
