@@ -36,7 +36,8 @@ class GradCAM:
     """Grad-CAM of the detector's head `head` (by name, any kind) at encoder block `layer`: build once, call on
     batches of model inputs.
 
-    With preprocessing `predict_on: patches` each patch of the grid is explained and the maps are put together;
+    With preprocessing `predict_on: patches` each cell of the grid is explained and the maps are put together
+    (where cells overlap or come from several scales, each pixel takes the mean of the cells covering it);
     the explained score is the sum of the patches' logits of the class the aggregated answer picks. Under mixed
     precision a float32 twin of the detector is explained, its weights copied on each call (it follows training).
     """
