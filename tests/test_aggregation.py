@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tfdnadet.data.preprocess import to_model_input
 from tfdnadet.errors import TfdnadetError
-from tfdnadet.evaluation.evaluate import load_labelled
+from tfdnadet.evaluation.evaluate import evaluate_dataset, load_labelled
 from tfdnadet.evaluation.report import evaluate_with_report
 from tfdnadet.explain.gradcam import GradCAM
 from tfdnadet.export import export_model
@@ -88,42 +88,58 @@ def test_each_rule_combines_the_cells_as_it_says():
 def test_paths(gan_images):
     with open(gan_images["test"]) as f:
         rows = [line.strip().split(",") for line in f.readlines()[1:]]
-    return [(os.path.join(gan_images["root"], path), label) for path, label in rows][::3]
+    return [(os.path.join(gan_images["root"], path), label) for path, label in rows][::4]
+
+
+def saved_with_rule(trained_run, rule: str, tmp_path) -> tuple:
+    """The tiny trained model saved with the overlapping multi-scale grid and `rule` -> (its directory, trained model)."""
+    trained = load_detector(trained_run.model_dir)
+    save_detector(trained.with_preprocessing(aggregation=rule, **GRID), str(tmp_path / "model"))
+    return str(tmp_path / "model"), trained
+
+
+def write_manifest(paths: list, tmp_path) -> str:
+    manifest = tmp_path / "test.csv"
+    manifest.write_text("path,label\n" + "".join(f"{path},{label}\n" for path, label in paths))
+    return str(manifest)
 
 
 @pytest.mark.parametrize("rule", [MEAN_PROBABILITY, MEAN_LOGIT, VOTE])
-def test_the_five_paths_give_the_same_answer(rule, trained_run, gan_images, test_paths, tmp_path):
-    trained = load_detector(trained_run.model_dir)
-    model_dir = str(tmp_path / "model")
-    save_detector(trained.with_preprocessing(aggregation=rule, **GRID), model_dir)
+def test_predict_evaluate_gradcam_and_savedmodel_give_the_same_answer(rule, trained_run, test_paths, tmp_path):
+    model_dir, trained = saved_with_rule(trained_run, rule, tmp_path)
     detector = load_detector(model_dir)
-    manifest = tmp_path / "test.csv"
-    manifest.write_text("path,label\n" + "".join(f"{path},{label}\n" for path, label in test_paths))
-    loaded = load_labelled(detector, str(manifest), allow_outside_root=True)
-    # predict
+    manifest = write_manifest(test_paths, tmp_path)
+    loaded = load_labelled(detector, manifest, allow_outside_root=True)
     predicted = predict_loaded(detector, loaded)[MULTICLASS]
     assert not np.allclose(predicted, predict_loaded(trained, loaded)[MULTICLASS], atol=1e-3)  # the grid and rule are used
-    # evaluate, and the report on the same images
-    metrics, paths = evaluate_with_report(detector, str(manifest), str(tmp_path / "report"), tsne_samples=5, allow_outside_root=True)
+    metrics = evaluate_dataset(detector, manifest, allow_outside_root=True)
     confusion = np.zeros((len(detector.class_names),) * 2, int)
     np.add.at(confusion, (loaded.labels, predicted.argmax(axis=1)), 1)
     np.testing.assert_array_equal(metrics["confusion_matrix"], confusion)
+    # Grad-CAM explains the class the aggregated answer picks, with its probability.
+    result = GradCAM(detector)(to_model_input(loaded.images, detector.preprocessing.input_size))
+    np.testing.assert_array_equal(result.targets, predicted.argmax(axis=1))
+    np.testing.assert_allclose(result.scores, predicted.max(axis=1), atol=1e-5)
+    assert result.heatmaps.shape == (len(loaded.paths), 64, 64) and np.all(np.isfinite(result.heatmaps))
+    # The SavedModel, from the encoded files.
+    export = export_model(model_dir, "aggregation", str(tmp_path / "base"))
+    served = tf.saved_model.load(export.path).signatures["serving_default"]
+    encoded = tf.constant([open(path, "rb").read() for path in loaded.paths])
+    np.testing.assert_allclose(served(images_bytes=encoded)["multiclass_probabilities"].numpy(), predicted, atol=1e-5)
+
+
+def test_the_report_judges_with_the_models_rule(trained_run, test_paths, tmp_path):
+    detector = load_detector(saved_with_rule(trained_run, VOTE, tmp_path)[0])
+    manifest = write_manifest(test_paths, tmp_path)
+    loaded = load_labelled(detector, manifest, allow_outside_root=True)
+    predicted = predict_loaded(detector, loaded)[MULTICLASS]
+    _, paths = evaluate_with_report(detector, manifest, str(tmp_path / "report"), tsne_samples=5, allow_outside_root=True)
     names = [os.path.basename(p) for p in loaded.paths]
     rows = [line.strip("|").split(" | ") for line in open(paths["markdown"]).read().splitlines() if re.match(r"^\| .+ \| (right|WRONG) \|$", line)]
     assert rows
     for true, image, chosen, probability, _ in (cells_of(row) for row in rows):
         index = next(i for i, name in enumerate(names) if name == image and detector.class_names[loaded.labels[i]] == true)
         assert chosen == detector.class_names[predicted[index].argmax()] and probability == f"{predicted[index].max():.2f}"
-    # Grad-CAM explains the class the aggregated answer picks, with its probability
-    result = GradCAM(detector)(to_model_input(loaded.images, detector.preprocessing.input_size))
-    np.testing.assert_array_equal(result.targets, predicted.argmax(axis=1))
-    np.testing.assert_allclose(result.scores, predicted.max(axis=1), atol=1e-5)
-    assert result.heatmaps.shape == (len(names), 64, 64) and np.all(np.isfinite(result.heatmaps))
-    # the SavedModel, from the encoded files
-    export = export_model(model_dir, "aggregation", str(tmp_path / "base"))
-    served = tf.saved_model.load(export.path).signatures["serving_default"]
-    encoded = tf.constant([open(path, "rb").read() for path in loaded.paths])
-    np.testing.assert_allclose(served(images_bytes=encoded)["multiclass_probabilities"].numpy(), predicted, atol=1e-5)
 
 
 def cells_of(row: list) -> list:
