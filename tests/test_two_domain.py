@@ -1,21 +1,24 @@
 """The two-domain backbone (DNA-Det encoder + spectral branch): shapes, round trips, mixed precision, export, training."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from test_models import check_keras_round_trip
-from tfdnadet.explain.gradcam import detector_gradcam
+from tfdnadet.errors import TfdnadetError
+from tfdnadet.explain.gradcam import GradCAM
 from tfdnadet.export import export_model
 from tfdnadet.methods import apply_method
-from tfdnadet.models.detector import MULTICLASS, Detector, load_detector, save_detector
-from tfdnadet.models.encoder import create_backbone
+from tfdnadet.models.backbones import create_backbone
+from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing
+from tfdnadet.models.model_dir import load_detector, save_detector
 from tfdnadet.models.heads import MulticlassHead
 from tfdnadet.models.two_domain import SPECTRAL_POOL, SPECTRUM_SIZE, LogMagnitudeSpectrum, SpectralEncoder, TwoDomainEncoder
-from tfdnadet.serving.graph import float32_detector
 
-PREPROCESSING = {"base_size": 32, "input_size": 64, "patch_size": 32, "max_pixels": 10**8, "predict_on": "patches"}
+PREPROCESSING = Preprocessing(base_size=32, input_size=64, patch_size=32, max_pixels=10**8, predict_on="patches")
 CLASSES = ["real", "progan", "sngan"]
 
 
@@ -86,7 +89,7 @@ def test_mixed_bfloat16_computes_the_spectrum_in_float32_and_exports(tmp_path):
     images = random_images(3, 64, seed=2)
     probabilities = detector.predict(images)[MULTICLASS]
     assert probabilities.dtype == np.float32 and np.all(np.isfinite(probabilities))
-    float32 = float32_detector(detector)
+    float32 = detector.float32()
     assert float32.backbone.get_layer("block4").compute_dtype == "float32"
     np.testing.assert_allclose(probabilities, float32.predict(images)[MULTICLASS], atol=0.05)  # bfloat16 rounding only
     save_detector(detector, str(tmp_path / "model"))
@@ -99,7 +102,7 @@ def test_stage2_trains_the_two_domain_backbone_and_gradcam_explains_its_spatial_
     from tfdnadet.config import load_config
     from tfdnadet.training.stage2 import train_stage2
 
-    config = apply_method(load_config("tiny", {"train.epochs": 1, "train.steps_per_epoch": 2, "train.gradcam_images": 0}), "dnadet_spectral")
+    config = apply_method(load_config("tiny", {"train.epochs": 1, "train.steps_per_epoch": 2}), "dnadet_spectral")
     assert config.model.backbone == "dnadet_spectral" and config.train.loss == "pcl"
     start = Detector(TwoDomainEncoder(width=config.model.width, name="encoder"), {}, {}, PREPROCESSING, {})
     save_detector(start, str(tmp_path / "start"))
@@ -110,5 +113,18 @@ def test_stage2_trains_the_two_domain_backbone_and_gradcam_explains_its_spatial_
         assert not np.allclose(start.backbone.get_layer(layer).get_weights()[0], detector.backbone.get_layer(layer).get_weights()[0])
     images = random_images(2, 64, seed=3)
     assert np.all(np.isfinite(detector.predict(images)[MULTICLASS]))
-    heatmaps = detector_gradcam(detector)(images).heatmaps
+    heatmaps = GradCAM(detector)(images).heatmaps
     assert heatmaps.shape == (2, 64, 64) and np.all(np.isfinite(heatmaps)) and heatmaps.max() > heatmaps.min()
+    assert os.path.isfile(os.path.join(result.run_dir, "gradcam", "epoch_001.png"))  # the training callback's evidence
+
+
+def test_spectral_only_trains_without_gradcam_evidence_and_refuses_gradcam(gan_images, tmp_path):
+    from tfdnadet.config import load_config
+    from tfdnadet.training.stage2 import train_stage2
+
+    config = apply_method(load_config("tiny", {"train.epochs": 1, "train.steps_per_epoch": 1}), "spectral")
+    result = train_stage2(gan_images["train"], str(tmp_path / "run"), config, verbose=0)
+    detector = load_detector(result.model_dir)
+    assert isinstance(detector.backbone, SpectralEncoder) and not os.path.exists(os.path.join(result.run_dir, "gradcam", "epoch_001.png"))
+    with pytest.raises(TfdnadetError, match="SpectralEncoder backbone has no block 4"):
+        GradCAM(detector)

@@ -45,6 +45,8 @@ class GradCAM:
     def __init__(self, detector: Detector, head: str = MULTICLASS, layer: int = GRADCAM_LAYER):
         if head not in detector.heads:
             raise TfdnadetError(f"Unknown head. Received: head={head!r}. This model's heads: {', '.join(sorted(detector.heads))}")
+        if not has_block(detector.backbone, layer):
+            raise TfdnadetError(f"This {type(detector.backbone).__name__} backbone has no block {layer} for Grad-CAM to explain.")
         _check_layer(layer, detector.input_layer(head))
         self.source = detector.with_heads([head])
         self.detector = self.source.float32()
@@ -89,6 +91,11 @@ class GradCAM:
             cam = untile(cam, tf.shape(images), p.patch_size, p.stride, p.grid_scales)
         heatmaps = tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=[1, 2], keepdims=True))  # all-zero map stays 0
         return tf.clip_by_value(heatmaps, 0.0, 1.0), targets, tf.gather(probabilities, targets, batch_dims=1)
+
+
+def has_block(backbone, layer: int) -> bool:
+    """Whether `backbone` has a feature map named for block `layer` (the spectral-only ablation has none)."""
+    return block_layer_name(layer) in {x.name for x in backbone.layers}
 
 
 def _check_layer(layer: int, head_input: str) -> None:

@@ -14,7 +14,8 @@ and a dense layer that keeps where in the spectrum a feature lies. Backbones:
 import keras
 import tensorflow as tf
 
-from tfdnadet.models.encoder import ENCODER_BLOCKS, LEAKY_SLOPE, POOL_LAYER, batch_norm, channels, encoder_block, register_backbone
+from tfdnadet.models.backbones import register_backbone
+from tfdnadet.models.encoder import ENCODER_BLOCKS, LEAKY_SLOPE, POOL_LAYER, batch_norm, channels, encoder_block
 
 SPECTRUM_SIZE = 32  # frequency grid every spectrum is resized to (the cpu config's patch size)
 SPECTRAL_BLOCKS = (32, 64, 128)  # filters of the conv3-BN-LeakyReLU-avgpool2 blocks: 32 -> 16 -> 8 -> 4

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from tfdnadet.config import Config
 from tfdnadet.data.preprocess import to_model_input
-from tfdnadet.explain.gradcam import GradCAM, plot_gradcam_grid, to_uint8
+from tfdnadet.explain.gradcam import GradCAM, has_block, plot_gradcam_grid, to_uint8
 from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing
 from tfdnadet.models.encoder import GRADCAM_LAYER
 
@@ -38,6 +38,8 @@ class GradCAMCallback(keras.callbacks.Callback):
         self._writer = None
 
     def on_epoch_end(self, epoch, logs=None):
+        if not has_block(self.model.backbone, self.layer):
+            return  # nothing to explain: a backbone without spatial feature maps (the spectral-only ablation)
         if self._explainer is None:
             detector = Detector(self.model.backbone, {MULTICLASS: self.model.classifier}, {MULTICLASS: {}}, self.preprocessing, {})
             self._explainer = GradCAM(detector, MULTICLASS, self.layer)
