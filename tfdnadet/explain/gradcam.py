@@ -45,9 +45,9 @@ class GradCAM:
     def __init__(self, detector: Detector, head: str = MULTICLASS, layer: int = GRADCAM_LAYER):
         if head not in detector.heads:
             raise TfdnadetError(f"Unknown head. Received: head={head!r}. This model's heads: {', '.join(sorted(detector.heads))}")
+        _check_layer(layer, detector.input_layer(head))
         if not has_block(detector.backbone, layer):
             raise TfdnadetError(f"This {type(detector.backbone).__name__} backbone has no block {layer} for Grad-CAM to explain.")
-        _check_layer(layer, detector.input_layer(head))
         self.source = detector.with_heads([head])
         self.detector = self.source.float32()
         self.head = head
