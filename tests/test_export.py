@@ -194,20 +194,69 @@ def test_formats_decode_in_graph(exported):
         np.testing.assert_allclose(probabilities[lossless], probabilities[0], atol=1e-6)
 
 
-def test_bad_image_fails_the_request_with_a_clear_error_and_serving_goes_on(exported, test_pngs):
+def test_bad_images_are_flagged_and_the_others_answered(exported, test_pngs):
+    """Through the loaded SavedModel: an unusable image gets valid 0 and defined outputs; its neighbours are answered."""
     serve = exported["loaded"].signatures["serving_default"]
-    good = open(test_pngs[0], "rb").read()
-    cases = {
-        b"this is not an image": "Unknown image file format",
-        good[: len(good) // 2]: "Invalid PNG data",
-        encoded(np.zeros((64, 64, 3), np.uint8), "JPEG")[:200]: "Invalid JPEG data",
-        b"": "Input is empty",
-        encoded(np.zeros((8, 8, 3), np.uint8), "PNG"): "image smaller than a patch: need at least 32 px",
+    good = [open(path, "rb").read() for path in test_pngs[:2]]
+    alone = serve(images_bytes=tf.constant(good))
+    bad = {
+        "garbage": b"this is not an image",
+        "truncated PNG": good[0][: len(good[0]) // 2],
+        "truncated JPEG": encoded(np.zeros((64, 64, 3), np.uint8), "JPEG")[:200],
+        "empty": b"",
+        "smaller than a patch": encoded(np.zeros((8, 8, 3), np.uint8), "PNG"),
     }
-    for bad, message in cases.items():
-        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
-            serve(images_bytes=tf.constant([good, bad]))
-    assert serve(images_bytes=tf.constant([good]))["multiclass_class_name"].shape == (1,)
+    for what, data in bad.items():
+        answer = serve(images_bytes=tf.constant([good[0], data, good[1]]))
+        assert answer["valid"].numpy().tolist() == [1, 0, 1], what
+        kept = answer["multiclass_probabilities"].numpy()[[0, 2]]
+        np.testing.assert_allclose(kept, alone["multiclass_probabilities"].numpy(), atol=1e-6, err_msg=what)
+        assert answer["multiclass_probabilities"].numpy()[1].tolist() == [0.0] * 4
+        assert answer["multiclass_class_index"].numpy()[1] == -1 and answer["multiclass_class_name"].numpy()[1] == b""
+    every_bad = serve(images_bytes=tf.constant(list(bad.values())))
+    assert every_bad["valid"].numpy().tolist() == [0] * len(bad)
+    assert every_bad["multiclass_class_name"].numpy().tolist() == [b""] * len(bad)
+    head = exported["loaded"].signatures["head_multiclass"](images_bytes=tf.constant([b"", good[0]]))
+    assert head["valid"].numpy().tolist() == [0, 1]
+
+
+def test_the_pixel_limit_applies_in_the_graph(trained_run, tmp_path):
+    """An image over the model's max_pixels is refused (valid 0) as predict refuses it."""
+    detector = load_detector(trained_run.model_dir)
+    detector.preprocessing["max_pixels"] = 40 * 40
+    serving = DetectorServing(detector)
+    small = encoded(np.full((40, 40, 3), 90, np.uint8), "PNG")
+    large = encoded(np.full((41, 40, 3), 90, np.uint8), "PNG")
+    assert serving.serve_bytes(tf.constant([small, large]))["valid"].numpy().tolist() == [1, 0]
+
+
+def test_serving_decodes_stored_pixels_without_exif_orientation(exported, tmp_path):
+    """What the README says: the graph ignores EXIF orientation (predict applies it); a client sends upright pixels."""
+    serve = exported["loaded"].signatures["serving_default"]
+    pixels = np.random.default_rng(3).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    tagged = encoded(pixels, "PNG", exif=exif)
+    plain = encoded(pixels, "PNG")
+    upright = encoded(np.rot90(pixels, k=-1).copy(), "PNG")
+    outputs = serve(images_bytes=tf.constant([tagged, plain, upright]))["multiclass_probabilities"].numpy()
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-6)  # the tag changed nothing
+    path = tmp_path / "tagged.png"
+    path.write_bytes(tagged)
+    (result,), _ = attribute(exported["detector"], [str(path)])
+    np.testing.assert_allclose([result.probabilities[n] for n in exported["detector"].class_names], outputs[2], atol=1e-5)
+
+
+def test_exported_version_is_readable_by_other_users(trained_run, tmp_path):
+    old_umask = os.umask(0o022)
+    try:
+        result = export_model(trained_run.model_dir, "detector", str(tmp_path))
+    finally:
+        os.umask(old_umask)
+    for dirpath, dirnames, filenames in os.walk(result.path):
+        assert os.stat(dirpath).st_mode & 0o777 == 0o755, dirpath
+        for name in filenames:
+            assert os.stat(os.path.join(dirpath, name)).st_mode & 0o777 == 0o644, name
 
 
 def test_saved_model_cli_lists_both_signatures(exported):

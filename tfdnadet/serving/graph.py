@@ -6,6 +6,8 @@ Signatures (all outputs float32, int64, int32 or string, which TF Serving's REST
     head_<name>       images_bytes: string [B] -> that head's outputs only
 Per head: multiclass -> <name>_probabilities [B, C], <name>_class_index [B], <name>_class_name [B];
 binary -> <name>_score [B] (sigmoid), <name>_decision [B] (1 when score >= the head's threshold).
+Every signature also returns `valid` [B] (int32): 0 for an image that could not be used (not decodable,
+smaller than a patch, more than max_pixels pixels); its outputs are then 0, class index -1, names "".
 """
 
 import functools
@@ -24,6 +26,8 @@ DEFAULT_SIGNATURE = "serving_default"
 IMAGES_SIGNATURE = "predict_images"
 HEAD_SIGNATURE_PREFIX = "head_"
 VERDICT = "verdict"
+VALID = "valid"
+INVALID_CLASS_INDEX = -1
 
 
 class DetectorServing(tf.Module):
@@ -38,6 +42,7 @@ class DetectorServing(tf.Module):
         self.models = [self._detector.backbone, *self._detector.heads.values()]  # tracked: their variables are saved
         preprocessing = detector.preprocessing
         self.base_size, self.input_size = preprocessing.base_size, preprocessing.input_size
+        self.max_pixels = preprocessing.max_pixels
         self.min_size = preprocessing.min_image_side  # the Python path refuses images smaller than a patch too
 
     def signatures(self) -> dict:
@@ -53,37 +58,55 @@ class DetectorServing(tf.Module):
         return signatures
 
     def serve_bytes(self, images_bytes):
-        return self.serve_images(self.decode(images_bytes))
+        images, valid = self.decode(images_bytes)
+        return self._serve(self._detector, images, valid)
 
     def serve_images(self, images):
-        outputs = self._outputs(self._detector, images)
-        if binary_heads(self._detector):
-            outputs[VERDICT] = self._verdict(outputs)
-        return outputs
+        return self._serve(self._detector, images, tf.ones([tf.shape(images)[0]], tf.int32))
 
     def serve_head(self, name: str, images_bytes):
-        return self._outputs(self._detector.with_heads([name]), self.decode(images_bytes))
+        images, valid = self.decode(images_bytes)
+        return self._serve(self._detector.with_heads([name]), images, valid)
 
     def decode(self, images_bytes):
-        """Encoded images -> float32 model input; a bad image fails the request with InvalidArgument naming the problem."""
-        base_spec = tf.TensorSpec([self.base_size, self.base_size, 3], tf.uint8)
-        return to_model_input(tf.map_fn(self._decode_one, images_bytes, fn_output_signature=base_spec), self.input_size)
+        """Encoded images -> (float32 model input, valid int32 [B]); an unusable image is a gray image, valid 0.
+
+        The graph has no try/except: a tf.data pipeline decodes each image and `ignore_errors` drops the ones
+        whose decode (or size check) fails, so one bad image cannot fail the request for the others.
+        """
+        count = tf.shape(images_bytes, out_type=tf.int64)[0]
+        base_shape = [self.base_size, self.base_size, 3]
+        indexed = tf.data.Dataset.from_tensor_slices((tf.range(count), images_bytes))
+        decoded = indexed.map(lambda index, data: (index, self._decode_one(data))).ignore_errors()
+        # A last row that always decodes, so the single batch exists even when every image is bad.
+        sentinel = tf.data.Dataset.from_tensors((tf.constant(-1, tf.int64), tf.zeros(base_shape, tf.uint8)))
+        indices, images = decoded.concatenate(sentinel).batch(count + 1).get_single_element()
+        indices, images = indices[:-1, None], images[:-1]
+        gray = tf.fill([count, *base_shape], tf.constant(128, tf.uint8))
+        base_images = tf.tensor_scatter_nd_update(gray, indices, images)
+        valid = tf.scatter_nd(indices, tf.ones([tf.shape(indices)[0]], tf.int32), [count])
+        return to_model_input(base_images, self.input_size), valid
 
     def _decode_one(self, data):
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
         size = tf.shape(image)[:2]
-        big_enough = tf.debugging.Assert(
-            tf.reduce_min(size) >= self.min_size,
-            [f"image smaller than a patch: need at least {self.min_size} px per side, got height, width:", size],
-        )
-        with tf.control_dependencies([big_enough]):
+        checks = [
+            tf.debugging.Assert(tf.reduce_min(size) >= self.min_size, ["image smaller than a patch"]),
+            tf.debugging.Assert(tf.reduce_prod(tf.cast(size, tf.int64)) <= self.max_pixels, ["image over max_pixels"]),
+        ]
+        with tf.control_dependencies(checks):
             return resize_to_base(image, self.base_size)
 
-    def _outputs(self, detector: Detector, images) -> dict:
+    def _serve(self, detector: Detector, images, valid) -> dict:
         outputs = {}
         # The detector's own forward pass: the backbone runs once for all heads, whatever input each head takes.
         for name, probabilities in detector.probabilities(images).items():
             outputs.update(self._head_outputs(name, probabilities))
+        if detector is self._detector and binary_heads(self._detector):
+            outputs[VERDICT] = self._verdict(outputs)
+        is_valid = tf.cast(valid, tf.bool)
+        outputs = {key: _where_valid(is_valid, value, key) for key, value in outputs.items()}
+        outputs[VALID] = valid
         return outputs
 
     def _head_outputs(self, name: str, probabilities) -> dict:
@@ -130,3 +153,15 @@ class DetectorServing(tf.Module):
         for name in self._detector.heads:
             requests[HEAD_SIGNATURE_PREFIX + name] = {BYTES_INPUT: [encoded]}
         return requests
+
+
+def _where_valid(is_valid, value, key: str):
+    """`value` for valid rows; for the others 0, "" or (class indices) -1."""
+    if value.dtype == tf.string:
+        fill = tf.constant("")
+    elif key.endswith("_class_index"):
+        fill = tf.constant(INVALID_CLASS_INDEX, value.dtype)
+    else:
+        fill = tf.zeros([], value.dtype)
+    mask = tf.reshape(is_valid, [-1] + [1] * (value.shape.rank - 1))
+    return tf.where(mask, value, fill)
