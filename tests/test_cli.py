@@ -12,17 +12,21 @@ from PIL import Image
 from conftest import run_cli
 
 
-def test_help_lists_the_commands(monkeypatch, capsys):
+def test_help_lists_the_commands_in_pipeline_order(monkeypatch, capsys):
     code, out, _ = run_cli(["--help"], monkeypatch, capsys)
     assert code == 0
-    for command in ("train-stage2", "predict", "evaluate", "quickstart"):
-        assert command in out
+    order = ["train-stage1", "train-stage2", "add-head", "heads", "predict", "evaluate", "gradcam", "export", "import-torch", "zoo", "quickstart"]
+    listed = [line.strip("│ ").split()[0] for line in out.splitlines() if line.strip("│ ").split()[:1] and line.strip("│ ").split()[0] in order]
+    assert listed == order
 
 
 def test_predict_table_and_json(trained_run, gan_images, monkeypatch, capsys):
     image = os.path.join(gan_images["root"], "progan", "seed2", "0000.png")
     code, out, _ = run_cli(["predict", trained_run.model_dir, image], monkeypatch, capsys)
-    assert code == 0 and "seed2/0000.png" in out and "top-3" in out
+    assert code == 0 and image in out and "runners-up" in out  # a pipe gets whole paths
+    monkeypatch.setenv("TFDNADET_MODEL", trained_run.model_dir)  # MODEL left out: the default model
+    code, again, _ = run_cli(["predict", image], monkeypatch, capsys)
+    assert code == 0 and again == out
     folder = os.path.join(gan_images["root"], "dcgan", "seed2")
     code, out, _ = run_cli(["predict", trained_run.model_dir, folder, "--json"], monkeypatch, capsys)
     rows = [json.loads(line) for line in out.splitlines()]
@@ -41,6 +45,48 @@ def test_evaluate_writes_json_and_confusion_png(trained_run, gan_images, tmp_pat
     assert np.asarray(Image.open(tmp_path / "rep" / "evaluation_confusion.png")).shape[2] in (3, 4)
 
 
+def test_predict_table_fits_80_columns_trimming_file_names_from_the_left(trained_run, gan_images):
+    from rich.console import Console
+
+    from tfdnadet import cli
+    from tfdnadet.inference import attribute
+    from tfdnadet.models.model_dir import load_detector
+
+    folder = os.path.join(gan_images["root"], "progan", "seed2")
+    results, _ = attribute(load_detector(trained_run.model_dir), [folder])
+    console = Console(width=80, record=True, file=open(os.devnull, "w"))
+    console.print(cli._attribution_table(results, width=80))
+    lines = console.export_text().splitlines()
+    assert len(lines) == len(results) + 1  # a header, then one line per image: nothing wraps
+    assert all(len(line) <= 80 for line in lines)
+    for line, result in zip(lines[1:], results):
+        shown = line.split()[0]
+        assert shown.startswith("…") and result.path.endswith(shown[1:]) and shown.endswith("seed2/" + os.path.basename(result.path))
+        assert f"{result.label} {result.probability:.2f}" in line
+
+
+def test_model_argument_comes_first_everywhere(trained_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("TFDNADET_MODEL", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ./model here
+    code, _, err = run_cli(["predict", tmp_path / "missing.png"], monkeypatch, capsys)
+    assert code == 2 and "give MODEL and then image files" in err
+    code, _, err = run_cli(["heads", "remove", "x"], monkeypatch, capsys)
+    assert code == 1 and "Model directory not found: model" in err
+    code, out, _ = run_cli(["heads", "list", trained_run.model_dir, "--json"], monkeypatch, capsys)
+    assert code == 0 and [row["name"] for row in json.loads(out)] == ["multiclass"]
+
+
+def test_set_values_are_parsed_in_config(monkeypatch, capsys, tmp_path):
+    from tfdnadet.config import parse_settings
+
+    assert parse_settings(["train.epochs=3", "data.class_names=[a, b]", "train.learning_rate=1e-4"]) == {
+        "train.epochs": 3, "data.class_names": ["a", "b"], "train.learning_rate": 1e-4
+    }
+    for bad in ("epochs=3", "train.epochs", ".x=1", "train.=1"):
+        code, _, err = run_cli(["train-stage1", "--out", tmp_path / "run", "--set", bad], monkeypatch, capsys)
+        assert code == 1 and "--set expects SECTION.KEY=VALUE" in err and len(err.strip().splitlines()) == 1
+
+
 def test_bad_inputs_give_one_line_errors(trained_run, gan_images, tmp_path, monkeypatch, capsys):
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not really")
@@ -50,6 +96,8 @@ def test_bad_inputs_give_one_line_errors(trained_run, gan_images, tmp_path, monk
     code, out, err = run_cli(["predict", trained_run.model_dir, good, corrupt, small, tmp_path / "missing.png"], monkeypatch, capsys)
     assert code == 3
     assert "real/0000.png" in out
+    code, out, err = run_cli(["predict", trained_run.model_dir, tmp_path / "missing.png"], monkeypatch, capsys)
+    assert code == 3 and out == "" and "no such file" in err  # no empty table
     lines = [line for line in err.splitlines() if line.startswith("failed:")]
     assert len(lines) == 3 and "smaller than a patch" in err and "not a readable image" in err and "no such file" in err
 

@@ -220,14 +220,14 @@ def test_heads_list_calibrate_and_remove(added, folders, tmp_path, monkeypatch, 
     assert {k for k, v in file_hashes(model).items() if before[k] != v} == {f"heads/{NEW}/head.json"}
     # The lowest threshold reaching the best-F1 precision is never above the best-F1 threshold.
     target = best["val_precision"]
-    code, out, err = run_cli(["heads", "calibrate", NEW, model, "--data", calibration, "--target-precision", str(target)], monkeypatch, capsys)
+    code, out, err = run_cli(["heads", "calibrate", model, NEW, "--data", calibration, "--target-precision", str(target)], monkeypatch, capsys)
     assert code == 0, err
     info = json.load(open(os.path.join(model, "heads", NEW, "head.json")))
     assert info["threshold_rule"] == f"precision >= {target}" and info["val_precision"] >= target
     assert info["threshold"] <= best["threshold"] and info["val_recall"] >= best["val_recall"]
     assert json.loads(out)["threshold"] == info["threshold"] == load_detector(model).head_info[NEW]["threshold"]
 
-    code, _, err = run_cli(["heads", "remove", NEW, model], monkeypatch, capsys)
+    code, _, err = run_cli(["heads", "remove", model, NEW], monkeypatch, capsys)
     assert code == 0 and "heads left: multiclass" in err
     assert sorted(os.listdir(os.path.join(model, "heads"))) == [MULTICLASS]
     np.testing.assert_array_equal(multiclass_scores(model, added["before"]["images"]), added["before"]["scores"])
@@ -243,17 +243,17 @@ def one_line_error(code, err, *fragments):
 def test_wrong_names_and_missing_folders_give_one_line_errors(added, folders, tmp_path, monkeypatch, capsys):
     model, positives, eval_dir = added["model"], os.path.join(folders["positives"], NEW), folders["heldout"]
     cases = [
-        (["add-head", NEW, "--positives", positives, "--model", model], "already exists", "--replace"),
-        (["add-head", "style gan", "--positives", positives, "--model", model], "Head names", "'style gan'"),
-        (["add-head", MULTICLASS, "--positives", positives, "--model", model], "multiclass head's name"),
-        (["add-head", "x", "--positives", str(tmp_path / "missing"), "--model", model], "Positives folder not found"),
-        (["add-head", "x", "--positives", positives, "--negatives", str(tmp_path), "--model", model], "holds no image files"),
-        (["add-head", "x", "--positives", positives, "--model", str(tmp_path / "nomodel")], "Model directory not found"),
-        (["heads", "remove", "nope", model], "No head 'nope'", f"Its heads: {', '.join(sorted([NEW, MULTICLASS]))}."),
-        (["heads", "calibrate", "nope", model, "--data", eval_dir], "No head 'nope'"),
-        (["heads", "calibrate", MULTICLASS, model, "--data", eval_dir], "only binary heads have a threshold"),
-        (["heads", "calibrate", NEW, model, "--data", str(tmp_path / "nodata")], "Data path not found"),
-        (["heads", "calibrate", NEW, model, "--data", eval_dir, "--target-precision", "1.5"], "--target-precision"),
+        (["add-head", model, NEW, "--positives", positives], "already exists", "--replace"),
+        (["add-head", model, "style gan", "--positives", positives], "Head names", "'style gan'"),
+        (["add-head", model, MULTICLASS, "--positives", positives], "multiclass head's name"),
+        (["add-head", model, "x", "--positives", str(tmp_path / "missing")], "Positives folder not found"),
+        (["add-head", model, "x", "--positives", positives, "--negatives", str(tmp_path)], "holds no image files"),
+        (["add-head", str(tmp_path / "nomodel"), "x", "--positives", positives], "Model directory not found"),
+        (["heads", "remove", model, "nope"], "No head 'nope'", f"Its heads: {', '.join(sorted([NEW, MULTICLASS]))}."),
+        (["heads", "calibrate", model, "nope", "--data", eval_dir], "No head 'nope'"),
+        (["heads", "calibrate", model, MULTICLASS, "--data", eval_dir], "only binary heads have a threshold"),
+        (["heads", "calibrate", model, NEW, "--data", str(tmp_path / "nodata")], "Data path not found"),
+        (["heads", "calibrate", model, NEW, "--data", eval_dir, "--target-precision", "1.5"], "--target-precision"),
         (["heads", "list", str(tmp_path / "nomodel")], "Model directory not found"),
     ]
     for args, *fragments in cases:
@@ -262,9 +262,9 @@ def test_wrong_names_and_missing_folders_give_one_line_errors(added, folders, tm
     # A model that records no training data needs --negatives; a model's last head cannot be removed.
     bare = str(tmp_path / "bare")
     save_detector(make_detector(), bare)
-    code, _, err = run_cli(["add-head", "x", "--positives", positives, "--model", bare], monkeypatch, capsys)
+    code, _, err = run_cli(["add-head", bare, "x", "--positives", positives], monkeypatch, capsys)
     assert one_line_error(code, err, "--negatives DIR")
-    code, _, err = run_cli(["heads", "remove", MULTICLASS, bare], monkeypatch, capsys)
+    code, _, err = run_cli(["heads", "remove", bare, MULTICLASS], monkeypatch, capsys)
     assert one_line_error(code, err, "only head")
 
 
@@ -272,7 +272,7 @@ def test_add_head_cli_finetunes_a_private_copy_of_the_top_blocks(added, folders,
     model = copy_model(added, tmp_path)
     before = file_hashes(model)
     negatives = os.path.join(folders["train"], REAL)
-    args = ["add-head", "top2", "--positives", os.path.join(folders["positives"], NEW), "--negatives", negatives, "--model", model]
+    args = ["add-head", model, "top2", "--positives", os.path.join(folders["positives"], NEW), "--negatives", negatives]
     code, out, err = run_cli([*args, "--finetune-top", "2", "--epochs", "1", "--steps-per-epoch", "3"], monkeypatch, capsys)
     assert code == 0, err
     info = json.loads(out)

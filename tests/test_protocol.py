@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -87,22 +88,32 @@ def test_a_zoo_without_test_splits_is_an_error(tiny_zoo, tmp_path):
 
 
 def test_quickstart_end_to_end_and_again(tiny_zoo, tmp_path, monkeypatch, capsys):
-    """The README's first command on the tiny zoo (already built) with shortened training runs."""
+    """The README's first command on the tiny zoo (already built) with shortened training runs; the commands it
+    suggests next work as printed."""
+    monkeypatch.chdir(tmp_path)
     out_dir = tmp_path / "qs"
     shutil.copytree(tiny_zoo["root"], out_dir / "zoo")
     monkeypatch.setattr(quickstart, "_STAGE1_SETTINGS", {"stage1.epochs": 1, "train.steps_per_epoch": 2, "stage1.crops": 64, "stage1.transforms": {"jpeg": [30, 90], "noise": [25]}})
     monkeypatch.setattr(quickstart, "_STAGE2_SETTINGS", {"train.epochs": 1, "train.steps_per_epoch": 4})
-    code, out, err = run_cli(["quickstart", "--out", out_dir], monkeypatch, capsys)
+    code, out, err = run_cli(["quickstart", "--out", "qs"], monkeypatch, capsys)
     assert code == 0, err
+    headers = [line for line in err.splitlines() if re.match(r"\d/6 ", line)]
+    assert [h.split()[0] for h in headers] == [f"{n}/6" for n in range(1, 7)] and "done before" in headers[0]
     for split in TEST_SPLITS:
         assert split in out
     model_dir = out_dir / "stage2" / "model"
-    assert str(out_dir / "zoo" / "preview.png") in out and str(model_dir) in out
+    assert os.path.join("qs", "zoo", "preview.png") in out and str(tmp_path) not in out  # paths relative to here
+    assert re.search(r"stage 1 \(pretraining on \d+ image transformations\): validation accuracy [01]\.\d{3} after 1 epochs", out)
     assert (out_dir / "evaluation" / "protocol.json").is_file()
     assert (model_dir / "heads" / quickstart.ADDED_HEAD / "head.json").is_file()
     assert (out_dir / "savedmodels" / quickstart.EXPORT_NAME / "1" / "saved_model.pb").is_file()
+    suggested = [line.split()[1:] for line in out.splitlines() if line.startswith("  tfdnadet ")]
+    assert [args[0] for args in suggested] == ["predict", "evaluate", "gradcam", "heads", "export"]
+    for args in (suggested[0], suggested[3], suggested[4]):
+        code, _, err = run_cli(args, monkeypatch, capsys)
+        assert code == 0, (args, err)
     stamp = os.stat(model_dir / "detector.json").st_mtime_ns
-    code, again, err = run_cli(["quickstart", "--out", out_dir], monkeypatch, capsys)
+    code, again, err = run_cli(["quickstart", "--out", "qs"], monkeypatch, capsys)
     assert code == 0, err
     assert os.stat(model_dir / "detector.json").st_mtime_ns == stamp  # nothing trained twice
     assert again == out

@@ -1,47 +1,86 @@
 """The `tfdnadet` command: parse options, call a library function, render its result.
 
 JSON goes to stdout; progress bars and messages go to stderr. Known errors are one line on stderr and exit
-code 1, usage errors 2, "some inputs failed" 3.
+code 1, usage errors 2, "some inputs failed" 3. Every command that uses a model takes it as its first
+argument, MODEL, which may be left out when $TFDNADET_MODEL (else ./model) is the model to use.
 """
 
+import atexit
 import contextlib
 import json
 import os
+import re
 import sys
+import threading
 from typing import List, Optional
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's C++ start-up chatter off the terminal
+# Before TensorFlow is imported anywhere (also in the zoo's worker processes, which inherit the environment).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
+from typer.core import TyperGroup  # noqa: E402
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False)
+PIPELINE_ORDER = (
+    "train-stage1", "train-stage2", "add-head", "heads", "predict", "evaluate", "gradcam", "export", "import-torch", "zoo", "quickstart"
+)  # fmt: skip
+
+
+class PipelineOrder(TyperGroup):
+    """`--help` lists the commands in the order a user runs them, not alphabetically."""
+
+    def list_commands(self, ctx):
+        return sorted(self.commands, key=lambda name: PIPELINE_ORDER.index(name) if name in PIPELINE_ORDER else len(PIPELINE_ORDER))
+
+
+app = typer.Typer(cls=PipelineOrder, no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False)
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 EXIT_ERROR, EXIT_SOME_FAILED = 1, 3
+MODEL_HELP = "Model directory; may be left out when $TFDNADET_MODEL (else ./model) is the model."
+# TensorFlow's C++ start-up lines (absl logging before its initialisation ignores TF_CPP_MIN_LOG_LEVEL).
+TF_STARTUP_LINE = re.compile(
+    rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    rb"|[IW]\d{4} [\d:. ]+\d+ \w+\.cc:\d+\] .*"
+    rb"|To enable the following instructions: .* in other operations, rebuild TensorFlow with the appropriate compiler flags\.)\s*$"
+)
 
-ConfigOption = typer.Option(None, "--config", "-c", help="YAML config file or built-in name: paper, cpu, tiny (default: cpu).")
-SetOption = typer.Option(None, "--set", help="Override any config value: --set data.base_size=64 (repeatable).")
+
+def _filter_tensorflow_startup_lines() -> None:
+    """Route file descriptor 2 (where C++ code, and child processes, write) through a thread that drops
+    TensorFlow's start-up lines; Python's sys.stderr keeps writing to the terminal itself, so progress bars
+    still see a terminal."""
+    terminal = os.dup(2)
+    sys.stderr = os.fdopen(os.dup(terminal), "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as lines:
+            for line in lines:
+                if not TF_STARTUP_LINE.match(line):
+                    os.write(terminal, line)
+
+    forwarding = threading.Thread(target=forward, name="stderr-filter", daemon=True)
+    forwarding.start()
+
+    @atexit.register
+    def flush() -> None:  # pass on what C++ wrote last (a child process may still hold the pipe: wait briefly)
+        os.close(2)
+        forwarding.join(timeout=1.0)
 
 
 def _config(config: Optional[str], options: dict, settings: Optional[List[str]]):
-    from tfdnadet.config import load_config
-    from tfdnadet.errors import TfdnadetError
+    from tfdnadet.config import load_config, parse_settings
 
-    overrides = dict(options)
-    for item in settings or []:
-        key, sep, value = item.partition("=")
-        if not sep or "." not in key:
-            raise TfdnadetError(f"--set expects SECTION.KEY=VALUE. Received: {item!r}")
-        import yaml
-
-        overrides[key.strip()] = yaml.safe_load(value)
-    return load_config(config, overrides)
+    return load_config(config, {**options, **parse_settings(settings)})
 
 
 def _progress_verbosity() -> int:
+    """Keras' bar updating in place on a terminal; one line per epoch in a log file."""
     return 1 if sys.stderr.isatty() else 2
 
 
@@ -60,6 +99,55 @@ def _print_table(table: Table) -> None:
 
 def _warn(message: str) -> None:
     err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+
+
+def _failed(failures: list) -> None:
+    for path, reason in failures:
+        err.print(f"[red]failed:[/red] {path}: {reason}", highlight=False)
+    if failures:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
+# --- The model argument: MODEL first everywhere, optional when the default model exists ---
+
+
+def _model_dir(model: Optional[str]) -> str:
+    from tfdnadet.models.model_dir import default_model_dir
+
+    return model or default_model_dir()
+
+
+def _model_then(model: Optional[str], second: Optional[str], metavar: str) -> tuple:
+    """`[MODEL] SECOND`: given alone, the one argument is SECOND and the model is the default one."""
+    if second is not None:
+        return model, second
+    if model is None:
+        raise typer.BadParameter(f"missing argument {metavar}.")
+    return _model_dir(None), model
+
+
+def _model_and_inputs(arguments: List[str]) -> tuple:
+    """`[MODEL] PATH...`: the first argument is the model unless it is no model directory while the default is one."""
+    from tfdnadet.models.model_dir import is_model_dir
+
+    first, *rest = arguments
+    default = _model_dir(None)
+    if rest or not is_model_dir(default) or is_model_dir(first):
+        if not rest:
+            raise typer.BadParameter("give MODEL and then image files or folders (MODEL may be left out when $TFDNADET_MODEL is set).")
+        return first, rest
+    return default, arguments
+
+
+ModelArgument = typer.Argument(None, metavar="MODEL", help=MODEL_HELP, show_default=False)
+ModelAndInputs = typer.Argument(..., metavar="[MODEL] PATH", help=f"Image files or folders, after the model. {MODEL_HELP}")
+ConfigOption = typer.Option(None, "--config", "-c", help="YAML config file or built-in name: paper, cpu, tiny (default: cpu).")
+SetOption = typer.Option(None, "--set", help="Override any config value: --set data.base_size=64 (repeatable).")
+BatchSizeOption = typer.Option(None, "--batch-size", help="Images per inference batch (default 16).")
+AllowOutsideRootOption = typer.Option(False, "--allow-outside-root", help="Let a manifest list files outside its own folder.")
+
+
+# --- Training, in pipeline order ---
 
 
 def _resume_config(config: Optional[str], out_dir: str, resume: bool) -> Optional[str]:
@@ -82,6 +170,38 @@ def _train_options(steps_per_epoch, learning_rate, precision, distribution, seed
 def _print_trained(result) -> None:
     err.print(f"trained {result.epochs_completed} epoch(s), {result.steps} steps; model written to {result.model_dir}")
     out.print_json(json.dumps({"model": result.model_dir, "epochs": result.epochs_completed, "steps": result.steps}))
+
+
+@app.command("train-stage1")
+def train_stage1_command(
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="A folder of natural photos (default: photos bundled with installed packages)."),
+    out_dir: str = typer.Option(..., "--out", "-o", help="Run directory: checkpoints, history.csv, curves.png, model/."),
+    config: Optional[str] = ConfigOption,
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
+    epochs: Optional[int] = typer.Option(None, help="stage1.epochs (null in the config: train.epochs)"),
+    steps_per_epoch: Optional[int] = typer.Option(None, help="train.steps_per_epoch"),
+    learning_rate: Optional[float] = typer.Option(None, help="train.learning_rate"),
+    precision: Optional[str] = typer.Option(None, help="train.precision: float32, mixed_float16, mixed_bfloat16"),
+    distribution: Optional[str] = typer.Option(None, help="train.distribution: default, mirrored, multi_worker"),
+    seed: Optional[int] = typer.Option(None, help="train.seed"),
+    crops: Optional[int] = typer.Option(None, help="stage1.crops (random crops cut from the photos)"),
+    settings: Optional[List[str]] = SetOption,
+):
+    """Pretrain the encoder on image-transformation classification (stage 1), for train-stage2 --init RUN/model."""
+    from tfdnadet.training.stage1 import train_stage1
+
+    cfg = _config(
+        _resume_config(config, out_dir, resume),
+        {
+            "stage1.epochs": epochs,
+            **_train_options(steps_per_epoch, learning_rate, precision, distribution, seed),
+            "stage1.crops": crops,
+        },
+        settings,
+    )
+    with _progress_to_stderr():
+        result = train_stage1(data, out_dir, cfg, resume=resume, verbose=_progress_verbosity(), on_skipped=_warn)
+    _print_trained(result)
 
 
 @app.command("train-stage2")
@@ -111,7 +231,7 @@ def train_stage2_command(
     base_size: Optional[int] = typer.Option(None, help="data.base_size (first resize)"),
     input_size: Optional[int] = typer.Option(None, help="data.input_size (second resize)"),
     classes: Optional[str] = typer.Option(None, help="data.class_names for integer labels, comma separated"),
-    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Let a manifest list files outside its own folder."),
+    allow_outside_root: bool = AllowOutsideRootOption,
     heads: Optional[str] = typer.Option(None, "--heads", help="heads.layout: multiclass, or one-vs-all (one binary head per class)"),
     settings: Optional[List[str]] = SetOption,
 ):
@@ -155,293 +275,14 @@ def train_stage2_command(
     _print_trained(result)
 
 
-@app.command("predict")
-def predict_command(
-    model: str = typer.Argument(..., help="Model directory."),
-    paths: List[str] = typer.Argument(..., help="Image files or folders."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per image (JSON lines) on stdout."),
-    batch_size: int = typer.Option(16, help="Images per inference batch."),
-    top_k: int = typer.Option(3, help="How many classes to list per image."),
-):
-    """Attribute images to the architecture that made them (or to real)."""
-    from tfdnadet.inference import attribute
-    from tfdnadet.models.model_dir import load_detector
-
-    detector = load_detector(model)
-    results, failures = attribute(detector, paths, batch_size, top_k)
-    if as_json:
-        for result in results:
-            print(json.dumps(result.to_dict()))
-    else:
-        _print_table(_attribution_table(results, top_k))
-    for path, reason in failures:
-        err.print(f"[red]failed:[/red] {path}: {reason}", highlight=False)
-    if failures:
-        raise typer.Exit(EXIT_SOME_FAILED)
-
-
-def _attribution_table(results: list, top_k: int) -> Table:
-    """file, multiclass answer, top-k, the combined verdict and (when the model has them) every binary head."""
-    binary = any(r.heads for r in results)
-    table = Table("file", "class", "probability", f"top-{top_k}", "verdict", *(["binary heads (+ positive)"] if binary else []))
-    for r in results:
-        verdict = f"{r.verdict}: {', '.join(r.attributed)}" if len(r.attributed) > 1 else r.verdict
-        heads = ", ".join(f"{n} {h['score']:.2f}{' +' if h['positive'] else ''}" for n, h in r.heads.items())
-        probability = "-" if r.probability is None else f"{r.probability:.3f}"
-        top = ", ".join(f"{n} {p:.2f}" for n, p in r.top)
-        table.add_row(r.path, r.label, probability, top, verdict, *([heads] if binary else []))
-    return table
-
-
-@app.command("evaluate")
-def evaluate_command(
-    model: str = typer.Argument(..., help="Model directory."),
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="Labelled images: class folders, CSV manifest or annotation txt."),
-    protocol: Optional[str] = typer.Option(
-        None, "--protocol", help="A zoo's zoo.json: the Table 2 cross-test protocol (closed-set, cross-seed/loss/finetune/dataset)."
-    ),
-    out_dir: Optional[str] = typer.Option(None, "--out", "-o", help="Write evaluation.json and a confusion-matrix PNG here."),
-    batch_size: int = typer.Option(16, help="Images per inference batch."),
-    classes: Optional[str] = typer.Option(None, help="Names of integer labels (annotation txt), comma separated."),
-    attack: Optional[str] = typer.Option(
-        None, "--attack", help="Table 5 robustness: crop, blur, jpeg, noise, relight, combo (comma separated) or all."
-    ),
-    attack_seed: int = typer.Option(0, "--attack-seed", help="Seed of the deterministic test attacks."),
-    allow_outside_root: bool = typer.Option(False, "--allow-outside-root", help="Let a manifest list files outside its own folder."),
-    report: Optional[str] = typer.Option(
-        None, "--report", help="Write report.md and report.html here: metrics, confusion matrix, t-SNE, Grad-CAM, curves."
-    ),
-    run: Optional[str] = typer.Option(None, "--run", help="Training run directory for the report's curves (default: the model's parent)."),
-    tsne_samples: int = typer.Option(500, "--tsne-samples", help="Images drawn for the report's t-SNE plot."),
-):
-    """Accuracy, macro-F1, per-class precision/recall and the confusion matrix on labelled images."""
-    from tfdnadet.evaluation.evaluate import evaluate_dataset, write_evaluation
-    from tfdnadet.evaluation.splits import annotation_splits, evaluate_splits, is_annotation_folder
-    from tfdnadet.models.model_dir import load_detector
-
-    if (data is None) == (protocol is None):
-        raise typer.BadParameter("give either --data DATA or --protocol ZOO_DIR/zoo.json.")
-    detector = load_detector(model)
-    if protocol:
-        _evaluate_protocol(detector, model, protocol, batch_size, out_dir)
-        return
-    names = classes.split(",") if classes else None
-    if is_annotation_folder(data) and not (attack or report):
-        results = evaluate_splits(detector, annotation_splits(data), batch_size, names, allow_outside_root)
-        _print_splits(results)
-        for name, metrics in results.items() if out_dir else ():
-            written = write_evaluation(metrics, out_dir, name)
-            err.print(f"wrote {written['json']} and {written['confusion_png']}")
-        return
-    if attack:
-        _evaluate_attacks(detector, {"closed-set": data}, attack, attack_seed, batch_size, names, allow_outside_root, out_dir)
-        return
-    if report:
-        from tfdnadet.evaluation.report import evaluate_with_report
-
-        run_dir = run or os.path.dirname(os.path.abspath(model))
-        metrics, report_paths = evaluate_with_report(
-            detector, data, report, batch_size=batch_size, class_names=names, allow_outside_root=allow_outside_root, run_dir=run_dir, tsne_samples=tsne_samples
-        )
-    else:
-        metrics = evaluate_dataset(detector, data, batch_size, names, allow_outside_root)
-    if metrics["skipped"]:
-        _warn(f"skipped {len(metrics['skipped'])} unusable image file(s), e.g. {metrics['skipped'][0]['path']}: {metrics['skipped'][0]['reason']}")
-    _print_metrics(metrics)
-    if out_dir:
-        written = write_evaluation(metrics, out_dir)
-        err.print(f"wrote {written['json']} and {written['confusion_png']}")
-    if report:
-        err.print(f"wrote {report_paths['markdown']} and {report_paths['html']}")
-
-
-def _evaluate_protocol(detector, model: str, zoo: str, batch_size: int, out_dir: Optional[str]) -> None:
-    from tfdnadet.evaluation.protocol import evaluate_protocol, write_protocol
-
-    results = evaluate_protocol(detector, zoo, batch_size)
-    _print_splits(results)
-    if out_dir:
-        for path in write_protocol(results, out_dir, model, zoo).values():
-            err.print(f"wrote {path}")
-
-
-def _evaluate_attacks(detector, test_sets, attack, seed, batch_size, names, allow_outside_root, out_dir) -> None:
-    from tfdnadet.data.perturb import parse_attacks
-    from tfdnadet.evaluation.robustness import robustness_table, write_robustness
-
-    table = robustness_table(detector, test_sets, parse_attacks(attack), seed, batch_size, names, allow_outside_root)
-    for row in table["rows"].values():
-        if row["skipped"]:
-            _warn(f"{row['data']}: skipped {len(row['skipped'])} unusable image file(s), e.g. {row['skipped'][0]['path']}: {row['skipped'][0]['reason']}")
-    _print_robustness(table)
-    if out_dir:
-        path = os.path.join(out_dir, "robustness.json")
-        write_robustness(table, path)
-        err.print(f"wrote {path}")
-
-
-def _print_robustness(table: dict) -> None:
-    """The layout of Table 5: accuracy (%) per attack, one row per test set."""
-    from tfdnadet.data.perturb import ATTACK_TITLES
-
-    titles = {"clean": "Clean", **ATTACK_TITLES}
-    grid = Table("test set", "images", *(titles[c] for c in table["columns"]), title=f"accuracy (%) under attack, seed {table['seed']}")
-    for name, row in table["rows"].items():
-        grid.add_row(name, str(row["count"]), *(f"{100 * row['scores'][c]['accuracy']:.2f}" for c in table["columns"]))
-    _print_table(grid)
-
-
-def _print_splits(results: dict) -> None:
-    """The layout of Table 2: one row per test split, accuracy and macro-F1 in percent."""
-    grid = Table("split", "images", "accuracy (%)", "macro-F1 (%)", title="attribution accuracy per test split")
-    for name, metrics in results.items():
-        grid.add_row(name, str(metrics["count"]), f"{100 * metrics['accuracy']:.2f}", f"{100 * metrics['macro_f1']:.2f}")
-    _print_table(grid)
-
-
-def _print_metrics(metrics: dict) -> None:
-    out.print(f"images: {metrics['count']}   accuracy: {metrics['accuracy']:.4f}   macro-F1: {metrics['macro_f1']:.4f}")
-    agreement = metrics.get("patch_agreement", {})  # [3] mean share of 4x4 grid patches agreeing, per true class
-    table = Table("class", "precision", "recall", "f1", "support", "patch agreement")
-    for name, m in metrics["per_class"].items():
-        shown = f"{agreement[name]:.3f}" if name in agreement else "-"
-        table.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]), shown)
-    _print_table(table)
-    names = metrics["class_names"]
-    confusion = Table("true \\ predicted", *names, title="confusion matrix")
-    for name, row in zip(names, metrics["confusion_matrix"]):
-        if sum(row):
-            confusion.add_row(name, *[str(v) for v in row])
-    _print_table(confusion)
-
-
-@app.command("quickstart")
-def quickstart_command(
-    out_dir: str = typer.Option("tfdnadet-quickstart", "--out", "-o", help="Where the zoo, runs and results go (reused when run again)."),
-):
-    """The embedded default job: tiny GAN zoo, stage 1, stage 2, cross-test protocol, a one-vs-all head, export."""
-    from tfdnadet.quickstart import run_quickstart
-
-    with _progress_to_stderr(), _model_progress_bars() as on_progress:
-        result = run_quickstart(out_dir, verbose=_progress_verbosity(), on_progress=on_progress)
-    out.print("[bold]Architecture attribution on the tiny zoo's test splits (paper Table 2 layout)[/bold]")
-    _print_splits(result.protocol)
-    for name, path in result.files.items():
-        out.print(f"{name}: {path}", highlight=False)
-
-
-@contextlib.contextmanager
-def _model_progress_bars():
-    """A progress bar per model on stderr; yields on_progress(model_id, step, total)."""
-    from rich.progress import Progress
-
-    tasks = {}
-    with Progress(console=err) as progress:
-
-        def on_progress(model_id: str, step: int, total: int) -> None:
-            if model_id not in tasks:
-                tasks[model_id] = progress.add_task(model_id, total=total)
-            progress.update(tasks[model_id], completed=step)
-            if step == total and not err.is_terminal:  # no live bars in a log file: one line per model
-                err.print(f"{model_id}: {total}/{total} steps", highlight=False)
-
-        yield on_progress
-
-
-@app.command("export")
-def export_command(
-    model: Optional[str] = typer.Argument(
-        None, help="Model directory (default: $TFDNADET_MODEL, else ./model); with --check and no --name: the export to validate."
-    ),
-    name: Optional[str] = typer.Option(None, "--name", "-n", help="Model name under BASE (the name TF Serving serves)."),
-    base: str = typer.Option("savedmodels", "--base", help="TF Serving model base: BASE/NAME/VERSION/ and BASE/models.config."),
-    version: Optional[int] = typer.Option(None, "--version", help="Version folder to write (default: the next integer)."),
-    server_base: str = typer.Option("/models", "--server-base", help="Where the server sees BASE (base_path in models.config)."),
-    check: bool = typer.Option(False, "--check", help="Validate as TF Serving would: load, list signatures, run the warm-up requests."),
-):
-    """Export a SavedModel for TensorFlow Serving to BASE/NAME/VERSION/, or validate an export with --check."""
-    import dataclasses
-
-    from tfdnadet.export import check_export, export_model
-
-    if name is None and not (check and model):
-        raise typer.BadParameter("give --name NAME to export MODEL, or --check EXPORT_DIR to validate an export.")
-    result = {}
-    if name is not None:
-        exported = export_model(_model_dir(model), name, base, version, server_base)
-        err.print(f"exported {exported.path}; {exported.models_config} lists every model under {base}")
-        result = dataclasses.asdict(exported)
-        model = exported.path
-    if check:
-        checked = check_export(model)
-        err.print(f"{checked['path']}: loaded, {len(checked['signatures'])} signatures, {len(checked['requests'])} warm-up requests answered")
-        result = {**result, "check": checked} if result else checked
-    out.print_json(json.dumps(result))
-
-
-@app.command("gradcam")
-def gradcam_command(
-    model: str = typer.Argument(..., help="Model directory."),
-    paths: List[str] = typer.Argument(..., help="Image files or folders."),
-    head: Optional[str] = typer.Option(None, "--head", help="Head to explain, by name (default: the multiclass head)."),
-    layer: Optional[int] = typer.Option(None, "--layer", help="Encoder layer 1-8 whose feature map is explained (default: 4, as the paper)."),
-    out_dir: str = typer.Option("gradcam", "--out", "-o", help="Folder for one overlay PNG per image and contact_sheet.png."),
-    batch_size: int = typer.Option(16, help="Images per batch."),
-):
-    """Grad-CAM evidence: a heatmap over each image showing where the attribution comes from."""
-    from tfdnadet.explain.gradcam import explain_files
-    from tfdnadet.models.model_dir import load_detector
-
-    chosen = {key: value for key, value in {"head": head, "layer": layer}.items() if value is not None}
-    result = explain_files(load_detector(model), paths, out_dir, batch_size=batch_size, **chosen)
-    images = [item.to_dict() for item in result.explanations]
-    print(json.dumps({"head": result.head, "layer": result.layer, "images": images, "contact_sheet": result.contact_sheet}))
-    err.print(f"wrote {len(result.explanations)} overlay(s) to {out_dir}")
-    for path, reason in result.failures:
-        err.print(f"[red]failed:[/red] {path}: {reason}", highlight=False)
-    if result.failures:
-        raise typer.Exit(EXIT_SOME_FAILED)
-
-
-@app.command("import-torch")
-def import_torch_command(
-    checkpoint: str = typer.Argument(..., help="The official DNA-Det model.pth (a PyTorch state dict)."),
-    out_dir: str = typer.Option(..., "--out", "-o", help="Model directory to write."),
-    classes: Optional[str] = typer.Option(
-        None, help="Names of the checkpoint's classes in label order, e.g. real,progan,mmdgan,sngan,infomaxgan; "
-        "leave out for a pretraining checkpoint (backbone only)."
-    ),
-    image_size: int = typer.Option(512, help="Inference size (the paper resizes to 512)."),
-    base_size: int = typer.Option(128, help="First resize (the data set's lowest resolution)."),
-    backbone: str = typer.Option("dnadet", help="Backbone to load the encoder into: dnadet, or dnadet_spectral (its spatial branch)."),
-):
-    """Convert a released DNA-Det PyTorch checkpoint into a tfdnadet model directory (needs the torch extra)."""
-    from tfdnadet.interop.torch_import import import_torch_checkpoint
-
-    detector = import_torch_checkpoint(
-        checkpoint, out_dir, classes.split(",") if classes else None, image_size=image_size, base_size=base_size, backbone=backbone
-    )
-    heads = ", ".join(detector.heads) or "none (backbone only)"
-    err.print(f"wrote {out_dir} (heads: {heads})")
-
-
-ModelArgument = typer.Argument(None, help="Model directory (default: $TFDNADET_MODEL, else ./model).")
-
-
-def _model_dir(model: Optional[str]) -> str:
-    from tfdnadet.models.model_dir import default_model_dir
-
-    return model or default_model_dir()
-
-
 @app.command("add-head")
 def add_head_command(
-    name: str = typer.Argument(..., help="Head name: the architecture it recognises (letters, digits, '_')."),
+    model: Optional[str] = ModelArgument,
+    name: Optional[str] = typer.Argument(None, metavar="NAME", help="Head name: the architecture it recognises (letters, digits, '_')."),
     positives: str = typer.Option(..., "--positives", "-p", help="Folder of images made by this architecture (searched recursively)."),
     negatives: Optional[List[str]] = typer.Option(
         None, "--negatives", "-n", help="Folder of other images (repeatable). Default: the model's training data less class NAME."
     ),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory (default: $TFDNADET_MODEL, else ./model)."),
     finetune_top: Optional[int] = typer.Option(None, "--finetune-top", help="heads.finetune_top: train a private copy of the last K encoder blocks."),
     epochs: Optional[int] = typer.Option(None, help="heads.epochs"),
     steps_per_epoch: Optional[int] = typer.Option(None, help="heads.steps_per_epoch"),
@@ -450,7 +291,7 @@ def add_head_command(
     """Add a one-vs-all head for one architecture; the backbone and every other head stay bit-for-bit unchanged."""
     from tfdnadet.training.add_head import add_head
 
-    model_dir = _model_dir(model)
+    model_dir, name = _model_then(model, name, "NAME")
     with _progress_to_stderr():
         info = add_head(
             model_dir,
@@ -492,29 +333,30 @@ def heads_list_command(
 
 @heads_app.command("remove")
 def heads_remove_command(
-    name: str = typer.Argument(..., help="The head to remove."),
     model: Optional[str] = ModelArgument,
+    name: Optional[str] = typer.Argument(None, metavar="NAME", help="The head to remove."),
 ):
     """Delete one head; the backbone and the other heads are not touched."""
     from tfdnadet.models.model_dir import remove_head
 
-    model_dir = _model_dir(model)
+    model_dir, name = _model_then(model, name, "NAME")
     left = remove_head(model_dir, name)
     err.print(f"removed head '{name}' from {model_dir}; heads left: {', '.join(left)}")
 
 
 @heads_app.command("calibrate")
 def heads_calibrate_command(
-    name: str = typer.Argument(..., help="The binary head to calibrate."),
     model: Optional[str] = ModelArgument,
+    name: Optional[str] = typer.Argument(None, metavar="NAME", help="The binary head to calibrate."),
     data: str = typer.Option(..., "--data", "-d", help="Labelled validation images: class NAME = positives, other classes = negatives."),
     target_precision: Optional[float] = typer.Option(None, "--target-precision", help="Lowest threshold reaching this precision (default: best F1)."),
-    batch_size: int = typer.Option(16, help="Images per inference batch."),
+    batch_size: Optional[int] = BatchSizeOption,
 ):
     """Choose a binary head's threshold on validation data and store it with the head."""
     from tfdnadet.evaluation.heads import calibrate_head
 
-    info = calibrate_head(_model_dir(model), name, data, target_precision, batch_size)
+    model_dir, name = _model_then(model, name, "NAME")
+    info = calibrate_head(model_dir, name, data, target_precision, **_given(batch_size=batch_size))
     err.print(
         f"head '{name}': threshold {info['threshold']:.4f} ({info['threshold_rule']}), "
         f"precision {info['val_precision']:.3f}, recall {info['val_recall']:.3f} on {info['val_count']} images"
@@ -527,13 +369,13 @@ def heads_evaluate_command(
     model: Optional[str] = ModelArgument,
     data: str = typer.Option(..., "--data", "-d", help="Labelled images; classes no head knows make the open-set check."),
     out_dir: Optional[str] = typer.Option(None, "--out", "-o", help="Write heads_evaluation.json here."),
-    batch_size: int = typer.Option(16, help="Images per inference batch."),
+    batch_size: Optional[int] = BatchSizeOption,
 ):
     """Per-head precision/recall/F1/AUC, failed/multiple attribution and self-contradiction rates, open-set rate."""
     from tfdnadet.evaluation.heads import evaluate_heads, write_heads_evaluation
     from tfdnadet.models.model_dir import load_detector
 
-    metrics = evaluate_heads(load_detector(_model_dir(model)), data, batch_size)
+    metrics = evaluate_heads(load_detector(_model_dir(model)), data, **_given(batch_size=batch_size))
     if metrics["skipped"]:
         _warn(f"skipped {len(metrics['skipped'])} unusable image file(s), e.g. {metrics['skipped'][0]['path']}")
     _print_heads_metrics(metrics)
@@ -557,36 +399,224 @@ def _print_heads_metrics(metrics: dict) -> None:
     out.print(f"open set ({classes}): {open_set['count']} images, answered unknown-generator or real: {share(open_set['rate'])}")
 
 
-@app.command("train-stage1")
-def train_stage1_command(
-    data: Optional[str] = typer.Option(None, "--data", "-d", help="A folder of natural photos (default: photos bundled with installed packages)."),
-    out_dir: str = typer.Option(..., "--out", "-o", help="Run directory: checkpoints, history.csv, curves.png, model/."),
-    config: Optional[str] = ConfigOption,
-    resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
-    epochs: Optional[int] = typer.Option(None, help="stage1.epochs (null in the config: train.epochs)"),
-    steps_per_epoch: Optional[int] = typer.Option(None, help="train.steps_per_epoch"),
-    learning_rate: Optional[float] = typer.Option(None, help="train.learning_rate"),
-    precision: Optional[str] = typer.Option(None, help="train.precision: float32, mixed_float16, mixed_bfloat16"),
-    distribution: Optional[str] = typer.Option(None, help="train.distribution: default, mirrored, multi_worker"),
-    seed: Optional[int] = typer.Option(None, help="train.seed"),
-    crops: Optional[int] = typer.Option(None, help="stage1.crops (random crops cut from the photos)"),
-    settings: Optional[List[str]] = SetOption,
-):
-    """Pretrain the encoder on image-transformation classification (stage 1), for train-stage2 --init RUN/model."""
-    from tfdnadet.training.stage1 import train_stage1
+def _given(**options) -> dict:
+    """The options a user gave (not None): the library's own defaults apply to the others."""
+    return {key: value for key, value in options.items() if value is not None}
 
-    cfg = _config(
-        _resume_config(config, out_dir, resume),
-        {
-            "stage1.epochs": epochs,
-            **_train_options(steps_per_epoch, learning_rate, precision, distribution, seed),
-            "stage1.crops": crops,
-        },
-        settings,
+
+# --- Using a model ---
+
+
+@app.command("predict")
+def predict_command(
+    arguments: List[str] = ModelAndInputs,
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per image (JSON lines) on stdout."),
+    batch_size: Optional[int] = BatchSizeOption,
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="How many classes to list per image (default 3)."),
+):
+    """Attribute images to the architecture that made them (or to real)."""
+    from tfdnadet.inference import attribute
+    from tfdnadet.models.model_dir import load_detector
+
+    model, paths = _model_and_inputs(arguments)
+    results, failures = attribute(load_detector(model), paths, **_given(batch_size=batch_size, top_k=top_k))
+    if as_json:
+        for result in results:
+            print(json.dumps(result.to_dict()))
+    elif results:
+        out.print(_attribution_table(results, width=out.width if out.is_terminal else None))
+    _failed(failures)
+
+
+def _attribution_table(results: list, width: Optional[int] = None) -> Table:
+    """file, answer with its probability, the runners-up, and (with binary heads) the verdict and every head.
+
+    With a `width` (a terminal) file names are trimmed from the left to fit, keeping the end that tells them
+    apart; without one (a pipe or file) every cell is whole, on one line.
+    """
+    binary = any(r.heads for r in results)
+    table = Table("file", "class", "runners-up", *(["verdict", "binary heads (+ positive)"] if binary else []), box=None, pad_edge=False)
+    file_width = max(12, width // 3) if width else None
+    for r in results:
+        answer = r.label if r.probability is None else f"{r.label} {r.probability:.2f}"
+        runners_up = ", ".join(f"{n} {p:.2f}" for n, p in r.top[1:])
+        verdict = f"{r.verdict}: {', '.join(r.attributed)}" if len(r.attributed) > 1 else r.verdict
+        heads = ", ".join(f"{n} {h['score']:.2f}{' +' if h['positive'] else ''}" for n, h in r.heads.items())
+        table.add_row(_left_trimmed(r.path, file_width), answer, runners_up, *([verdict, heads] if binary else []))
+    return table
+
+
+def _left_trimmed(path: str, width: Optional[int]) -> str:
+    return path if width is None or len(path) <= width else "…" + path[-(width - 1) :]
+
+
+@app.command("evaluate")
+def evaluate_command(
+    model: Optional[str] = ModelArgument,
+    data: Optional[str] = typer.Option(
+        None, "--data", "-d", help="Labelled images: class folders, CSV manifest, annotation txt, or a folder of annotation txt splits."
+    ),
+    protocol: Optional[str] = typer.Option(
+        None, "--protocol", help="A zoo's zoo.json: the Table 2 cross-test protocol (closed-set, cross-seed/loss/finetune/dataset)."
+    ),
+    out_dir: Optional[str] = typer.Option(None, "--out", "-o", help="Write evaluation.json and a confusion-matrix PNG here."),
+    batch_size: Optional[int] = BatchSizeOption,
+    classes: Optional[str] = typer.Option(None, help="Names of integer labels (annotation txt), comma separated."),
+    attack: Optional[str] = typer.Option(
+        None, "--attack", help="Table 5 robustness: crop, blur, jpeg, noise, relight, combo (comma separated) or all."
+    ),
+    attack_seed: int = typer.Option(0, "--attack-seed", help="Seed of the deterministic test attacks."),
+    allow_outside_root: bool = AllowOutsideRootOption,
+    report: Optional[str] = typer.Option(
+        None, "--report", help="Write report.md and report.html here: metrics, confusion matrix, t-SNE, Grad-CAM, curves."
+    ),
+    run: Optional[str] = typer.Option(None, "--run", help="Training run directory for the report's curves (default: the model's parent)."),
+    tsne_samples: Optional[int] = typer.Option(None, "--tsne-samples", help="Images drawn for the report's t-SNE plot (default 500)."),
+):
+    """Accuracy, macro-F1, per-class precision/recall and the confusion matrix on labelled images."""
+    from tfdnadet.evaluation.run import EvaluationRequest, run_evaluation
+    from tfdnadet.models.model_dir import load_detector
+
+    if (data is None) == (protocol is None):
+        raise typer.BadParameter("give either --data DATA or --protocol ZOO_DIR/zoo.json.")
+    model_dir = _model_dir(model)
+    request = EvaluationRequest(
+        data=data,
+        protocol=protocol,
+        out_dir=out_dir,
+        class_names=classes.split(",") if classes else None,
+        attack=attack,
+        attack_seed=attack_seed,
+        allow_outside_root=allow_outside_root,
+        report_dir=report,
+        run_dir=run,
+        **_given(batch_size=batch_size, tsne_samples=tsne_samples),
     )
-    with _progress_to_stderr():
-        result = train_stage1(data, out_dir, cfg, resume=resume, verbose=_progress_verbosity(), on_skipped=_warn)
-    _print_trained(result)
+    result = run_evaluation(load_detector(model_dir), model_dir, request)
+    if result.splits is not None:
+        _print_splits(result.splits)
+    if result.robustness is not None:
+        for row in result.robustness["rows"].values():
+            _warn_skipped(row["skipped"], f"{row['data']}: ")
+        _print_robustness(result.robustness)
+    if result.metrics is not None:
+        _warn_skipped(result.metrics["skipped"])
+        _print_metrics(result.metrics)
+    for path in result.written:
+        err.print(f"wrote {path}", highlight=False)
+
+
+def _warn_skipped(skipped: list, where: str = "") -> None:
+    if skipped:
+        _warn(f"{where}skipped {len(skipped)} unusable image file(s), e.g. {skipped[0]['path']}: {skipped[0]['reason']}")
+
+
+def _print_robustness(table: dict) -> None:
+    """The layout of Table 5: accuracy (%) per attack, one row per test set."""
+    from tfdnadet.data.perturb import ATTACK_TITLES
+
+    titles = {"clean": "Clean", **ATTACK_TITLES}
+    grid = Table("test set", "images", *(titles[c] for c in table["columns"]), title=f"accuracy (%) under attack, seed {table['seed']}")
+    for name, row in table["rows"].items():
+        grid.add_row(name, str(row["count"]), *(f"{100 * row['scores'][c]['accuracy']:.2f}" for c in table["columns"]))
+    _print_table(grid)
+
+
+def _print_splits(results: dict) -> None:
+    """The layout of Table 2: one row per test split, accuracy and macro-F1 in percent."""
+    grid = Table("split", "images", "accuracy (%)", "macro-F1 (%)", title="attribution accuracy per test split")
+    for name, metrics in results.items():
+        grid.add_row(name, str(metrics["count"]), f"{100 * metrics['accuracy']:.2f}", f"{100 * metrics['macro_f1']:.2f}")
+    _print_table(grid)
+
+
+def _print_metrics(metrics: dict) -> None:
+    out.print(f"images: {metrics['count']}   accuracy: {metrics['accuracy']:.4f}   macro-F1: {metrics['macro_f1']:.4f}")
+    agreement = metrics.get("patch_agreement", {})  # [3] mean share of 4x4 grid patches agreeing, per true class
+    table = Table("class", "precision", "recall", "f1", "support", "patch agreement")
+    for name, m in metrics["per_class"].items():
+        shown = f"{agreement[name]:.3f}" if name in agreement else "-"
+        table.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]), shown)
+    _print_table(table)
+    names = metrics["class_names"]
+    confusion = Table("true \\ predicted", *names, title="confusion matrix")
+    for name, row in zip(names, metrics["confusion_matrix"]):
+        if sum(row):
+            confusion.add_row(name, *[str(v) for v in row])
+    _print_table(confusion)
+
+
+@app.command("gradcam")
+def gradcam_command(
+    arguments: List[str] = ModelAndInputs,
+    head: Optional[str] = typer.Option(None, "--head", help="Head to explain, by name (default: the multiclass head)."),
+    layer: Optional[int] = typer.Option(None, "--layer", help="Encoder layer 1-8 whose feature map is explained (default: 4, as the paper)."),
+    out_dir: str = typer.Option("gradcam", "--out", "-o", help="Folder for one overlay PNG per image and contact_sheet.png."),
+    batch_size: Optional[int] = BatchSizeOption,
+):
+    """Grad-CAM evidence: a heatmap over each image showing where the attribution comes from."""
+    from tfdnadet.explain.gradcam import explain_files
+    from tfdnadet.models.model_dir import load_detector
+
+    model, paths = _model_and_inputs(arguments)
+    result = explain_files(load_detector(model), paths, out_dir, **_given(head=head, layer=layer, batch_size=batch_size))
+    images = [item.to_dict() for item in result.explanations]
+    print(json.dumps({"head": result.head, "layer": result.layer, "images": images, "contact_sheet": result.contact_sheet}))
+    err.print(f"wrote {len(result.explanations)} overlay(s) to {out_dir}")
+    _failed(result.failures)
+
+
+@app.command("export")
+def export_command(
+    model: Optional[str] = typer.Argument(
+        None, metavar="MODEL", help=f"{MODEL_HELP} With --check and no --name: the export to validate.", show_default=False
+    ),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="Model name under BASE (the name TF Serving serves)."),
+    base: Optional[str] = typer.Option(None, "--base", help="TF Serving model base: BASE/NAME/VERSION/ and BASE/models.config (default: savedmodels)."),
+    version: Optional[int] = typer.Option(None, "--version", help="Version folder to write (default: the next integer)."),
+    server_base: Optional[str] = typer.Option(None, "--server-base", help="Where the server sees BASE: base_path in models.config (default: /models)."),
+    check: bool = typer.Option(False, "--check", help="Validate as TF Serving would: load, list signatures, run the warm-up requests."),
+):
+    """Export a SavedModel for TensorFlow Serving to BASE/NAME/VERSION/, or validate an export with --check."""
+    import dataclasses
+
+    from tfdnadet.export import check_export, export_model
+
+    if name is None and not (check and model):
+        raise typer.BadParameter("give --name NAME to export MODEL, or --check EXPORT_DIR to validate an export.")
+    result = {}
+    if name is not None:
+        exported = export_model(_model_dir(model), name, version=version, **_given(base=base, server_base=server_base))
+        err.print(f"exported {exported.path}; {exported.models_config} lists every model beside it")
+        result = dataclasses.asdict(exported)
+        model = exported.path
+    if check:
+        checked = check_export(model)
+        err.print(f"{checked['path']}: loaded, {len(checked['signatures'])} signatures, {len(checked['requests'])} warm-up requests answered")
+        result = {**result, "check": checked} if result else checked
+    out.print_json(json.dumps(result))
+
+
+@app.command("import-torch")
+def import_torch_command(
+    checkpoint: str = typer.Argument(..., help="The official DNA-Det model.pth (a PyTorch state dict)."),
+    out_dir: str = typer.Option(..., "--out", "-o", help="Model directory to write."),
+    classes: Optional[str] = typer.Option(
+        None, help="Names of the checkpoint's classes in label order, e.g. real,progan,mmdgan,sngan,infomaxgan; "
+        "leave out for a pretraining checkpoint (backbone only)."
+    ),
+    image_size: int = typer.Option(512, help="Inference size (the paper resizes to 512)."),
+    base_size: int = typer.Option(128, help="First resize (the data set's lowest resolution)."),
+    backbone: str = typer.Option("dnadet", help="Backbone to load the encoder into: dnadet, or dnadet_spectral (its spatial branch)."),
+):
+    """Convert a released DNA-Det PyTorch checkpoint into a tfdnadet model directory (needs the torch extra)."""
+    from tfdnadet.interop.torch_import import import_torch_checkpoint
+
+    detector = import_torch_checkpoint(
+        checkpoint, out_dir, classes.split(",") if classes else None, image_size=image_size, base_size=base_size, backbone=backbone
+    )
+    heads = ", ".join(detector.heads) or "none (backbone only)"
+    err.print(f"wrote {out_dir} (heads: {heads})")
 
 
 zoo_app = typer.Typer(no_args_is_help=True, help="The mini GAN zoo: generators trained here, split as the paper's Table 1.")
@@ -609,9 +639,98 @@ def zoo_build_command(
     out.print_json(json.dumps({"zoo": os.path.join(out_dir, "zoo.json"), "preview": os.path.join(out_dir, zoo["preview"]), "images": splits}))
 
 
+@app.command("quickstart")
+def quickstart_command(
+    out_dir: str = typer.Option("tfdnadet-quickstart", "--out", "-o", help="Where the zoo, runs and results go (reused when run again)."),
+):
+    """The embedded default job: tiny GAN zoo, stage 1, stage 2, cross-test protocol, a one-vs-all head, export."""
+    from tfdnadet.quickstart import run_quickstart
+
+    with _progress_to_stderr(), _StageConsole() as stages:
+        result = run_quickstart(out_dir, verbose=_progress_verbosity(), on_stage=stages.start, on_progress=stages.progress)
+    _print_quickstart(result)
+
+
+class _StageConsole:
+    """A header per quick-start stage on stderr; the zoo's progress bars live only during their own stage."""
+
+    def __init__(self):
+        self._bars = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self._close_bars()
+
+    def start(self, number: int, total: int, title: str, done: bool) -> None:
+        self._close_bars()
+        note = "  [dim](done before: reused)[/dim]" if done else ""
+        err.print(f"\n[bold]{number}/{total} {title}[/bold]{note}", highlight=False)
+
+    def progress(self, model_id: str, step: int, total: int) -> None:
+        if self._bars is None:
+            self._bars = _model_progress_bars()
+            self._on_progress = self._bars.__enter__()
+        self._on_progress(model_id, step, total)
+
+    def _close_bars(self) -> None:
+        if self._bars is not None:
+            self._bars.__exit__(None, None, None)
+            self._bars = None
+
+
+def _print_quickstart(result) -> None:
+    """The protocol table, what each file is (paths relative to here), and the commands to try next."""
+    here = os.getcwd()
+    shown = lambda path: os.path.relpath(path, here)  # noqa: E731
+    out.print("\n[bold]Architecture attribution on the tiny zoo's test splits (paper Table 2 layout)[/bold]")
+    _print_splits(result.protocol)
+    if result.stage1:
+        out.print(
+            f"stage 1 (pretraining on {result.stage1['classes']} image transformations): validation accuracy "
+            f"{result.stage1['val_accuracy']:.3f} after {result.stage1['epochs']} epochs (chance {1 / result.stage1['classes']:.3f})",
+            highlight=False,
+        )
+    files = Table("what", "where", box=None, pad_edge=False, title="files written", title_justify="left")
+    for label, path in result.files.items():
+        files.add_row(label, shown(path))
+    out.print(files)
+    model, test_image = shown(result.model_dir), shown(result.example_image)
+    out.print("\n[bold]Next, try:[/bold]")
+    for command in (
+        f"tfdnadet predict {model} {test_image}",
+        f"tfdnadet evaluate {model} --data {shown(result.test_csv)} --report {shown(result.report_dir)}",
+        f"tfdnadet gradcam {model} {test_image} --out {shown(result.gradcam_dir)}",
+        f"tfdnadet heads list {model}",
+        f"tfdnadet export --check {shown(result.export_dir)}",
+    ):
+        out.print(f"  {command}", highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _model_progress_bars():
+    """A progress bar per model on stderr; yields on_progress(model_id, step, total)."""
+    from rich.progress import Progress
+
+    tasks = {}
+    with Progress(console=err) as progress:
+
+        def on_progress(model_id: str, step: int, total: int) -> None:
+            if model_id not in tasks:
+                tasks[model_id] = progress.add_task(model_id, total=total)
+            progress.update(tasks[model_id], completed=step)
+            if step == total and not err.is_terminal:  # no live bars in a log file: one line per model
+                err.print(f"{model_id}: {total}/{total} steps", highlight=False)
+
+        yield on_progress
+
+
 def main() -> None:
     from tfdnadet.errors import TfdnadetError
 
+    if sys.stderr is sys.__stderr__:  # a real process, not a test capturing sys.stderr
+        _filter_tensorflow_startup_lines()
     try:
         app()
     except TfdnadetError as exc:

@@ -174,6 +174,21 @@ def config_with_overrides(values: dict, overrides: Optional[dict] = None) -> Con
     return config_from_dict(values)
 
 
+def parse_settings(settings) -> dict:
+    """`--set SECTION.KEY=VALUE` strings -> {"SECTION.KEY": value}; VALUE is read as YAML (3, 1e-4, [a, b], null)."""
+    overrides = {}
+    for item in settings or ():
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not section or not name:
+            raise TfdnadetError(f"--set expects SECTION.KEY=VALUE, e.g. --set train.epochs=3. Received: {item!r}")
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise TfdnadetError(f"--set {item!r}: the value is not valid YAML.") from None
+    return overrides
+
+
 def _read_yaml(source: str) -> dict:
     if os.path.exists(source):
         text = open(source, encoding="utf-8").read()

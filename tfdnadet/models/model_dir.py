@@ -23,6 +23,7 @@ FORMAT = "tfdnadet-detector"
 FORMAT_VERSION = 1
 MODEL_ENV = "TFDNADET_MODEL"
 DEFAULT_MODEL_DIR = "model"
+METADATA_FILE = "detector.json"
 _NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")  # also names serving outputs (tfdnadet.serving)
 LIST_FIELDS = ("name", "kind", "positives", "threshold", "val_precision", "val_recall", "created")
 
@@ -40,7 +41,7 @@ def save_detector(detector: Detector, path: str) -> None:
             "preprocessing": detector.preprocessing.to_dict(),
             "config": detector.config,
         }
-        write_json(os.path.join(temporary, "detector.json"), metadata)
+        write_json(os.path.join(temporary, METADATA_FILE), metadata)
 
 
 def write_head(model_dir: str, name: str, head: keras.Model, info: dict) -> None:
@@ -95,10 +96,15 @@ def write_head_info(path: str, name: str, info: dict) -> None:
 def read_metadata(path: str) -> dict:
     if not os.path.isdir(path):
         raise TfdnadetError(f"Model directory not found: {path}")
-    metadata = _read_json(os.path.join(path, "detector.json"))
+    metadata = _read_json(os.path.join(path, METADATA_FILE))
     if metadata.get("format") != FORMAT:
-        raise TfdnadetError(f"{path} is not a tfdnadet model directory (detector.json has no format '{FORMAT}').")
+        raise TfdnadetError(f"{path} is not a tfdnadet model directory ({METADATA_FILE} has no format '{FORMAT}').")
     return metadata
+
+
+def is_model_dir(path: str) -> bool:
+    """Whether `path` holds a model directory (written atomically, so one that exists is complete)."""
+    return os.path.isfile(os.path.join(path, METADATA_FILE))
 
 
 def load_backbone(path: str) -> keras.Model:
