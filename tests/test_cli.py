@@ -96,10 +96,10 @@ def test_bad_inputs_give_one_line_errors(trained_run, gan_images, tmp_path, monk
     code, out, err = run_cli(["predict", trained_run.model_dir, good, corrupt, small, tmp_path / "missing.png"], monkeypatch, capsys)
     assert code == 3
     assert "real/0000.png" in out
-    code, out, err = run_cli(["predict", trained_run.model_dir, tmp_path / "missing.png"], monkeypatch, capsys)
-    assert code == 3 and out == "" and "no such file" in err  # no empty table
     lines = [line for line in err.splitlines() if line.startswith("failed:")]
     assert len(lines) == 3 and "smaller than a patch" in err and "not a readable image" in err and "no such file" in err
+    code, out, err = run_cli(["predict", trained_run.model_dir, tmp_path / "missing.png"], monkeypatch, capsys)
+    assert code == 3 and out == "" and "no such file" in err  # no empty table
 
     code, _, err = run_cli(["predict", tmp_path / "no-model", good], monkeypatch, capsys)
     assert code == 1 and err.strip().startswith("error:") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -136,3 +136,23 @@ def test_console_script_runs_as_a_process(tmp_path):
     )
     assert done.returncode == 1
     assert "error: Model directory not found" in done.stderr and "Traceback" not in done.stderr
+    assert "absl::InitializeLog" not in done.stderr and "I0000" not in done.stderr  # TensorFlow was imported, silently
+
+
+def test_tensorflow_startup_lines_of_child_processes_are_dropped_and_the_rest_kept():
+    """A worker process writes to the inherited file descriptor 2: its start-up lines go, everything else stays."""
+    child = (
+        "import os; os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n'"
+        " b'I0000 00:00:1795974694.398514   20683 port.cc:153] oneDNN custom operations are on.\\n'"
+        " b'E0000 a real C++ error\\n')"
+    )
+    script = (
+        "import subprocess, sys\n"
+        "from tfdnadet import cli\n"
+        "cli._filter_tensorflow_startup_lines()\n"
+        f"subprocess.run([sys.executable, '-c', {child!r}])\n"
+        "print('from python', file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0
+    assert sorted(done.stderr.splitlines()) == ["E0000 a real C++ error", "from python"]  # the two paths need not keep order

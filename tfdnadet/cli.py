@@ -424,7 +424,7 @@ def predict_command(
         for result in results:
             print(json.dumps(result.to_dict()))
     elif results:
-        out.print(_attribution_table(results, width=out.width if out.is_terminal else None))
+        _print_table(_attribution_table(results, width=out.width if out.is_terminal else None))
     _failed(failures)
 
 

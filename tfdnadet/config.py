@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Optional
@@ -18,6 +19,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 LOSSES = ("pcl", "ce")
 HEAD_LAYOUTS = ("multiclass", "one-vs-all")
 PREDICT_ON = ("whole", "patches")
+_EXPONENT_NUMBER = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 
 @dataclass
@@ -183,10 +185,15 @@ def parse_settings(settings) -> dict:
         if not sep or not dot or not section or not name:
             raise TfdnadetError(f"--set expects SECTION.KEY=VALUE, e.g. --set train.epochs=3. Received: {item!r}")
         try:
-            overrides[key.strip()] = yaml.safe_load(value)
+            overrides[key.strip()] = _number_or_value(yaml.safe_load(value))
         except yaml.YAMLError:
             raise TfdnadetError(f"--set {item!r}: the value is not valid YAML.") from None
     return overrides
+
+
+def _number_or_value(value):
+    """YAML 1.1 reads 1e-4 (no dot) as a string; a learning rate written so is meant as a number."""
+    return float(value) if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value) else value
 
 
 def _read_yaml(source: str) -> dict:
