@@ -27,6 +27,9 @@ def test_predict_table_and_json(trained_run, gan_images, monkeypatch, capsys):
     monkeypatch.setenv("TFDNADET_MODEL", trained_run.model_dir)  # MODEL left out: the default model
     code, again, _ = run_cli(["predict", image], monkeypatch, capsys)
     assert code == 0 and again == out
+    other = os.path.join(gan_images["root"], "dcgan", "seed2", "0001.png")
+    code, both, _ = run_cli(["predict", image, other], monkeypatch, capsys)
+    assert code == 0 and image in both and other in both
     folder = os.path.join(gan_images["root"], "dcgan", "seed2")
     code, out, _ = run_cli(["predict", trained_run.model_dir, folder, "--json"], monkeypatch, capsys)
     rows = [json.loads(line) for line in out.splitlines()]

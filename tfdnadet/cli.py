@@ -132,7 +132,7 @@ def _model_and_inputs(arguments: List[str]) -> tuple:
 
     first, *rest = arguments
     default = _model_dir(None)
-    if rest or not is_model_dir(default) or is_model_dir(first):
+    if is_model_dir(first) or not is_model_dir(default):
         if not rest:
             raise typer.BadParameter("give MODEL and then image files or folders (MODEL may be left out when $TFDNADET_MODEL is set).")
         return first, rest
