@@ -1,6 +1,7 @@
 """The command line as a user meets it: help, tables, JSON, files written, one-line errors and exit codes."""
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -159,3 +160,19 @@ def test_tensorflow_startup_lines_of_child_processes_are_dropped_and_the_rest_ke
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
     assert sorted(done.stderr.splitlines()) == ["E0000 a real C++ error", "from python"]  # the two paths need not keep order
+
+
+def test_training_progress_is_one_line_per_epoch_in_a_log(capsys):
+    """Off a terminal the trainers' progress is one line per finished epoch with its metrics, never a step line."""
+    import keras
+
+    from tfdnadet import cli
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    x, y = np.random.default_rng(0).normal(size=(12, 3)), np.arange(12) % 2
+    with cli._training_progress() as callbacks:
+        model.fit(x, y, batch_size=4, epochs=2, validation_data=(x, y), verbose=0, callbacks=list(callbacks))
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split("  ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert all(re.search(r"loss \d\.\d+  accuracy [\d.]+  val_loss [\d.]+  val_accuracy [\d.]+$", line) for line in lines)

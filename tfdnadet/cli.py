@@ -91,6 +91,56 @@ def _progress_to_stderr():
         yield
 
 
+class _TrainingBar:
+    """Training progress on stderr: on a terminal one bar that fits the screen and updates in place, plus a line
+    per finished epoch; otherwise (a log file) only the line per epoch."""
+
+    SHOWN = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+    def __init__(self):
+        self._progress = self._task = None
+
+    def callback(self):
+        from tfdnadet.training.callbacks import ProgressReport
+
+        return ProgressReport(self.update)
+
+    def update(self, p) -> None:
+        if p.epoch_done:
+            self.close()
+            err.print(f"epoch {p.epoch}/{p.epochs}  {self._metrics(p.logs)}", highlight=False)
+        elif err.is_terminal:
+            if self._progress is None:
+                self._open()
+            self._progress.update(self._task, completed=p.step, total=p.steps, epoch=f"{p.epoch}/{p.epochs}", metrics=self._metrics(p.logs))
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def _open(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (TextColumn("epoch {task.fields[epoch]}"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeRemainingColumn())
+        self._progress = Progress(*columns, TextColumn("{task.fields[metrics]}"), console=err, transient=True)
+        self._progress.start()
+        self._task = self._progress.add_task("training", epoch="", metrics="")
+
+    def _metrics(self, logs: dict) -> str:
+        return "  ".join(f"{key} {logs[key]:.4g}" for key in self.SHOWN if key in logs)
+
+
+@contextlib.contextmanager
+def _training_progress():
+    """Yields the callbacks that draw a training run's progress."""
+    bar = _TrainingBar()
+    try:
+        yield (bar.callback(),)
+    finally:
+        bar.close()
+
+
 def _print_table(table: Table) -> None:
     """On a terminal fit the screen; in a pipe or file keep every cell on one line, for grep and friends."""
     wide = Console(soft_wrap=True, width=None if out.is_terminal else 10_000)
@@ -199,8 +249,8 @@ def train_stage1_command(
         },
         settings,
     )
-    with _progress_to_stderr():
-        result = train_stage1(data, out_dir, cfg, resume=resume, verbose=_progress_verbosity(), on_skipped=_warn)
+    with _training_progress() as callbacks:
+        result = train_stage1(data, out_dir, cfg, resume=resume, verbose=0, callbacks=callbacks, on_skipped=_warn)
     _print_trained(result)
 
 
@@ -261,14 +311,15 @@ def train_stage2_command(
     from tfdnadet.methods import apply_method
 
     cfg = apply_method(cfg, method)
-    with _progress_to_stderr():
+    with _training_progress() as callbacks:
         result = train_stage2(
             data,
             out_dir,
             cfg,
             init_model=init,
             resume=resume,
-            verbose=_progress_verbosity(),
+            verbose=0,
+            callbacks=callbacks,
             on_skipped=_warn,
             allow_outside_root=allow_outside_root,
         )
@@ -646,8 +697,8 @@ def quickstart_command(
     """The embedded default job: tiny GAN zoo, stage 1, stage 2, cross-test protocol, a one-vs-all head, export."""
     from tfdnadet.quickstart import run_quickstart
 
-    with _progress_to_stderr(), _StageConsole() as stages:
-        result = run_quickstart(out_dir, verbose=_progress_verbosity(), on_stage=stages.start, on_progress=stages.progress)
+    with _StageConsole() as stages:
+        result = run_quickstart(out_dir, callbacks=(stages.training.callback(),), on_stage=stages.start, on_progress=stages.progress)
     _print_quickstart(result)
 
 
@@ -656,6 +707,7 @@ class _StageConsole:
 
     def __init__(self):
         self._bars = None
+        self.training = _TrainingBar()
 
     def __enter__(self):
         return self
@@ -675,6 +727,7 @@ class _StageConsole:
         self._on_progress(model_id, step, total)
 
     def _close_bars(self) -> None:
+        self.training.close()
         if self._bars is not None:
             self._bars.__exit__(None, None, None)
             self._bars = None

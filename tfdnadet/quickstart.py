@@ -50,9 +50,10 @@ class QuickstartResult:
     files: dict = field(default_factory=dict)  # what a user looks at: label -> path
 
 
-def run_quickstart(out_dir: str, verbose: int = 1, on_stage=None, on_progress=None) -> QuickstartResult:
-    """Runs every stage into `out_dir`. `on_stage(number, total, title, done)` hears each stage start (`done`:
-    its output is there from an earlier run); `on_progress(model_id, step, total)` the zoo's GAN training."""
+def run_quickstart(out_dir: str, callbacks: tuple = (), on_stage=None, on_progress=None) -> QuickstartResult:
+    """Runs every stage into `out_dir`, silently: `callbacks` (Keras) see both training stages, `on_stage(number,
+    total, title, done)` each stage start (`done`: its output is there from an earlier run), `on_progress(model_id,
+    step, total)` the zoo's GAN training."""
     announce = on_stage or (lambda *args: None)
     zoo_json = os.path.join(out_dir, "zoo", "zoo.json")
     announce(1, len(STAGES), STAGES[0], os.path.isfile(zoo_json))
@@ -62,12 +63,14 @@ def run_quickstart(out_dir: str, verbose: int = 1, on_stage=None, on_progress=No
     announce(2, len(STAGES), STAGES[1], _finished(stage1_run))
     stage1 = _trained(
         stage1_run,
-        lambda run_dir: train_stage1(None, run_dir, load_config("cpu", {**_SIZES, **_STAGE1_SETTINGS}), resume=True, verbose=verbose),
+        lambda run_dir: train_stage1(None, run_dir, load_config("cpu", {**_SIZES, **_STAGE1_SETTINGS}), resume=True, verbose=0, callbacks=callbacks),
     )
     announce(3, len(STAGES), STAGES[2], _finished(stage2_run))
     config = load_config("cpu", {**_SIZES, **_STAGE2_SETTINGS})
     train_csv = os.path.join(zoo["root"], "train.csv")
-    model_dir = _trained(stage2_run, lambda run_dir: train_stage2(train_csv, run_dir, config, init_model=stage1, resume=True, verbose=verbose))
+    model_dir = _trained(
+        stage2_run, lambda run_dir: train_stage2(train_csv, run_dir, config, init_model=stage1, resume=True, verbose=0, callbacks=callbacks)
+    )
 
     announce(4, len(STAGES), STAGES[3], False)
     results = evaluate_protocol(load_detector(model_dir), zoo_json)
@@ -79,7 +82,7 @@ def run_quickstart(out_dir: str, verbose: int = 1, on_stage=None, on_progress=No
     head_dir = os.path.join(model_dir, "heads", ADDED_HEAD)
     announce(5, len(STAGES), STAGES[4], os.path.isdir(head_dir))
     if not os.path.isdir(head_dir):
-        add_head(model_dir, ADDED_HEAD, os.path.join(zoo["root"], "train", ADDED_HEAD), verbose=verbose)
+        add_head(model_dir, ADDED_HEAD, os.path.join(zoo["root"], "train", ADDED_HEAD))
     export_dir = os.path.join(out_dir, "savedmodels", EXPORT_NAME, "1")
     announce(6, len(STAGES), STAGES[5], os.path.isdir(export_dir))
     if not os.path.isdir(export_dir):

@@ -1,9 +1,10 @@
-"""Callbacks every trainer uses: atomic checkpoints, a guard against non-finite losses, curve plots."""
+"""Callbacks every trainer uses: atomic checkpoints, a guard against non-finite losses, curve plots, progress reports."""
 
 import csv
 import json
 import math
 import os
+from dataclasses import dataclass
 
 import keras
 
@@ -81,3 +82,45 @@ class TrainingCurves(keras.callbacks.Callback):
 def _finite(logs) -> bool:
     loss = (logs or {}).get("loss")
     return loss is None or math.isfinite(float(loss))
+
+
+@dataclass
+class TrainingProgress:
+    epoch: int  # 1-based, counting the epochs of a resumed run too
+    epochs: int
+    step: int  # 1-based within the epoch
+    steps: int
+    logs: dict  # metric name -> float
+    epoch_done: bool  # True once per epoch, with the validation metrics in `logs`
+
+
+class ProgressReport(keras.callbacks.Callback):
+    """Hands `on_progress(TrainingProgress)` each step and epoch end, so a caller draws progress its own way
+    (Keras' bar is fixed-width: it wraps, and so scrolls, in a narrow terminal)."""
+
+    def __init__(self, on_progress):
+        super().__init__()
+        self.on_progress = on_progress
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._report(batch + 1, logs, epoch_done=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._report(self.params.get("steps") or 0, logs, epoch_done=True)
+
+    def _report(self, step: int, logs, epoch_done: bool) -> None:
+        numbers = {key: float(value) for key, value in (logs or {}).items() if _is_number(value)}
+        steps = self.params.get("steps") or step  # unknown until a first pass over a data set without steps_per_epoch
+        self.on_progress(TrainingProgress(self.epoch + 1, self.params["epochs"], step or steps, steps, numbers, epoch_done))
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
