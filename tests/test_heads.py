@@ -199,7 +199,7 @@ def test_predict_reports_the_verdict_and_every_binary_head(added, folders, monke
         assert row["verdict"] == (REAL if row["label"] == REAL else NEW if positive else UNKNOWN)
     assert sum(row["verdict"] == NEW for row in rows) >= 12
     code, out, _ = run_cli(["predict", added["model"], os.path.join(folder, "seed2", "0000.png")], monkeypatch, capsys)
-    assert code == 0 and "verdict" in out and f"{NEW} " in out and "top-3" in out
+    assert code == 0 and "verdict" in out and f"{NEW} " in out and "runners-up" in out
 
 
 def test_heads_list_calibrate_and_remove(added, folders, tmp_path, monkeypatch, capsys):
