@@ -745,10 +745,9 @@ def _print_quickstart(result) -> None:
             f"{result.stage1['val_accuracy']:.3f} after {result.stage1['epochs']} epochs (chance {1 / result.stage1['classes']:.3f})",
             highlight=False,
         )
-    files = Table("what", "where", box=None, pad_edge=False, title="files written", title_justify="left")
+    out.print("\n[bold]Files written:[/bold]")
     for label, path in result.files.items():
-        files.add_row(label, shown(path))
-    out.print(files)
+        out.print(f"  {label}: {shown(path)}", highlight=False)  # whole paths, even when the line wraps
     model, test_image = shown(result.model_dir), shown(result.example_image)
     out.print("\n[bold]Next, try:[/bold]")
     for command in (

@@ -74,10 +74,12 @@ def run_quickstart(out_dir: str, callbacks: tuple = (), on_stage=None, on_progre
 
     announce(4, len(STAGES), STAGES[3], False)
     results = evaluate_protocol(load_detector(model_dir), zoo_json)
+    evaluation_dir = os.path.join(out_dir, "evaluation")
     files = {
         "zoo preview (samples of every GAN)": os.path.join(zoo["root"], zoo["preview"]),
         "stage 2 training curves": os.path.join(stage2_run, "curves.png"),
-        **{f"protocol: {name}": path for name, path in write_protocol(results, os.path.join(out_dir, "evaluation"), model_dir, zoo_json).items()},
+        "cross-test results": write_protocol(results, evaluation_dir, model_dir, zoo_json)["protocol_json"],
+        "confusion matrix per split (SPLIT_confusion.png)": evaluation_dir,
     }
     head_dir = os.path.join(model_dir, "heads", ADDED_HEAD)
     announce(5, len(STAGES), STAGES[4], os.path.isdir(head_dir))
