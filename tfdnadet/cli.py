@@ -707,6 +707,7 @@ class _StageConsole:
 
     def __init__(self):
         self._bars = None
+        self._reused = False
         self.training = _TrainingBar()
 
     def __enter__(self):
@@ -717,10 +718,13 @@ class _StageConsole:
 
     def start(self, number: int, total: int, title: str, done: bool) -> None:
         self._close_bars()
+        self._reused = done  # a finished zoo still reports its models: no bars for work not done now
         note = "  [dim](done before: reused)[/dim]" if done else ""
         err.print(f"\n[bold]{number}/{total} {title}[/bold]{note}", highlight=False)
 
     def progress(self, model_id: str, step: int, total: int) -> None:
+        if self._reused:
+            return
         if self._bars is None:
             self._bars = _model_progress_bars()
             self._on_progress = self._bars.__enter__()
