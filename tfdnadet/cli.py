@@ -486,8 +486,12 @@ def _attribution_table(results: list, width: Optional[int] = None) -> Table:
     apart; without one (a pipe or file) every cell is whole, on one line.
     """
     binary = any(r.heads for r in results)
-    table = Table("file", "class", "runners-up", *(["verdict", "binary heads (+ positive)"] if binary else []), box=None, pad_edge=False)
     file_width = max(12, width // 3) if width else None
+    table = Table(box=None, pad_edge=False)
+    # The file column keeps its width (the other columns wrap instead), so the end of each name stays readable.
+    table.add_column("file", no_wrap=True, min_width=min(file_width or 0, max(len(r.path) for r in results)))
+    for header in ("class", "runners-up", *(["verdict", "binary heads (+ positive)"] if binary else [])):
+        table.add_column(header)
     for r in results:
         answer = r.label if r.probability is None else f"{r.label} {r.probability:.2f}"
         runners_up = ", ".join(f"{n} {p:.2f}" for n, p in r.top[1:])
