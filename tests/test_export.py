@@ -222,8 +222,7 @@ def test_bad_images_are_flagged_and_the_others_answered(exported, test_pngs):
 
 def test_the_pixel_limit_applies_in_the_graph(trained_run, tmp_path):
     """An image over the model's max_pixels is refused (valid 0) as predict refuses it."""
-    detector = load_detector(trained_run.model_dir)
-    detector.preprocessing["max_pixels"] = 40 * 40
+    detector = load_detector(trained_run.model_dir).with_preprocessing(max_pixels=40 * 40)
     serving = DetectorServing(detector)
     small = encoded(np.full((40, 40, 3), 90, np.uint8), "PNG")
     large = encoded(np.full((41, 40, 3), 90, np.uint8), "PNG")
