@@ -218,8 +218,9 @@ def _train_options(steps_per_epoch, learning_rate, precision, distribution, seed
 
 
 def _print_trained(result) -> None:
-    err.print(f"trained {result.epochs_completed} epoch(s), {result.steps} steps; model written to {result.model_dir}")
-    out.print_json(json.dumps({"model": result.model_dir, "epochs": result.epochs_completed, "steps": result.steps}))
+    kept = f" (kept epoch {result.selection['epoch']}, chosen on {result.selection['select_on']})" if result.selection else ""
+    err.print(f"trained {result.epochs_completed} epoch(s), {result.steps} steps; model written to {result.model_dir}{kept}")
+    out.print_json(json.dumps({"model": result.model_dir, "epochs": result.epochs_completed, "steps": result.steps, "selection": result.selection}))
 
 
 @app.command("train-stage1")
@@ -283,6 +284,10 @@ def train_stage2_command(
     classes: Optional[str] = typer.Option(None, help="data.class_names for integer labels, comma separated"),
     allow_outside_root: bool = AllowOutsideRootOption,
     heads: Optional[str] = typer.Option(None, "--heads", help="heads.layout: multiclass, or one-vs-all (one binary head per class)"),
+    val_data: Optional[str] = typer.Option(
+        None, "--val-data", help="Images of generator models not in training (a zoo: its validation split) to choose the epoch on; default: the validation split of the zoo --data is in."
+    ),
+    freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="Train the heads only (train.finetune_from_block=frozen)."),
     settings: Optional[List[str]] = SetOption,
 ):
     """Train the architecture classifier (stage 2) on labelled images."""
@@ -305,6 +310,7 @@ def train_stage2_command(
             "data.input_size": input_size,
             "data.class_names": classes.split(",") if classes else None,
             "heads.layout": heads,
+            "train.finetune_from_block": "frozen" if freeze_backbone else None,
         },
         settings,
     )
@@ -322,6 +328,7 @@ def train_stage2_command(
             callbacks=callbacks,
             on_skipped=_warn,
             allow_outside_root=allow_outside_root,
+            val_data=val_data,
         )
     _print_trained(result)
 

@@ -19,6 +19,8 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 LOSSES = ("pcl", "ce")
 HEAD_LAYOUTS = ("multiclass", "one-vs-all")
 PREDICT_ON = ("whole", "patches")
+SELECT_ON = ("auto", "val_models", "last")
+FROZEN_ENCODER = ("frozen", "none")  # train.finetune_from_block values that train the heads only
 _EXPONENT_NUMBER = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 
@@ -68,6 +70,14 @@ class TrainConfig:
     eval_batch_size: int = 16
     gradcam_images: int = 8  # [5.4, Fig. 6] Grad-CAM (layer 4) of this many validation images each epoch; 0: off
     tensorboard: bool = True  # TensorBoard logs in RUN_DIR/tb (losses, Grad-CAM images)
+    # Which encoder blocks stage 2 trains: 0 all; K blocks K.. (1..K-1 frozen, their BatchNorm in inference mode);
+    # frozen (or none): heads only on the stage-1 encoder. Khoo 3.2's modules branch after a block in the same way.
+    finetune_from_block: Any = 0
+    # The epoch a run keeps: val_models = best accuracy on generator models not in training (--val-data), last = the
+    # last epoch, auto = val_models when there are validation models. Never chosen on held-out images of the
+    # training generators: more epochs learn those generators' own fingerprints, not their architecture.
+    select_on: str = "auto"
+    patience: Optional[int] = None  # stop after this many epochs without a better validation-model accuracy; None: never
 
 
 @dataclass
@@ -141,6 +151,9 @@ def validate(config: Config) -> None:
         (0 <= d.val_fraction < 1, f"data.val_fraction must be in [0, 1). Received: {d.val_fraction}"),
         (d.images_per_class >= 1 and d.patches_per_image >= 1, "data.images_per_class and data.patches_per_image must be >= 1"),
         (t.epochs >= 1, f"train.epochs must be >= 1. Received: {t.epochs}"),
+        (_valid_finetune_from_block(t.finetune_from_block), f"train.finetune_from_block must be an integer >= 0 or one of {FROZEN_ENCODER}. Received: {t.finetune_from_block!r}"),
+        (t.select_on in SELECT_ON, f"train.select_on must be one of {SELECT_ON}. Received: {t.select_on!r}"),
+        (t.patience is None or (isinstance(t.patience, int) and t.patience >= 1), f"train.patience must be >= 1 or null. Received: {t.patience!r}"),
         (t.gradcam_images >= 0, f"train.gradcam_images must be >= 0. Received: {t.gradcam_images}"),
         (config.heads.layout in HEAD_LAYOUTS, f"heads.layout must be one of {HEAD_LAYOUTS}. Received: {config.heads.layout!r}"),
         (0 < config.heads.threshold < 1, f"heads.threshold must be in (0, 1). Received: {config.heads.threshold}"),
@@ -153,6 +166,12 @@ def validate(config: Config) -> None:
             raise TfdnadetError(message)
     parse_augment(d.augment)
     Preprocessing.from_data_config(d)  # checks aggregation and the grid
+
+
+def _valid_finetune_from_block(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    return value in FROZEN_ENCODER or (isinstance(value, int) and value >= 0)
 
 
 def builtin_config_names() -> list:

@@ -33,6 +33,16 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: list, path: str, titl
     save_figure(fig, path)
 
 
+# history.csv column -> legend: the gap between held-out images of the training generators and generator models
+# not in training is what model selection watches (tfdnadet.training.selection).
+ACCURACY_CURVES = {
+    "accuracy": "accuracy (training patches)",
+    "val_accuracy": "val_accuracy (held-out patches)",
+    "heldout_images_accuracy": "held-out images, training generators",
+    "val_models_accuracy": "validation generator models",
+}
+
+
 def plot_training_curves(history_csv: str, path: str) -> None:
     """Loss and accuracy per epoch from a Keras CSVLogger file."""
     with open(history_csv, newline="") as f:
@@ -44,9 +54,9 @@ def plot_training_curves(history_csv: str, path: str) -> None:
     for key in ("loss", "supcon", "ce", "val_loss"):
         if key in rows[0]:
             loss_ax.plot(epochs, [_cell(r[key]) for r in rows], marker="o", label=key)
-    for key in ("accuracy", "val_accuracy"):
+    for key, label in ACCURACY_CURVES.items():
         if key in rows[0]:
-            acc_ax.plot(epochs, [_cell(r[key]) for r in rows], marker="o", label=key)
+            acc_ax.plot(epochs, [_cell(r[key]) for r in rows], marker="o", label=label)
     loss_ax.set_title("loss")
     acc_ax.set_title("accuracy")
     acc_ax.set_ylim(0, 1.02)

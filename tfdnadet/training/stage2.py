@@ -6,12 +6,14 @@ from typing import Optional
 
 from tfdnadet.config import Config
 from tfdnadet.data.perturb import make_augment
-from tfdnadet.data.pipeline import check_classes_present, load_images, make_patch_dataset
+from tfdnadet.data.pipeline import LoadedImages, check_classes_present, load_images, make_patch_dataset
 from tfdnadet.data.preprocess import min_image_side
-from tfdnadet.data.sources import read_dataset, split_train_val
+from tfdnadet.data.sources import align_to_classes, read_dataset, split_train_val
+from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.backbones import CLOSED_FORM, backbone_spec
 from tfdnadet.training.add_head import train_one_vs_all
 from tfdnadet.training.closed_form import fit_closed_form
+from tfdnadet.training.selection import validation_data
 from tfdnadet.training.trainer import TrainResult, fit_patch_model
 
 
@@ -26,8 +28,13 @@ def train_stage2(
     callbacks: tuple = (),
     on_skipped=None,
     allow_outside_root: bool = False,
+    val_data: Optional[str] = None,
 ) -> TrainResult:
-    """Train the architecture classifier on a folder/manifest; `on_skipped(message)` hears about bad files."""
+    """Train the architecture classifier on a folder/manifest; `on_skipped(message)` hears about bad files.
+
+    `val_data` holds generator models not in training (a zoo: its validation split; None: the validation split
+    of the zoo that `data` belongs to, if any): the kept epoch is chosen on them (train.select_on).
+    """
     if backbone_spec(config.model.backbone).fit == CLOSED_FORM:
         return fit_closed_form(data, run_dir, config, on_skipped, allow_outside_root)
     d = config.data
@@ -36,8 +43,10 @@ def train_stage2(
     min_side = min_image_side(d.patch_size, d.base_size)
     train = load_images(train_list, d.base_size, d.max_pixels, min_size=min_side)
     val = load_images(val_list, d.base_size, d.max_pixels, min_size=min_side)
-    for loaded in (train, val):
-        if loaded.failures and on_skipped:
+    val_source = validation_data(val_data, data)
+    val_models = val_source and _load_val_models(val_source, images.class_names, d, allow_outside_root)
+    for loaded in (train, val, val_models):
+        if loaded is not None and loaded.failures and on_skipped:
             on_skipped(loaded.failure_summary())
     check_classes_present(train, images.class_names, "training")
     k_times_c = d.images_per_class * len(images.class_names)
@@ -57,8 +66,22 @@ def train_stage2(
         resume=resume,
         verbose=verbose,
         callbacks=callbacks,
-        model_info={"data_source": os.path.abspath(data), "stage": 2, "init_model": init_model},
+        model_info={"data_source": os.path.abspath(data), "stage": 2, "init_model": init_model, "val_data": val_source and os.path.abspath(val_source)},
+        val_models=val_models and (val_models.images, val_models.labels),
     )
     if config.heads.layout == "one-vs-all":
         train_one_vs_all(result.model_dir, train, val, images.class_names, config, verbose)
     return result
+
+
+def _load_val_models(source: str, class_names: list, d, allow_outside_root: bool) -> LoadedImages:
+    """Decoded validation-model images labelled in the training classes' order (a name not trained on is an error)."""
+    images = read_dataset(source, d.class_names, allow_outside_root)
+    try:
+        images = align_to_classes(images, class_names)
+    except TfdnadetError as exc:
+        raise TfdnadetError(f"--val-data {source}: {exc}") from None
+    loaded = load_images(images, d.base_size, d.max_pixels, min_size=min_image_side(d.patch_size, d.base_size))
+    if not len(loaded.labels):
+        raise TfdnadetError(f"--val-data {source}: no usable images. {loaded.failure_summary()}")
+    return loaded

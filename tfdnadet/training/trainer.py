@@ -1,6 +1,7 @@
 """The patchwise contrastive training loop shared by stage 1 and stage 2."""
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -8,12 +9,13 @@ import keras
 import tensorflow as tf
 
 from tfdnadet.atomic import write_json
-from tfdnadet.config import Config, TrainConfig, save_config
+from tfdnadet.config import FROZEN_ENCODER, Config, TrainConfig, save_config
 from tfdnadet.data.pipeline import make_image_dataset
 from tfdnadet.errors import TfdnadetError
-from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing, patch_grid
-from tfdnadet.models.model_dir import load_backbone, save_detector
 from tfdnadet.models.backbones import create_backbone
+from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing, patch_grid
+from tfdnadet.models.encoder import block_layer_name
+from tfdnadet.models.model_dir import load_backbone, save_detector
 from tfdnadet.training.callbacks import (
     CHECKPOINT_WEIGHTS,
     AtomicCheckpoint,
@@ -24,6 +26,7 @@ from tfdnadet.training.callbacks import (
 )
 from tfdnadet.training.gradcam_callback import evidence_callbacks
 from tfdnadet.training.patch_model import PatchContrastiveModel
+from tfdnadet.training.selection import BEST_WEIGHTS, HELDOUT_IMAGES, VAL_MODELS, GeneratorValidation, read_selection, selection_mode
 
 
 @dataclass
@@ -33,6 +36,7 @@ class TrainResult:
     epochs_completed: int
     steps: int
     history: dict = field(default_factory=dict)
+    selection: dict = field(default_factory=dict)  # the kept epoch and how it was chosen (also in run.json)
 
 
 def make_strategy(name: str, devices: Optional[list] = None) -> tf.distribute.Strategy:
@@ -50,11 +54,31 @@ def build_patch_model(config: Config, num_classes: int, init_model: Optional[str
     backbone = create_backbone(m.backbone, width=m.width, dtype=t.precision, name="encoder")
     if init_model:
         _copy_backbone_weights(load_backbone(init_model), backbone, init_model)
+    freeze_blocks(backbone, t.finetune_from_block)
     model = PatchContrastiveModel(
         backbone, num_classes, m.projection_hidden, m.projection_dim, t.temperature, t.loss, name="patch_model"
     )
     model.compile(optimizer=make_optimizer(t, t.learning_rate), jit_compile=t.jit_compile)
     return model
+
+
+def freeze_blocks(backbone: keras.Model, finetune_from_block) -> list:
+    """Freeze the encoder below block `finetune_from_block` (all of it for `frozen`/`none`; nothing for 0 or 1);
+    returns the frozen layers' names. A frozen BatchNorm normalises with its moving statistics (inference mode)."""
+    if finetune_from_block in FROZEN_ENCODER:
+        frozen = [layer for layer in backbone.layers if layer.weights]
+    else:
+        prefixes = tuple(f"{block_layer_name(index)}_" for index in range(1, finetune_from_block))
+        frozen = [layer for layer in backbone.layers if layer.weights and layer.name.startswith(prefixes)]
+        blocks = {layer.name.split("_")[0] for layer in backbone.layers if layer.weights and layer.name.startswith("block")}
+        if finetune_from_block > 1 and finetune_from_block > len(blocks):
+            raise TfdnadetError(
+                f"train.finetune_from_block={finetune_from_block}: the {backbone.name} backbone has {len(blocks)} blocks "
+                f"(use 0..{len(blocks)}, or frozen)."
+            )
+    for layer in frozen:
+        layer.trainable = False
+    return [layer.name for layer in frozen]
 
 
 def make_optimizer(train: TrainConfig, learning_rate: float) -> keras.optimizers.Optimizer:
@@ -89,16 +113,22 @@ def fit_patch_model(
     verbose: int = 1,
     callbacks: tuple = (),
     model_info: Optional[dict] = None,
+    val_models: Optional[tuple] = None,
 ) -> TrainResult:
     """Train with checkpoints each epoch and write RUN_DIR/model; resume continues from the checkpoint.
 
-    `val_images` is (uint8 base-size images, labels), validated on as full images at the input size.
+    `val_images` is (uint8 base-size images, labels) of the training classes, held out from training;
+    `val_models` the same for generator models not in training, on which the kept epoch is chosen
+    (train.select_on). Both are judged each epoch as the model will predict (history.csv, curves.png).
     """
     checkpoint_dir = os.path.join(run_dir, "checkpoint")
     state = read_checkpoint_state(checkpoint_dir)
     if state and not resume:
         raise TfdnadetError(f"{run_dir} already holds a training run: pass --resume to continue it, or choose another --out.")
     os.makedirs(run_dir, exist_ok=True)
+    selection_dir = os.path.join(run_dir, "best")
+    if not state:  # a best epoch kept by a run that stopped before its first checkpoint
+        shutil.rmtree(selection_dir, ignore_errors=True)
     save_config(config, os.path.join(run_dir, "config.yaml"))
     keras.utils.set_random_seed(config.train.seed)
 
@@ -109,6 +139,17 @@ def fit_patch_model(
             _restore(model, checkpoint_dir, train_dataset)
     val_dataset = _validation_dataset(val_images, config, strategy.num_replicas_in_sync)
     initial_epoch = state["epoch"] if state else 0
+    select = selection_mode(config.train.select_on, val_models is not None and len(val_models[1]) > 0)
+    generator_validation = GeneratorValidation(
+        {name: images for name, images in ((HELDOUT_IMAGES, val_images), (VAL_MODELS, val_models)) if images is not None},
+        class_names,
+        Preprocessing.from_data_config(config.data),
+        config.train.eval_batch_size,
+        selection_dir,
+        select == VAL_MODELS,
+        config.train.patience,
+        initial_epoch,
+    )
 
     history_csv = os.path.join(run_dir, "history.csv")
     if state:
@@ -116,6 +157,7 @@ def fit_patch_model(
     guard = StopOnNonFiniteLoss()
     all_callbacks = [
         guard,
+        generator_validation,  # before the CSV logger and the checkpoint: its accuracies go into the epoch's row
         # The history row goes first: an epoch killed before its checkpoint runs again, and its row is dropped then.
         keras.callbacks.CSVLogger(history_csv, append=bool(state)),
         AtomicCheckpoint(checkpoint_dir),
@@ -124,7 +166,8 @@ def fit_patch_model(
         *callbacks,
     ]
     history = {}
-    if initial_epoch < config.train.epochs:
+    stopped_early = bool((read_selection(selection_dir) or {}).get("stopped_early"))
+    if initial_epoch < config.train.epochs and not stopped_early:
         fitted = model.fit(
             train_dataset,
             steps_per_epoch=steps_per_epoch,
@@ -143,19 +186,31 @@ def fit_patch_model(
             f"Training stopped: the loss became NaN/inf at step {guard.stopped_at}. {kept}; "
             "lower train.learning_rate or use float32, then --resume."
         )
+    final_state = read_checkpoint_state(checkpoint_dir) or {"epoch": 0, "step": 0}
+    selection = _keep_selected_epoch(model, select, selection_dir, final_state["epoch"], config)
+    info = {**(model_info or {}), "selection": selection}
     model_dir = os.path.join(run_dir, "model")
-    detector = Detector(
-        model.backbone,
-        {},
-        {},
-        Preprocessing.from_data_config(config.data),
-        {**config.to_dict(), **(model_info or {})},
-    )
+    detector = Detector(model.backbone, {}, {}, Preprocessing.from_data_config(config.data), {**config.to_dict(), **info})
     detector.add_head(MULTICLASS, model.classifier, {"class_names": list(class_names)})
     save_detector(detector, model_dir)
-    final_state = read_checkpoint_state(checkpoint_dir) or {"epoch": 0, "step": 0}
-    write_json(os.path.join(run_dir, "run.json"), {"class_names": list(class_names), **final_state, **(model_info or {})})
-    return TrainResult(run_dir, model_dir, final_state["epoch"], final_state["step"], history)
+    write_json(os.path.join(run_dir, "run.json"), {"class_names": list(class_names), **final_state, **info})
+    return TrainResult(run_dir, model_dir, final_state["epoch"], final_state["step"], history, selection)
+
+
+def _keep_selected_epoch(model: PatchContrastiveModel, select: str, selection_dir: str, epochs_run: int, config: Config) -> dict:
+    """Load the chosen epoch's weights into `model` (val_models) and describe the choice; last keeps the model as is."""
+    record = {"select_on": select, "epochs_run": epochs_run, "finetune_from_block": config.train.finetune_from_block}
+    best = read_selection(selection_dir) if select == VAL_MODELS else None
+    if best is None:
+        return {**record, "epoch": epochs_run}
+    model.load_weights(os.path.join(selection_dir, BEST_WEIGHTS))
+    return {
+        **record,
+        "epoch": best["epoch"],
+        f"{VAL_MODELS}_accuracy": best["accuracy"],
+        f"{VAL_MODELS}_accuracy_per_epoch": best["accuracies"],
+        "stopped_early": best["stopped_early"],
+    }
 
 
 def _validation_dataset(val_images: Optional[tuple], config: Config, replicas: int) -> Optional[tf.data.Dataset]:
