@@ -99,3 +99,93 @@ def test_mixed_precision_training_writes_a_float32_usable_model(gan_images, tmp_
     detector = load_detector(result.model_dir)
     probabilities = detector.predict(np.zeros((2, 64, 64, 3), np.float32))["multiclass"]
     assert probabilities.dtype == np.float32 and np.all(np.isfinite(probabilities))
+
+
+def _block_weights(backbone, blocks):
+    return {w.path: np.asarray(w) for layer in backbone.layers if layer.name.split("_")[0] in blocks for w in layer.weights}
+
+
+def test_finetune_from_block_keeps_lower_blocks_bit_identical_and_trains_the_rest(trained_run, gan_images, tmp_path):
+    from tfdnadet.config import load_config
+
+    config = load_config("tiny", {"train.epochs": 1, "train.steps_per_epoch": 3, "train.finetune_from_block": 5})
+    result = train_stage2(gan_images["train"], str(tmp_path / "run"), config, init_model=trained_run.model_dir, verbose=0)
+    before, after = load_detector(trained_run.model_dir).backbone, load_detector(result.model_dir).backbone
+    lower, upper = {f"block{i}" for i in range(1, 5)}, {f"block{i}" for i in range(5, 9)}
+    frozen_before, frozen_after = _block_weights(before, lower), _block_weights(after, lower)
+    assert len(frozen_before) == 4 * 6  # conv kernel + bias, BN gamma, beta and moving statistics per block
+    for path, value in frozen_before.items():  # BatchNorm of a frozen block runs in inference mode: stats untouched
+        np.testing.assert_array_equal(frozen_after[path], value, err_msg=path)
+    trained_after = _block_weights(after, upper)
+    changed = [path for path, value in _block_weights(before, upper).items() if not np.array_equal(trained_after[path], value)]
+    assert len(changed) == len(trained_after) == 4 * 6
+    assert json.load(open(os.path.join(result.run_dir, "run.json")))["selection"]["finetune_from_block"] == 5
+
+
+def test_freeze_backbone_trains_the_heads_only(trained_run, gan_images, tmp_path, monkeypatch, capsys):
+    from conftest import run_cli
+
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(
+        ["train-stage2", "--data", gan_images["train"], "--out", out, "--config", "tiny", "--epochs", "1", "--steps-per-epoch", "2",
+         "--init", trained_run.model_dir, "--freeze-backbone"], monkeypatch, capsys,
+    )
+    assert code == 0, err
+    before, after = load_detector(trained_run.model_dir), load_detector(str(out / "model"))
+    for a, b in zip(before.backbone.weights, after.backbone.weights):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(before.heads["multiclass"].weights[0]), np.asarray(after.heads["multiclass"].weights[0]))
+    assert after.config["train"]["finetune_from_block"] == "frozen"
+    assert json.loads(stdout)["selection"]["finetune_from_block"] == "frozen"
+
+
+def test_epoch_is_chosen_on_validation_generator_models_and_both_curves_are_recorded(gan_images, tmp_path):
+    from tfdnadet.config import load_config
+
+    config = load_config("tiny", {"train.epochs": 3, "train.steps_per_epoch": 3, "train.select_on": "val_models"})
+    result = train_stage2(gan_images["train"], str(tmp_path / "run"), config, val_data=gan_images["test"], verbose=0)
+    with open(os.path.join(result.run_dir, "history.csv")) as f:
+        rows = list(csv.DictReader(f))
+    val_models = [float(r["val_models_accuracy"]) for r in rows]
+    assert len(val_models) == 3 and all(0 <= float(r["heldout_images_accuracy"]) <= 1 for r in rows)
+    selection = json.load(open(os.path.join(result.run_dir, "run.json")))["selection"]
+    assert selection["select_on"] == "val_models" and selection["epoch"] == 1 + int(np.argmax(val_models)) == result.selection["epoch"]
+    assert selection["val_models_accuracy"] == max(val_models) and selection["epochs_run"] == 3
+    # The kept model is the chosen epoch's, judged as `evaluate` judges it (patch grid of the Detector).
+    metrics = evaluate_dataset(load_detector(result.model_dir), gan_images["test"], batch_size=32)
+    assert metrics["accuracy"] == pytest.approx(selection["val_models_accuracy"], abs=1e-6)
+
+
+def test_patience_stops_when_validation_models_do_not_improve_and_resume_keeps_the_stop(gan_images, tmp_path):
+    from tfdnadet.config import load_config
+
+    # Nothing can learn (heads only, learning rate 0): epoch 1 stays the best, one epoch of patience stops at 2.
+    overrides = {"train.epochs": 5, "train.steps_per_epoch": 2, "train.patience": 1, "train.learning_rate": 0.0, "train.finetune_from_block": "none"}
+    run = str(tmp_path / "run")
+    result = train_stage2(gan_images["train"], run, load_config("tiny", overrides), val_data=gan_images["test"], verbose=0)
+    assert (result.epochs_completed, result.selection["epoch"], result.selection["stopped_early"]) == (2, 1, True)
+    resumed = train_stage2(gan_images["train"], run, load_config("tiny", overrides), val_data=gan_images["test"], resume=True, verbose=0)
+    assert (resumed.epochs_completed, resumed.history) == (2, {})
+
+
+def test_selection_settings_are_checked(tmp_path, gan_images):
+    from tfdnadet.config import load_config
+    from tfdnadet.training.selection import selection_mode, validation_data
+
+    for key, value, message in (
+        ("train.finetune_from_block", "half", "finetune_from_block"),
+        ("train.select_on", "best", "select_on"),
+        ("train.patience", 0, "patience"),
+    ):
+        with pytest.raises(TfdnadetError, match=message):
+            load_config("tiny", {key: value})
+    with pytest.raises(TfdnadetError, match="--val-data"):
+        selection_mode("val_models", False)
+    assert (selection_mode("auto", True), selection_mode("auto", False)) == ("val_models", "last")
+    assert validation_data(None, gan_images["train"]) is None  # not in a zoo: no validation models
+    assert validation_data(gan_images["test"], gan_images["train"]) == gan_images["test"]
+    config = load_config("tiny", {"train.finetune_from_block": 9})
+    from tfdnadet.training.trainer import build_patch_model
+
+    with pytest.raises(TfdnadetError, match="has 8 blocks"):
+        build_patch_model(config, 4)
