@@ -1,10 +1,14 @@
-"""Seconds to add a one-vs-all head on the frozen backbone vs retraining the multiclass model with the new class.
+"""Does a head added for one generator recognise its architecture in other generators? And what does it cost?
 
-Mini-zoo images (random-init generators): a base model is trained on KNOWN + real (not timed); then, on the same
-images, one run each of `add_head(NEW)` and `train_stage2` on KNOWN + NEW + real, both end to end (decoding,
-tracing, training, writing). Held-out generator seeds give each answer's recall of NEW, for context.
+On a mini GAN zoo: a base model is trained on the train split without architecture NEW (not timed); then, on the
+same images, one run each of `add_head(NEW)` (positives: NEW's train-split images, one generator) and
+`train_stage2` on the whole train split (NEW included), both end to end. Each answer's recall of NEW is reported
+on images of NEW's architecture from: the same generator (closed-set), another seed on the same content
+(cross-seed), the same seed finetuned on other content (cross-finetune), and another seed AND another content
+(the validation split's finetuned model), with the head's false-positive rate on the other closed-set classes.
+The retrained model keeps its last epoch (the validation split holds one of the tested generators).
 
-    python benchmarks/add_head.py [--config cpu] [--images 32] [--size 64]
+    python benchmarks/add_head.py --zoo ZOO_DIR [--new progan] [--config cpu] [--init STAGE1_MODEL] [--work DIR]
 """
 
 import argparse
@@ -15,56 +19,53 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tfdnadet.atomic import write_json  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
-from tfdnadet.evaluation.evaluate import evaluate_dataset  # noqa: E402
-from tfdnadet.evaluation.heads import evaluate_heads  # noqa: E402
-from tfdnadet.evaluation.heads import calibrate_head  # noqa: E402
+from tfdnadet.data.sources import list_image_files, read_dataset  # noqa: E402
+from tfdnadet.errors import TfdnadetError  # noqa: E402
+from tfdnadet.inference import load_for_detector, predict_loaded  # noqa: E402
+from tfdnadet.models.detector import MULTICLASS  # noqa: E402
 from tfdnadet.models.model_dir import load_detector  # noqa: E402
 from tfdnadet.training.add_head import add_head  # noqa: E402
 from tfdnadet.training.stage2 import train_stage2  # noqa: E402
-from tfdnadet.zoo.testdata import make_test_dataset  # noqa: E402
+from tfdnadet.zoo.build import OTHER_CONTENT, TRAIN_CONTENT, TRAIN_SPLIT, VALIDATION_SPLIT, read_zoo  # noqa: E402
 
-KNOWN, NEW = ("progan", "dcgan"), "stylegan2"
-TRAIN_SEEDS, CALIBRATION_SEED, TEST_SEED = (0, 1), 3, 2
-
-
-def make_data(root: str, images: int, size: int) -> dict:
-    """Generator seeds 0-1 for training, 3 for calibrating the head's threshold, 2 for testing; manifests for each."""
-    make_test_dataset(root, (*KNOWN, NEW), (*TRAIN_SEEDS, TEST_SEED, CALIBRATION_SEED), images, size, real_images=3 * images)
-    rows = {"base": [], "all": [], "calibration": [], "test": []}
-    for dirpath, _, names in os.walk(root):
-        for name in sorted(n for n in names if n.endswith(".png")):
-            relative = os.path.relpath(os.path.join(dirpath, name), root)
-            parts = relative.split(os.sep)
-            label = parts[0]
-            if label == "real":  # a third of the crops each way
-                split = ("train", "test", "calibration")[int(name[:-4]) % 3]
-            else:
-                split = {f"seed{TEST_SEED}": "test", f"seed{CALIBRATION_SEED}": "calibration"}.get(parts[1], "train")
-            if split != "train":
-                rows[split].append((relative, label))
-            else:
-                rows["all"].append((relative, label))
-                if label != NEW:
-                    rows["base"].append((relative, label))
-    paths = {}
-    for split, split_rows in rows.items():
-        paths[split] = os.path.join(root, f"{split}.csv")
-        with open(paths[split], "w", newline="") as f:
-            csv.writer(f).writerows([("path", "label"), *split_rows])
-    return paths
+# (row, split of the zoo model, its content, whether its seed is the train model's)
+TESTS = (
+    ("same generator (closed-set)", "closed-set", TRAIN_CONTENT, True),
+    ("other seed, same content (cross-seed)", "cross-seed", TRAIN_CONTENT, False),
+    ("same seed, other content (cross-finetune)", "cross-finetune", OTHER_CONTENT, True),
+    ("other seed AND other content (validation)", VALIDATION_SPLIT, OTHER_CONTENT, False),
+)
 
 
-def positives_folder(root: str) -> str:
-    """NEW's training seeds only (the head must not see the test or calibration seeds)."""
-    folder = os.path.join(root, "positives", NEW)
-    for seed in TRAIN_SEEDS:
-        os.makedirs(folder, exist_ok=True)
-        os.symlink(os.path.join(root, NEW, f"seed{seed}"), os.path.join(folder, f"seed{seed}"))
-    return folder
+def test_folders(zoo: dict, new: str) -> dict:
+    """{row: folder of NEW's images} for each test the zoo can make (a preset without NEW's cross-seed lacks that row)."""
+    train_seed = next(m["seed"] for m in zoo["models"] if m["split"] == TRAIN_SPLIT and m["architecture"] == new)
+    folders = {}
+    for row, split, content, same_seed in TESTS:
+        for m in zoo["models"]:
+            image_split = split if split != "closed-set" else TRAIN_SPLIT
+            if (m["architecture"], m["split"], m["content"], m["seed"] == train_seed) == (new, image_split, content, same_seed):
+                folders[row] = os.path.join(zoo["root"], m["folders"][split])
+    return folders
+
+
+def base_manifest(zoo: dict, new: str, path: str) -> str:
+    """The train split less NEW, as a manifest of absolute paths."""
+    images = read_dataset(os.path.join(zoo["root"], zoo["splits"][TRAIN_SPLIT]["manifest"]))
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label"])
+        writer.writerows((p, images.class_names[label]) for p, label in zip(images.paths, images.labels) if images.class_names[label] != new)
+    return path
+
+
+def scores(detector, folder: str) -> dict:
+    return predict_loaded(detector, load_for_detector(detector, list_image_files(folder)))
 
 
 def timed(function, *args, **kwargs):
@@ -73,45 +74,60 @@ def timed(function, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
-def run(config_name: str, images: int, size: int, work: str) -> dict:
-    config = load_config(config_name, {"data.base_size": size})
-    data = make_data(os.path.join(work, "data"), images, size)
-    base = train_stage2(data["base"], os.path.join(work, "base"), config, verbose=0).model_dir
-    head_info, head_seconds = timed(add_head, base, NEW, positives_folder(os.path.join(work, "data")))
-    retrained, retrain_seconds = timed(train_stage2, data["all"], os.path.join(work, "retrain"), config, verbose=0)
-    calibrate_head(base, NEW, data["calibration"])
-    head_report = evaluate_heads(load_detector(base), data["test"])
-    retrain_report = evaluate_dataset(load_detector(retrained.model_dir), data["test"])
+def run(zoo_path: str, new: str, config_name: str, init, work: str) -> dict:
+    zoo = read_zoo(zoo_path)
+    if new not in zoo["class_names"]:
+        raise TfdnadetError(f"--new {new}: the zoo's architectures are {', '.join(c for c in zoo['class_names'] if c != 'real')}.")
+    config = load_config(config_name, {"data.base_size": zoo["image_size"], "train.select_on": "last"})
+    folders = test_folders(zoo, new)
+    base_csv = base_manifest(zoo, new, os.path.join(work, "base.csv"))
+    base = train_stage2(base_csv, os.path.join(work, "base"), config, init_model=init, allow_outside_root=True, verbose=0).model_dir
+    positives = os.path.join(zoo["root"], TRAIN_SPLIT, new)
+    head_info, head_seconds = timed(add_head, base, new, positives)
+    train_csv = os.path.join(zoo["root"], zoo["splits"][TRAIN_SPLIT]["manifest"])
+    retrained, retrain_seconds = timed(train_stage2, train_csv, os.path.join(work, "retrain"), config, init_model=init, verbose=0)
+    with_head, retrained_model = load_detector(base), load_detector(retrained.model_dir)
+    threshold, new_index = head_info["threshold"], retrained_model.class_names.index(new)
+    rows = {}
+    for row, folder in folders.items():
+        head_scores = scores(with_head, folder)[new][:, 0]
+        retrained_classes = np.argmax(scores(retrained_model, folder)[MULTICLASS], axis=1)
+        rows[row] = {"images": len(head_scores), "head_recall": float(np.mean(head_scores >= threshold)), "retrained_recall": float(np.mean(retrained_classes == new_index))}
+    others = [os.path.join(zoo["root"], "closed-set", c) for c in zoo["splits"]["closed-set"]["classes"] if c != new]
+    negatives = np.concatenate([scores(with_head, folder)[new][:, 0] for folder in others])
     return {
+        "zoo": os.path.abspath(zoo["root"]),
+        "new": new,
         "config": config_name,
-        "images_per_generator": images,
+        "init": init,
         "add_head_seconds": head_seconds,
-        "add_head_steps": head_info["steps"],
         "retrain_seconds": retrain_seconds,
-        "retrain_steps": retrained.steps,
         "ratio": retrain_seconds / head_seconds,
-        "head_recall": head_report["heads"][NEW]["recall"],
-        "head_precision": head_report["heads"][NEW]["precision"],
-        "head_auc": head_report["heads"][NEW]["auc"],
-        "retrained_recall": retrain_report["per_class"][NEW]["recall"],
-        "retrained_precision": retrain_report["per_class"][NEW]["precision"],
+        "head_threshold": threshold,
+        "head_false_positive_rate": float(np.mean(negatives >= threshold)),
+        "recall": rows,
     }
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo", required=True, help="a zoo directory with a validation split (tfdnadet zoo build)")
+    parser.add_argument("--new", default="progan", help="the architecture the head is added for (left out of the base model)")
     parser.add_argument("--config", default="cpu")
-    parser.add_argument("--images", type=int, default=32, help="images per generator (and 3x as many real crops)")
-    parser.add_argument("--size", type=int, default=64, help="image size of the generators (data.base_size)")
+    parser.add_argument("--init", default=None, help="initialise both models' encoders from this model directory (e.g. stage 1)")
+    parser.add_argument("--work", default=None, help="runs (default: a temporary folder)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "add_head.json"))
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as work:
-        r = run(args.config, args.images, args.size, work)
-    print(f"adding '{NEW}' to a model of {', '.join(KNOWN)} + real vs retraining it with the new class (one run each)")
-    print(f"{'method':28} {'seconds':>8} {'steps':>6} {'recall':>7} {'precision':>9}")
-    print(f"{'add-head (frozen backbone)':28} {r['add_head_seconds']:8.1f} {r['add_head_steps']:6d} {r['head_recall']:7.2f} {r['head_precision']:9.2f}")
-    print(f"{'retrain multiclass':28} {r['retrain_seconds']:8.1f} {r['retrain_steps']:6d} {r['retrained_recall']:7.2f} {r['retrained_precision']:9.2f}")
-    print(f"ratio retrain / add-head: {r['ratio']:.1f}x   (recall/precision of '{NEW}' on held-out generator seed {TEST_SEED})")
+    with tempfile.TemporaryDirectory() as temporary:
+        work = args.work or temporary
+        os.makedirs(work, exist_ok=True)
+        r = run(args.zoo, args.new, args.config, args.init, work)
+    print(f"adding '{args.new}' (one generator's images) to a model of the zoo's other classes vs retraining with the new class")
+    print(f"add-head {r['add_head_seconds']:.1f} s, retrain {r['retrain_seconds']:.1f} s: ratio {r['ratio']:.1f}x")
+    print(f"{'images of ' + args.new:44} {'n':>5} {'head recall':>12} {'retrained recall':>17}")
+    for row, v in r["recall"].items():
+        print(f"{row:44} {v['images']:5d} {v['head_recall']:12.2f} {v['retrained_recall']:17.2f}")
+    print(f"head false-positive rate on the other closed-set classes: {r['head_false_positive_rate']:.2f} (threshold {r['head_threshold']:.2f})")
     write_json(args.out, {"device": tf.config.list_logical_devices()[0].device_type, "args": vars(args), "result": r})
     print(f"wrote {args.out}")
 

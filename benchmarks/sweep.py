@@ -1,0 +1,252 @@
+"""The Table 2 protocol over the knobs that decide generalization, chosen on validation generator models.
+
+Each point is `--config` (default cpu) with a few settings changed: stage 1 on the built-in photos, stage 2 on the
+zoo's train split with its epoch chosen on the zoo's `validation` split (generator models of their own), then
+accuracy on the five test splits, which choose nothing. Points with the same stage-1 settings share one stage-1
+run; train minutes count stage 1 + stage 2 (validation included) on this machine. Runs live in --work and finished
+points in OUT.json, so a stopped sweep resumes where it was; `--points` runs a subset. The best point is the one
+with the highest validation accuracy within --budget minutes; OUT.png plots the mean of cross-seed,
+cross-finetune and cross-dataset against train minutes (Pareto front drawn, best point starred).
+
+    python benchmarks/sweep.py --zoo ZOO_DIR [--config cpu] [--points bf16,bf16-frozen] [--budget 60]
+                               [--work DIR] [--out PREFIX] [--set section.key=value ...]
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import yaml  # noqa: E402
+
+from tfdnadet.atomic import write_json  # noqa: E402
+from tfdnadet.config import Config, config_from_dict, load_config  # noqa: E402
+from tfdnadet.errors import TfdnadetError  # noqa: E402
+from tfdnadet.evaluation.evaluate import evaluate_dataset  # noqa: E402
+from tfdnadet.evaluation.plots import plt, save_figure  # noqa: E402
+from tfdnadet.evaluation.protocol import evaluate_protocol, protocol_summary  # noqa: E402
+from tfdnadet.models.detector import load_detector  # noqa: E402
+from tfdnadet.training.stage1 import train_stage1  # noqa: E402
+from tfdnadet.training.stage2 import train_stage2  # noqa: E402
+from tfdnadet.zoo.build import TRAIN_SPLIT, VALIDATION_SPLIT, read_zoo  # noqa: E402
+
+HARD_SPLITS = ("cross-seed", "cross-finetune", "cross-dataset")
+BF16 = {"train.precision": "mixed_bfloat16"}  # ~1.6x float32's speed on this CPU (AVX512_BF16)
+AUGMENT = [{"op": op, "p": 0.5} for op in ("relight", "blur", "crop", "jpeg", "noise")]  # [5.5] Khoo et al. 3.3
+# name -> (settings of both stages, settings of stage 2 only), over --config. Stage 2 keeps its best epoch on the
+# validation models, so longer runs cannot overfit the training generators unseen; frozen or top-block fine-tuning
+# keeps more of the transformation-pretrained encoder.
+POINTS = {
+    "cpu": ({}, {}),
+    "bf16": (BF16, {}),
+    "bf16-frozen": (BF16, {"train.finetune_from_block": "frozen"}),
+    "bf16-top4": (BF16, {"train.finetune_from_block": 5}),
+    "bf16-top2": (BF16, {"train.finetune_from_block": 7}),
+    "bf16-epochs16": (BF16, {"train.epochs": 16}),
+    "bf16-top4-epochs16": (BF16, {"train.finetune_from_block": 5, "train.epochs": 16}),
+    "bf16-whole": (BF16, {"data.predict_on": "whole"}),
+    "bf16-augment": (BF16, {"data.augment": AUGMENT}),
+    "bf16-top4-augment": (BF16, {"train.finetune_from_block": 5, "data.augment": AUGMENT}),
+    "bf16-patches16": (BF16, {"data.patches_per_image": 16}),
+    "bf16-k16": (BF16, {"data.images_per_class": 16}),
+    "bf16-width0.5": ({**BF16, "model.width": 0.5}, {}),
+    "bf16-x1": ({**BF16, "data.input_size": 64}, {}),  # no upsampling: a 2x2 grid of 32 px patches
+    "bf16-x4-p64": ({**BF16, "data.input_size": 256, "data.patch_size": 64}, {}),  # the paper's x4, crop ratio 1/4
+    "bf16-bank170": ({**BF16, "stage1.transforms": None}, {}),  # the paper's 170 transformation classes
+    "bf16-stage1-48ep": ({**BF16, "stage1.epochs": 48}, {}),
+}
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo", required=True, help="a zoo directory (or its zoo.json) with a validation split")
+    parser.add_argument("--config", default="cpu", help="the config every point starts from")
+    parser.add_argument("--points", default=",".join(POINTS), help=f"comma-separated points of: {', '.join(POINTS)}")
+    parser.add_argument("--budget", type=float, default=60.0, help="minutes of stage 1 + stage 2 a chosen point may take")
+    parser.add_argument("--work", default="sweep_work", help="stage-1 and stage-2 runs (kept, so a rerun resumes)")
+    parser.add_argument("--out", default=os.path.join(RESULTS, "sweep"), help="writes OUT.json and OUT.png")
+    parser.add_argument("--set", dest="settings", action="append", default=[], help="section.key=value for every point (YAML value)")
+    parser.add_argument("--verbose", type=int, default=2, help="Keras verbosity of the training runs")
+    return parser.parse_args(argv)
+
+
+def with_settings(config: Config, settings: dict) -> Config:
+    """`config` with dotted settings applied (a null value sets null, e.g. stage1.transforms: the paper's bank)."""
+    values = config.to_dict()
+    for dotted, value in settings.items():
+        section, _, key = dotted.partition(".")
+        values[section][key] = value
+    return config_from_dict(values)
+
+
+def config_key(config: Config) -> str:
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+class Stopwatch(keras.callbacks.Callback):
+    """Seconds a run has trained, over all the calls that resumed it: RUN_DIR/seconds.json after each epoch."""
+
+    def __init__(self, run_dir: str):
+        super().__init__()
+        self.path = os.path.join(run_dir, "seconds.json")
+        self.before = read_json(self.path, {"seconds": 0.0})["seconds"]
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.save()
+
+    def save(self) -> float:
+        seconds = self.before + time.perf_counter() - self.started
+        write_json(self.path, {"seconds": seconds})
+        return seconds
+
+
+def trained(run_dir: str, train) -> tuple:
+    """(model directory, seconds it took to train): a finished run is reused, otherwise trained or resumed now."""
+    os.makedirs(run_dir, exist_ok=True)
+    model_dir = os.path.join(run_dir, "model")
+    if not os.path.isfile(os.path.join(model_dir, "detector.json")):
+        stopwatch = Stopwatch(run_dir)
+        train(run_dir, (stopwatch,))
+        stopwatch.save()
+    return model_dir, read_json(os.path.join(run_dir, "seconds.json"), {"seconds": 0.0})["seconds"]
+
+
+def read_json(path: str, default):
+    if not os.path.isfile(path):
+        return default
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def run_point(name: str, base: Config, zoo: dict, work: str, verbose: int) -> dict:
+    both, stage2_only = POINTS[name]
+    stage1_config = with_settings(base, both)
+    config = with_settings(stage1_config, stage2_only)
+    key = config_key(stage1_config)
+    progress(f"{name}: stage 1 (settings {key}, shared by points with the same stage-1 settings)")
+    stage1, stage1_seconds = trained(
+        os.path.join(work, "stage1", key), lambda run, cb: train_stage1(None, run, stage1_config, resume=True, verbose=verbose, callbacks=cb)
+    )
+    progress(f"{name}: stage 2 (epoch chosen on the validation split)")
+    train_csv = os.path.join(zoo["root"], zoo["splits"][TRAIN_SPLIT]["manifest"])
+    validation_csv = os.path.join(zoo["root"], zoo["splits"][VALIDATION_SPLIT]["manifest"])
+    stage2, stage2_seconds = trained(
+        os.path.join(work, "stage2", f"{name}-{config_key(config)}"),
+        lambda run, cb: train_stage2(train_csv, run, config, init_model=stage1, resume=True, verbose=verbose, callbacks=cb, val_data=validation_csv),
+    )
+    progress(f"{name}: scoring the validation and test splits")
+    detector = load_detector(stage2)
+    validation = evaluate_dataset(detector, validation_csv, config.train.eval_batch_size)
+    splits = protocol_summary(evaluate_protocol(detector, zoo["root"], config.train.eval_batch_size))
+    hard = [splits[s]["accuracy"] for s in HARD_SPLITS if s in splits]
+    return {
+        "settings": {"both_stages": both, "stage2": stage2_only},
+        "stage1": {"run": os.path.abspath(os.path.dirname(stage1)), "settings_key": key, "minutes": stage1_seconds / 60},
+        "stage2_minutes": stage2_seconds / 60,
+        "train_minutes": (stage1_seconds + stage2_seconds) / 60,
+        "selection": detector.config.get("selection", {}),
+        "validation": {"accuracy": validation["accuracy"], "macro_f1": validation["macro_f1"], "count": validation["count"]},
+        "splits": splits,
+        "hard_mean": sum(hard) / len(hard) if hard else None,
+    }
+
+
+def best_on_validation(points: dict, budget: float):
+    """The point with the highest validation accuracy among those within the budget (test splits play no part)."""
+    within = {name: p for name, p in points.items() if p["train_minutes"] <= budget}
+    return max(within, key=lambda name: within[name]["validation"]["accuracy"]) if within else None
+
+
+def pareto_front(points: dict) -> list:
+    """Points no other point beats on both train minutes (fewer) and the hard-split mean (higher), fastest first."""
+    ordered = sorted((p["train_minutes"], -p["hard_mean"], name) for name, p in points.items() if p["hard_mean"] is not None)
+    front, best = [], -1.0
+    for minutes, negative_mean, name in ordered:
+        if -negative_mean > best:
+            front.append(name)
+            best = -negative_mean
+    return front
+
+
+def plot_pareto(points: dict, front: list, best, budget: float, path: str) -> None:
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for name, p in points.items():
+        if p["hard_mean"] is None:
+            continue
+        ax.scatter(p["train_minutes"], 100 * p["hard_mean"], color="tab:blue", zorder=3)
+        ax.annotate(name, (p["train_minutes"], 100 * p["hard_mean"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.plot([points[n]["train_minutes"] for n in front], [100 * points[n]["hard_mean"] for n in front], color="tab:orange", label="Pareto front")
+    if best is not None and points[best]["hard_mean"] is not None:
+        ax.scatter(points[best]["train_minutes"], 100 * points[best]["hard_mean"], marker="*", s=250, color="tab:red", zorder=4, label=f"best on validation: {best}")
+    ax.axvline(budget, color="grey", linestyle="--", label=f"budget {budget:g} min")
+    ax.set_xlabel("train minutes (stage 1 + stage 2)")
+    ax.set_ylabel("mean accuracy %: " + ", ".join(HARD_SPLITS))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def progress(message: str) -> None:
+    print(f"[sweep {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    names = [n for n in args.points.split(",") if n]
+    unknown = [n for n in names if n not in POINTS]
+    if unknown:
+        sys.exit(f"Unknown point(s): {', '.join(unknown)}. Known: {', '.join(POINTS)}")
+    zoo = read_zoo(args.zoo)
+    if VALIDATION_SPLIT not in zoo["splits"]:
+        raise TfdnadetError(f"The zoo at {zoo['root']} has no {VALIDATION_SPLIT} split: rebuild it with `tfdnadet zoo build` (finished models are kept).")
+    settings = {"data.base_size": zoo["image_size"], **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.settings)}}
+    base = with_settings(load_config(args.config), settings)
+    report = read_json(f"{args.out}.json", {})
+    same_sweep = report.get("zoo") == os.path.abspath(zoo["root"]) and report.get("base_config") == base.to_dict()
+    points = report.get("points", {}) if same_sweep else {}
+    for number, name in enumerate(names, 1):
+        if name in points and points[name]["settings"] == {"both_stages": POINTS[name][0], "stage2": POINTS[name][1]}:
+            progress(f"[{number}/{len(names)}] {name}: finished earlier, kept")
+            continue
+        progress(f"[{number}/{len(names)}] {name}")
+        points[name] = run_point(name, base, zoo, args.work, args.verbose)
+        p = points[name]
+        progress(
+            f"{name}: {p['train_minutes']:.1f} min, validation {100 * p['validation']['accuracy']:.1f}, "
+            + ", ".join(f"{s} {100 * m['accuracy']:.1f}" for s, m in p["splits"].items())
+        )
+        report = {"zoo": os.path.abspath(zoo["root"]), "config": args.config, "settings": settings, "base_config": base.to_dict(), "budget_minutes": args.budget, "points": points}
+        write_json(f"{args.out}.json", report)
+    best = best_on_validation(points, args.budget)
+    front = pareto_front(points)
+    report.update(best_on_validation=best, pareto_front=front)
+    write_json(f"{args.out}.json", report)
+    plot_pareto(points, front, best, args.budget, f"{args.out}.png")
+    print(table(points, best))
+    print(f"wrote {args.out}.json and {args.out}.png")
+    return report
+
+
+def table(points: dict, best) -> str:
+    splits = list(next(iter(points.values()))["splits"]) if points else []
+    lines = [f"| point | minutes | validation | {' | '.join(splits)} | hard mean |", "|---" * (len(splits) + 4) + "|"]
+    for name, p in sorted(points.items(), key=lambda item: item[1]["train_minutes"]):
+        cells = " | ".join(f"{100 * p['splits'][s]['accuracy']:.2f}" for s in splits)
+        mark = " (best on validation)" if name == best else ""
+        lines.append(f"| {name}{mark} | {p['train_minutes']:.1f} | {100 * p['validation']['accuracy']:.2f} | {cells} | {100 * (p['hard_mean'] or 0):.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except TfdnadetError as exc:
+        sys.exit(str(exc))
