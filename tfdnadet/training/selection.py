@@ -73,7 +73,8 @@ def read_selection(directory: str) -> Optional[dict]:
 
 class GeneratorValidation(keras.callbacks.Callback):
     """Each epoch: image accuracy, judged by the Detector's forward pass (whole image or patch grid, as the model
-    will predict), on each named set of (uint8 base-size images, labels); logged as NAME_accuracy.
+    will predict), on each named set of (uint8 base-size images, labels) (None or empty: left out); logged as
+    NAME_accuracy.
 
     With `select=True` the weights of the best epoch on `val_models` go to `directory` (atomically) and, after
     `patience` epochs without a better one, training stops.
@@ -81,7 +82,7 @@ class GeneratorValidation(keras.callbacks.Callback):
 
     def __init__(self, sets: dict, class_names: list, preprocessing: Preprocessing, batch_size: int, directory: str, select: bool, patience: Optional[int], initial_epoch: int):
         super().__init__()
-        self.sets = {name: LoadedImages(images, np.asarray(labels), [], []) for name, (images, labels) in sets.items() if len(labels)}
+        self.sets = {name: LoadedImages(pair[0], np.asarray(pair[1]), [], []) for name, pair in sets.items() if pair is not None and len(pair[1])}
         self.class_names = list(class_names)
         self.preprocessing = preprocessing
         self.batch_size = batch_size

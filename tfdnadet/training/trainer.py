@@ -141,7 +141,8 @@ def fit_patch_model(
     initial_epoch = state["epoch"] if state else 0
     select = selection_mode(config.train.select_on, val_models is not None and len(val_models[1]) > 0)
     generator_validation = GeneratorValidation(
-        {name: images for name, images in ((HELDOUT_IMAGES, val_images), (VAL_MODELS, val_models)) if images is not None},
+        # judged alike, so the gap between the two shows; without validation models Keras' val_accuracy is enough
+        {} if val_models is None else {HELDOUT_IMAGES: val_images, VAL_MODELS: val_models},
         class_names,
         Preprocessing.from_data_config(config.data),
         config.train.eval_batch_size,

@@ -1,0 +1,67 @@
+"""The generalization benchmarks on the tiny zoo: sweep.py (two points sharing stage 1, resumed, JSON and Pareto PNG
+written) and the test sets of add_head.py."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+FAST = ["train.epochs=2", "train.steps_per_epoch=2", "stage1.epochs=1", "stage1.crops=32", "train.gradcam_images=0", "train.tensorboard=false"]
+
+
+def load_benchmark(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(BENCHMARKS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    return load_benchmark("sweep")
+
+
+def test_sweep_runs_two_points_sharing_stage1_and_resumes(sweep, tiny_zoo, tmp_path, capsys):
+    out, work = str(tmp_path / "sweep"), str(tmp_path / "work")
+    argv = ["--zoo", tiny_zoo["root"], "--config", "tiny", "--points", "bf16,bf16-frozen", "--work", work, "--out", out, "--verbose", "0"]
+    for setting in FAST:
+        argv += ["--set", setting]
+    report = sweep.main(argv)
+    assert os.path.getsize(f"{out}.png") > 0
+    on_disk = json.load(open(f"{out}.json"))
+    assert on_disk["points"] == json.loads(json.dumps(report["points"])) and sorted(on_disk["points"]) == ["bf16", "bf16-frozen"]
+    points = on_disk["points"]
+    assert len(os.listdir(os.path.join(work, "stage1"))) == 1  # same stage-1 settings: one run
+    assert points["bf16"]["stage1"] == points["bf16-frozen"]["stage1"]
+    for point in points.values():
+        assert sorted(point["splits"]) == sorted(["closed-set", "cross-seed", "cross-loss", "cross-finetune", "cross-dataset"])
+        assert point["validation"]["count"] == tiny_zoo["splits"]["validation"]["images"]
+        assert point["selection"]["select_on"] == "val_models" and 1 <= point["selection"]["epoch"] <= 2
+        assert point["train_minutes"] == pytest.approx(point["stage1"]["minutes"] + point["stage2_minutes"]) and point["stage2_minutes"] > 0
+    assert points["bf16-frozen"]["selection"]["finetune_from_block"] == "frozen"
+    best = max(points, key=lambda name: points[name]["validation"]["accuracy"])
+    assert on_disk["best_on_validation"] == best and on_disk["pareto_front"]
+    capsys.readouterr()
+
+    again = sweep.main(argv)  # finished points are kept, nothing is trained again
+    assert "finished earlier, kept" in capsys.readouterr().out
+    assert again["points"] == on_disk["points"]
+    with pytest.raises(SystemExit, match="Unknown point"):
+        sweep.main([*argv[:4], "--points", "nope"])
+
+
+def test_add_head_benchmark_tests_other_seeds_and_other_content(tiny_zoo, tmp_path):
+    add_head = load_benchmark("add_head")
+    models = {m["id"]: m for m in tiny_zoo["models"]}
+    folders = add_head.test_folders(tiny_zoo, "progan")
+    assert list(folders) == [row for row, *_ in add_head.TESTS]
+    by_model = {row: models[os.path.basename(folder)] for row, folder in folders.items()}
+    assert [(m["split"], m["seed"], m["content"]) for m in by_model.values()] == [
+        ("train", 0, "A"), ("cross-seed", 1, "A"), ("cross-finetune", 0, "B"), ("validation", 2, "B")
+    ]
+    assert all(os.listdir(folder) for folder in folders.values())
+    with open(add_head.base_manifest(tiny_zoo, "progan", str(tmp_path / "base.csv"))) as f:
+        labels = {line.rsplit(",", 1)[1].strip() for line in f.readlines()[1:]}
+    assert labels == {"real", "mmdgan", "infomaxgan"}
