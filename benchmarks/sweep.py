@@ -72,6 +72,7 @@ def parse_args(argv=None):
     parser.add_argument("--work", default="sweep_work", help="stage-1 and stage-2 runs (kept, so a rerun resumes)")
     parser.add_argument("--out", default=os.path.join(RESULTS, "sweep"), help="writes OUT.json and OUT.png")
     parser.add_argument("--set", dest="settings", action="append", default=[], help="section.key=value for every point (YAML value)")
+    parser.add_argument("--stage1-from", action="append", default=[], help="a finished stage-1 run directory to use for the points with its settings (repeatable)")
     parser.add_argument("--verbose", type=int, default=2, help="Keras verbosity of the training runs")
     return parser.parse_args(argv)
 
@@ -87,6 +88,26 @@ def with_settings(config: Config, settings: dict) -> Config:
 
 def config_key(config: Config) -> str:
     return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def stage1_key(config: Config) -> str:
+    """The key of the config a stage-1 run records in its config.yaml (its train.epochs is stage1.epochs)."""
+    return config_key(with_settings(config, {"train.epochs": config.stage1.epochs}) if config.stage1.epochs else config)
+
+
+def finished_stage1_runs(run_dirs: list) -> dict:
+    """{stage-1 key: (model directory, seconds)} of finished stage-1 runs given by --stage1-from."""
+    runs = {}
+    for run_dir in run_dirs:
+        model_dir = os.path.join(run_dir, "model")
+        if not os.path.isfile(os.path.join(model_dir, "detector.json")):
+            raise TfdnadetError(f"--stage1-from {run_dir}: not a finished run (no model/detector.json).")
+        # A run the sweep did not time: from its start (stage1_data.json) to the writing of its model.
+        seconds = read_json(os.path.join(run_dir, "seconds.json"), {"seconds": None})["seconds"]
+        if seconds is None:
+            seconds = os.path.getmtime(os.path.join(model_dir, "detector.json")) - os.path.getmtime(os.path.join(run_dir, "stage1_data.json"))
+        runs[config_key(load_config(os.path.join(run_dir, "config.yaml")))] = (model_dir, seconds)
+    return runs
 
 
 class Stopwatch(keras.callbacks.Callback):
@@ -125,13 +146,13 @@ def read_json(path: str, default):
         return json.load(f)
 
 
-def run_point(name: str, base: Config, zoo: dict, work: str, verbose: int) -> dict:
+def run_point(name: str, base: Config, zoo: dict, work: str, verbose: int, stage1_runs: dict) -> dict:
     both, stage2_only = POINTS[name]
     stage1_config = with_settings(base, both)
     config = with_settings(stage1_config, stage2_only)
-    key = config_key(stage1_config)
+    key = stage1_key(stage1_config)
     progress(f"{name}: stage 1 (settings {key}, shared by points with the same stage-1 settings)")
-    stage1, stage1_seconds = trained(
+    stage1, stage1_seconds = stage1_runs.get(key) or trained(
         os.path.join(work, "stage1", key), lambda run, cb: train_stage1(None, run, stage1_config, resume=True, verbose=verbose, callbacks=cb)
     )
     progress(f"{name}: stage 2 (epoch chosen on the validation split)")
@@ -209,6 +230,7 @@ def main(argv=None) -> dict:
         raise TfdnadetError(f"The zoo at {zoo['root']} has no {VALIDATION_SPLIT} split: rebuild it with `tfdnadet zoo build` (finished models are kept).")
     settings = {"data.base_size": zoo["image_size"], **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.settings)}}
     base = with_settings(load_config(args.config), settings)
+    stage1_runs = finished_stage1_runs(args.stage1_from)
     report = read_json(f"{args.out}.json", {})
     same_sweep = report.get("zoo") == os.path.abspath(zoo["root"]) and report.get("base_config") == base.to_dict()
     points = report.get("points", {}) if same_sweep else {}
@@ -217,7 +239,7 @@ def main(argv=None) -> dict:
             progress(f"[{number}/{len(names)}] {name}: finished earlier, kept")
             continue
         progress(f"[{number}/{len(names)}] {name}")
-        points[name] = run_point(name, base, zoo, args.work, args.verbose)
+        points[name] = run_point(name, base, zoo, args.work, args.verbose, stage1_runs)
         p = points[name]
         progress(
             f"{name}: {p['train_minutes']:.1f} min, validation {100 * p['validation']['accuracy']:.1f}, "

@@ -45,9 +45,15 @@ def test_sweep_runs_two_points_sharing_stage1_and_resumes(sweep, tiny_zoo, tmp_p
     assert on_disk["best_on_validation"] == best and on_disk["pareto_front"]
     capsys.readouterr()
 
-    again = sweep.main(argv)  # finished points are kept, nothing is trained again
-    assert "finished earlier, kept" in capsys.readouterr().out
-    assert again["points"] == on_disk["points"]
+    # Finished points are kept; a new point takes a finished stage-1 run from elsewhere (--stage1-from), so the
+    # fresh --work gets no stage-1 run of its own.
+    stage1_run = points["bf16"]["stage1"]["run"]
+    resumed = [*argv, "--points", "bf16,bf16-frozen,bf16-top4", "--work", str(tmp_path / "other"), "--stage1-from", stage1_run]
+    again = sweep.main(resumed)
+    assert capsys.readouterr().out.count("finished earlier, kept") == 2
+    assert {k: again["points"][k] for k in points} == points
+    assert again["points"]["bf16-top4"]["stage1"] == points["bf16"]["stage1"]
+    assert os.listdir(tmp_path / "other") == ["stage2"]
     with pytest.raises(SystemExit, match="Unknown point"):
         sweep.main([*argv[:4], "--points", "nope"])
 
