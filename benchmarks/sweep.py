@@ -57,7 +57,8 @@ POINTS = {
     "bf16-width0.5": ({**BF16, "model.width": 0.5}, {}),
     "bf16-x1": ({**BF16, "data.input_size": 64}, {}),  # no upsampling: a 2x2 grid of 32 px patches
     "bf16-x4-p64": ({**BF16, "data.input_size": 256, "data.patch_size": 64}, {}),  # the paper's x4, crop ratio 1/4
-    "bf16-bank170": ({**BF16, "stage1.transforms": None}, {}),  # the paper's 170 transformation classes
+    # the paper's 170 transformation classes, 2 crops each per step (4 x 170 would be a 680-image step here)
+    "bf16-bank170": ({**BF16, "stage1.transforms": None, "stage1.images_per_class": 2}, {}),
     "bf16-stage1-48ep": ({**BF16, "stage1.epochs": 48}, {}),
 }
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
