@@ -285,7 +285,10 @@ def train_stage2_command(
     allow_outside_root: bool = AllowOutsideRootOption,
     heads: Optional[str] = typer.Option(None, "--heads", help="heads.layout: multiclass, or one-vs-all (one binary head per class)"),
     val_data: Optional[str] = typer.Option(
-        None, "--val-data", help="Images of generator models not in training (a zoo: its validation split) to choose the epoch on; default: the validation split of the zoo --data is in."
+        None,
+        "--val-data",
+        help="Images of generator models not in training (a zoo: its validation split) to choose the epoch on; "
+        "default: the validation split of the zoo --data is in.",
     ),
     freeze_backbone: bool = typer.Option(False, "--freeze-backbone", help="Train the heads only (train.finetune_from_block=frozen)."),
     settings: Optional[List[str]] = SetOption,

@@ -151,7 +151,10 @@ def validate(config: Config) -> None:
         (0 <= d.val_fraction < 1, f"data.val_fraction must be in [0, 1). Received: {d.val_fraction}"),
         (d.images_per_class >= 1 and d.patches_per_image >= 1, "data.images_per_class and data.patches_per_image must be >= 1"),
         (t.epochs >= 1, f"train.epochs must be >= 1. Received: {t.epochs}"),
-        (_valid_finetune_from_block(t.finetune_from_block), f"train.finetune_from_block must be an integer >= 0 or one of {FROZEN_ENCODER}. Received: {t.finetune_from_block!r}"),
+        (
+            _valid_finetune_from_block(t.finetune_from_block),
+            f"train.finetune_from_block must be an integer >= 0 or one of {FROZEN_ENCODER}. Received: {t.finetune_from_block!r}",
+        ),
         (t.select_on in SELECT_ON, f"train.select_on must be one of {SELECT_ON}. Received: {t.select_on!r}"),
         (t.patience is None or (isinstance(t.patience, int) and t.patience >= 1), f"train.patience must be >= 1 or null. Received: {t.patience!r}"),
         (t.gradcam_images >= 0, f"train.gradcam_images must be >= 0. Received: {t.gradcam_images}"),

@@ -12,8 +12,8 @@ import keras
 import numpy as np
 
 from tfdnadet.atomic import atomic_path, write_json
-from tfdnadet.errors import TfdnadetError
 from tfdnadet.data.pipeline import LoadedImages
+from tfdnadet.errors import TfdnadetError
 from tfdnadet.inference import predict_loaded
 from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing
 from tfdnadet.zoo.build import VALIDATION_SPLIT, read_zoo
@@ -80,7 +80,9 @@ class GeneratorValidation(keras.callbacks.Callback):
     `patience` epochs without a better one, training stops.
     """
 
-    def __init__(self, sets: dict, class_names: list, preprocessing: Preprocessing, batch_size: int, directory: str, select: bool, patience: Optional[int], initial_epoch: int):
+    def __init__(
+        self, sets: dict, class_names: list, preprocessing: Preprocessing, batch_size: int, directory: str, select: bool, patience: Optional[int], initial_epoch: int
+    ):
         super().__init__()
         self.sets = {name: LoadedImages(pair[0], np.asarray(pair[1]), [], []) for name, pair in sets.items() if pair is not None and len(pair[1])}
         self.class_names = list(class_names)
@@ -121,4 +123,3 @@ class GeneratorValidation(keras.callbacks.Callback):
             self._detector = Detector(self.model.backbone, {MULTICLASS: head}, info, self.preprocessing, {})
         probabilities = predict_loaded(self._detector, loaded, self.batch_size)[MULTICLASS]
         return float(np.mean(np.argmax(probabilities, axis=1) == loaded.labels))
-

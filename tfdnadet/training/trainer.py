@@ -62,9 +62,11 @@ def build_patch_model(config: Config, num_classes: int, init_model: Optional[str
     return model
 
 
-def freeze_blocks(backbone: keras.Model, finetune_from_block) -> list:
-    """Freeze the encoder below block `finetune_from_block` (all of it for `frozen`/`none`; nothing for 0 or 1);
-    returns the frozen layers' names. A frozen BatchNorm normalises with its moving statistics (inference mode)."""
+def freeze_blocks(backbone: keras.Model, finetune_from_block) -> None:
+    """Freeze the encoder below block `finetune_from_block` (all of it for `frozen`/`none`; nothing for 0 or 1).
+
+    A frozen BatchNorm normalises with its moving statistics (Keras runs a non-trainable BatchNorm in inference mode).
+    """
     if finetune_from_block in FROZEN_ENCODER:
         frozen = [layer for layer in backbone.layers if layer.weights]
     else:
@@ -78,7 +80,6 @@ def freeze_blocks(backbone: keras.Model, finetune_from_block) -> list:
             )
     for layer in frozen:
         layer.trainable = False
-    return [layer.name for layer in frozen]
 
 
 def make_optimizer(train: TrainConfig, learning_rate: float) -> keras.optimizers.Optimizer:
