@@ -1,8 +1,8 @@
 """Does a head added for one generator recognise its architecture in other generators? And what does it cost?
 
 On a mini GAN zoo: a base model is trained on the train split without architecture NEW (not timed); then, on the
-same images, one run each of `add_head(NEW)` (positives: NEW's train-split images, one generator) and
-`train_stage2` on the whole train split (NEW included), both end to end. Each answer's recall of NEW is reported
+same images, one run each of `add_head(NEW)` (positives: NEW's train-split images, one generator; negatives: the
+other classes' train-split images) and `train_stage2` on the whole train split (NEW included), both end to end. Each answer's recall of NEW is reported
 on images of NEW's architecture from: the same generator (closed-set), another seed on the same content
 (cross-seed), the same seed finetuned on other content (cross-finetune), and another seed AND another content
 (the validation split's finetuned model), with the head's false-positive rate on the other closed-set classes.
@@ -82,8 +82,9 @@ def run(zoo_path: str, new: str, config_name: str, init, work: str) -> dict:
     folders = test_folders(zoo, new)
     base_csv = base_manifest(zoo, new, os.path.join(work, "base.csv"))
     base = train_stage2(base_csv, os.path.join(work, "base"), config, init_model=init, allow_outside_root=True, verbose=0).model_dir
-    positives = os.path.join(zoo["root"], TRAIN_SPLIT, new)
-    head_info, head_seconds = timed(add_head, base, new, positives)
+    train_folders = {c: os.path.join(zoo["root"], TRAIN_SPLIT, c) for c in zoo["splits"][TRAIN_SPLIT]["classes"]}
+    negatives = tuple(folder for c, folder in train_folders.items() if c != new)  # the base model's training images
+    head_info, head_seconds = timed(add_head, base, new, train_folders[new], negatives)
     train_csv = os.path.join(zoo["root"], zoo["splits"][TRAIN_SPLIT]["manifest"])
     retrained, retrain_seconds = timed(train_stage2, train_csv, os.path.join(work, "retrain"), config, init_model=init, verbose=0)
     with_head, retrained_model = load_detector(base), load_detector(retrained.model_dir)
@@ -94,7 +95,7 @@ def run(zoo_path: str, new: str, config_name: str, init, work: str) -> dict:
         retrained_classes = np.argmax(scores(retrained_model, folder)[MULTICLASS], axis=1)
         rows[row] = {"images": len(head_scores), "head_recall": float(np.mean(head_scores >= threshold)), "retrained_recall": float(np.mean(retrained_classes == new_index))}
     others = [os.path.join(zoo["root"], "closed-set", c) for c in zoo["splits"]["closed-set"]["classes"] if c != new]
-    negatives = np.concatenate([scores(with_head, folder)[new][:, 0] for folder in others])
+    other_scores = np.concatenate([scores(with_head, folder)[new][:, 0] for folder in others])
     return {
         "zoo": os.path.abspath(zoo["root"]),
         "new": new,
@@ -104,7 +105,7 @@ def run(zoo_path: str, new: str, config_name: str, init, work: str) -> dict:
         "retrain_seconds": retrain_seconds,
         "ratio": retrain_seconds / head_seconds,
         "head_threshold": threshold,
-        "head_false_positive_rate": float(np.mean(negatives >= threshold)),
+        "head_false_positive_rate": float(np.mean(other_scores >= threshold)),
         "recall": rows,
     }
 
