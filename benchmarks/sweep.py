@@ -181,9 +181,10 @@ def run_point(name: str, base: Config, zoo: dict, work: str, verbose: int, stage
 
 
 def best_on_validation(points: dict, budget: float):
-    """The point with the highest validation accuracy among those within the budget (test splits play no part)."""
+    """The point with the highest validation accuracy among those within the budget, the faster on a tie (test
+    splits play no part)."""
     within = {name: p for name, p in points.items() if p["train_minutes"] <= budget}
-    return max(within, key=lambda name: within[name]["validation"]["accuracy"]) if within else None
+    return max(within, key=lambda name: (within[name]["validation"]["accuracy"], -within[name]["train_minutes"])) if within else None
 
 
 def pareto_front(points: dict) -> list:

@@ -41,7 +41,7 @@ def test_sweep_runs_two_points_sharing_stage1_and_resumes(sweep, tiny_zoo, tmp_p
         assert point["selection"]["select_on"] == "val_models" and 1 <= point["selection"]["epoch"] <= 2
         assert point["train_minutes"] == pytest.approx(point["stage1"]["minutes"] + point["stage2_minutes"]) and point["stage2_minutes"] > 0
     assert points["bf16-frozen"]["selection"]["finetune_from_block"] == "frozen"
-    best = max(points, key=lambda name: points[name]["validation"]["accuracy"])
+    best = max(points, key=lambda name: (points[name]["validation"]["accuracy"], -points[name]["train_minutes"]))
     assert on_disk["best_on_validation"] == best and on_disk["pareto_front"]
     capsys.readouterr()
 
