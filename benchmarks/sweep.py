@@ -28,9 +28,9 @@ from tfdnadet.atomic import write_json  # noqa: E402
 from tfdnadet.config import Config, config_from_dict, load_config  # noqa: E402
 from tfdnadet.errors import TfdnadetError  # noqa: E402
 from tfdnadet.evaluation.evaluate import evaluate_dataset  # noqa: E402
-from tfdnadet.evaluation.plots import plt, save_figure  # noqa: E402
 from tfdnadet.evaluation.protocol import evaluate_protocol, protocol_summary  # noqa: E402
-from tfdnadet.models.detector import load_detector  # noqa: E402
+from tfdnadet.models.model_dir import load_detector  # noqa: E402
+from tfdnadet.plots import plt, save_figure  # noqa: E402
 from tfdnadet.training.stage1 import train_stage1  # noqa: E402
 from tfdnadet.training.stage2 import train_stage2  # noqa: E402
 from tfdnadet.zoo.build import TRAIN_SPLIT, VALIDATION_SPLIT, read_zoo  # noqa: E402
