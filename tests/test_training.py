@@ -122,6 +122,15 @@ def test_finetune_from_block_keeps_lower_blocks_bit_identical_and_trains_the_res
     assert json.load(open(os.path.join(result.run_dir, "run.json")))["selection"]["finetune_from_block"] == 5
 
 
+def test_finetune_from_block_is_for_a_pretrained_encoder_a_random_one_trains_whole(gan_images, tmp_path):
+    from tfdnadet.config import load_config
+
+    config = load_config("tiny", {"train.epochs": 1, "train.steps_per_epoch": 2, "train.finetune_from_block": 5})
+    result = train_stage2(gan_images["train"], str(tmp_path / "run"), config, verbose=0)  # no --init
+    assert json.load(open(os.path.join(result.run_dir, "run.json")))["selection"]["finetune_from_block"] == 0
+    assert all(layer.trainable for layer in load_detector(result.model_dir).backbone.layers)
+
+
 def test_freeze_backbone_trains_the_heads_only(trained_run, gan_images, tmp_path, monkeypatch, capsys):
     from conftest import run_cli
 

@@ -33,8 +33,9 @@ def train_stage1(
 ) -> TrainResult:
     """Pretrain on transformed crops of the photos in `data` (None: the built-in photos); writes RUN_DIR/model."""
     d, s = config.data, config.stage1
-    if s.epochs is not None:
-        config = config_with_overrides(config.to_dict(), {"train.epochs": s.epochs})
+    # The pretraining trains the whole encoder; train.finetune_from_block is about fine-tuning it in stage 2.
+    overrides = {"train.finetune_from_block": 0, **({"train.epochs": s.epochs} if s.epochs is not None else {})}
+    config = config_with_overrides(config.to_dict(), overrides)
     bank = TransformBank(s.transforms, d.base_size)
     data = _run_data(data, run_dir, resume)
     crops = natural_crops(data, s.crops, d.base_size, config.train.seed, d.max_pixels, on_skipped)

@@ -4,7 +4,7 @@ import math
 import os
 from typing import Optional
 
-from tfdnadet.config import Config
+from tfdnadet.config import Config, config_with_overrides
 from tfdnadet.data.perturb import make_augment
 from tfdnadet.data.pipeline import LoadedImages, check_classes_present, load_images, make_patch_dataset
 from tfdnadet.data.preprocess import min_image_side
@@ -37,6 +37,8 @@ def train_stage2(
     """
     if backbone_spec(config.model.backbone).fit == CLOSED_FORM:
         return fit_closed_form(data, run_dir, config, on_skipped, allow_outside_root)
+    if init_model is None and not resume:  # blocks to keep come from a pretrained encoder; a random one trains whole
+        config = config_with_overrides(config.to_dict(), {"train.finetune_from_block": 0})
     d = config.data
     images = read_dataset(data, d.class_names, allow_outside_root)
     train_list, val_list = split_train_val(images, d.val_fraction, d.split_seed)
