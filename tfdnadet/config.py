@@ -102,12 +102,27 @@ class HeadsConfig:
 
 
 @dataclass
+class GFDConfig:
+    # [3.4, Eq. 7; 4.1] L_G = w1 latent CE + w2 adversarial + w3 auxiliary CE + w4 perceptual, w = 10, 0.1, 1, 1 for
+    # attribution (w2 = 0.01 for fake-vs-real detection); a weight of 0 leaves its part out (Table 4 ablations)
+    latent_weight: float = 10.0
+    adversarial_weight: float = 0.1
+    auxiliary_weight: float = 1.0
+    perceptual_weight: float = 1.0
+    # [3.3, Eq. 5] VGG-16 substitute: a stage-1 model directory (its encoder block `perceptual_layer`) or a .keras file
+    perceptual_model: Optional[str] = None
+    perceptual_layer: int = 4
+    real_class: str = "real"  # [3.2] fingerprints are added to a random image of this class in the batch
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
+    gfd: GFDConfig = field(default_factory=GFDConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -163,6 +178,11 @@ def validate(config: Config) -> None:
         (config.heads.epochs >= 1, f"heads.epochs must be >= 1. Received: {config.heads.epochs}"),
         (s.crops >= 1 and s.images_per_class >= 1, "stage1.crops and stage1.images_per_class must be >= 1"),
         (s.epochs is None or s.epochs >= 1, f"stage1.epochs must be >= 1 (or null: train.epochs). Received: {s.epochs}"),
+        (config.gfd.latent_weight > 0, f"gfd.latent_weight must be > 0 (it trains the head). Received: {config.gfd.latent_weight}"),
+        (
+            min(config.gfd.adversarial_weight, config.gfd.auxiliary_weight, config.gfd.perceptual_weight) >= 0,
+            "gfd.adversarial_weight, gfd.auxiliary_weight and gfd.perceptual_weight must be >= 0",
+        ),
     ]
     for ok, message in checks:
         if not ok:

@@ -32,15 +32,7 @@ class AttNet(keras.Model):
     def __init__(self, width: float = 1.0, dtype=None, **kwargs):
         # === Functional Model ===
         images = keras.Input(shape=(None, None, 3), name="images")
-        x = images
-        for index, (filters, stride) in enumerate(ATTNET_BLOCKS, start=1):
-            x = keras.layers.Conv2D(
-                channels(filters, width), 4, strides=stride, padding="same", name=f"block{index}_conv", dtype=dtype
-            )(x)
-            if index > 1:
-                x = batch_norm(f"block{index}_bn", dtype)(x)
-            x = keras.layers.LeakyReLU(negative_slope=0.2, name=f"block{index}", dtype=dtype)(x)
-        features = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER, dtype=dtype)(x)
+        features = keras.layers.GlobalAveragePooling2D(name=POOL_LAYER, dtype=dtype)(patchgan_blocks(images, width, dtype))
         super().__init__(inputs=images, outputs=features, dtype=dtype, **kwargs)
 
         # === Config ===
@@ -49,6 +41,18 @@ class AttNet(keras.Model):
 
     def get_config(self):
         return {"width": self.width, "name": self.name, "trainable": self.trainable, "dtype": self.dtype_policy.name}
+
+
+def patchgan_blocks(x, width: float, dtype=None):
+    """The 70x70 PatchGAN's k4 convolutions on tensor x (BN after the first, LeakyReLU 0.2); layers block{i}_*."""
+    for index, (filters, stride) in enumerate(ATTNET_BLOCKS, start=1):
+        x = keras.layers.Conv2D(
+            channels(filters, width), 4, strides=stride, padding="same", name=f"block{index}_conv", dtype=dtype
+        )(x)
+        if index > 1:
+            x = batch_norm(f"block{index}_bn", dtype)(x)
+        x = keras.layers.LeakyReLU(negative_slope=0.2, name=f"block{index}", dtype=dtype)(x)
+    return x
 
 
 @keras.saving.register_keras_serializable(package="tfdnadet")

@@ -5,6 +5,7 @@ Layout:
     backbone.keras             the encoder
     heads/<name>/head.keras    one folder per head, written on its own
     heads/<name>/head.json     kind, classes, threshold, hash of the backbone it was trained on
+    gfd/decoder.keras          GFD-Net's fingerprint decoder G_dec (models trained with --method gfd only)
 """
 
 import json
@@ -24,6 +25,7 @@ FORMAT_VERSION = 1
 MODEL_ENV = "TFDNADET_MODEL"
 DEFAULT_MODEL_DIR = "model"
 METADATA_FILE = "detector.json"
+DECODER_FILE = os.path.join("gfd", "decoder.keras")
 _NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")  # also names serving outputs (tfdnadet.serving)
 LIST_FIELDS = ("name", "kind", "positives", "threshold", "val_precision", "val_recall", "created")
 
@@ -54,7 +56,7 @@ def write_head(model_dir: str, name: str, head: keras.Model, info: dict) -> None
 def load_detector(path: str) -> Detector:
     metadata = read_metadata(path)
     preprocessing = _preprocessing(path, metadata)
-    backbone = _load_keras(os.path.join(path, "backbone.keras"))
+    backbone = load_keras_file(os.path.join(path, "backbone.keras"))
     backbone_hash = weights_hash(backbone)
     if backbone_hash != metadata["backbone_sha256"]:
         raise TfdnadetError(f"Model {path}: backbone.keras does not match detector.json (weights hash differs).")
@@ -66,7 +68,7 @@ def load_detector(path: str) -> Detector:
                 f"Head '{name}' in {path} was trained on another backbone (hash {str(info.get('backbone_sha256'))[:12]}, "
                 f"this backbone {backbone_hash[:12]}): retrain or re-add it."
             )
-        heads[name] = _load_keras(os.path.join(path, "heads", name, "head.keras"))
+        heads[name] = load_keras_file(os.path.join(path, "heads", name, "head.keras"))
         infos[name] = info
     return Detector(backbone, heads, infos, preprocessing, metadata["config"])
 
@@ -110,7 +112,22 @@ def is_model_dir(path: str) -> bool:
 def load_backbone(path: str) -> keras.Model:
     """The backbone of a model directory (for --init from stage 1 or an earlier run)."""
     read_metadata(path)
-    return _load_keras(os.path.join(path, "backbone.keras"))
+    return load_keras_file(os.path.join(path, "backbone.keras"))
+
+
+def write_decoder(model_dir: str, decoder: keras.Model) -> None:
+    """Add GFD-Net's G_dec (folder `gfd/`, written atomically; the backbone and heads are not touched)."""
+    with atomic_path(os.path.join(model_dir, os.path.dirname(DECODER_FILE)), directory=True) as temporary:
+        decoder.save(os.path.join(temporary, os.path.basename(DECODER_FILE)))
+
+
+def load_decoder(model_dir: str) -> keras.Model:
+    """GFD-Net's G_dec of a model directory; a one-line error for a model trained another way."""
+    if not os.path.isfile(os.path.join(model_dir, DECODER_FILE)):
+        raise TfdnadetError(
+            f"{model_dir} has no fingerprint generator ({DECODER_FILE}): only models trained with --method gfd draw fingerprints."
+        )
+    return load_keras_file(os.path.join(model_dir, DECODER_FILE))
 
 
 def default_model_dir() -> str:
@@ -150,7 +167,7 @@ def remove_head(model_dir: str, name: str) -> list:
     return head_names(model_dir)
 
 
-def _load_keras(path: str) -> keras.Model:
+def load_keras_file(path: str) -> keras.Model:
     if not os.path.isfile(path):
         raise TfdnadetError(f"Missing model file: {path}")
     try:

@@ -1,0 +1,225 @@
+"""GFD-Net: its parts, its losses, one training step, saving, and fingerprint pictures (tiny 32 px models)."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+from test_models import check_keras_round_trip
+
+from tfdnadet.config import load_config
+from tfdnadet.errors import TfdnadetError
+from tfdnadet.explain.fingerprint import amplitude_spectrum, fingerprint_files, fingerprint_picture, write_fingerprints
+from tfdnadet.models.detector import MULTICLASS, Detector, load_detector, save_detector
+from tfdnadet.models.encoder import Encoder
+from tfdnadet.models.gfd import (
+    AuxiliaryClassifier,
+    FingerprintDecoder,
+    PatchDiscriminator,
+    check_unet_size,
+    fingerprint_generator,
+    load_fingerprint_generator,
+    perceptual_features,
+    unet_features,
+    write_decoder,
+)
+from tfdnadet.training.gfd import build_gfd_model, random_real_images
+from tfdnadet.training.trainer import make_optimizer
+
+WIDTH = 0.125
+CLASSES = ["real", "progan", "sngan"]
+LABELS = np.array([0, 0, 1, 1, 2, 2], np.int32)
+
+
+def images(count=6, size=32, seed=0):
+    return np.random.default_rng(seed).uniform(-1, 1, (count, size, size, 3)).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def perceptual_dir(tmp_path_factory):
+    """A stand-in stage-1 model directory: its encoder serves the perceptual loss."""
+    backbone = Encoder(width=WIDTH, name="encoder")
+    path = str(tmp_path_factory.mktemp("stage1") / "model")
+    save_detector(Detector(backbone, {}, {}, {"base_size": 32, "input_size": 32, "patch_size": 32, "max_pixels": 10**8}, {}), path)
+    return path
+
+
+def gfd_config(perceptual_dir=None, **overrides):
+    values = {"model.width": WIDTH, "gfd.perceptual_model": perceptual_dir}
+    if perceptual_dir is None:
+        values["gfd.perceptual_weight"] = 0
+    return load_config("tiny", {**values, **overrides})
+
+
+def build(config, classes=CLASSES, seed=0):
+    keras.utils.set_random_seed(seed)
+    backbone = Encoder(width=config.model.width, dtype=config.train.precision, name="encoder")
+    return build_gfd_model(config, classes, backbone, lambda: make_optimizer(config.train, config.train.learning_rate))
+
+
+def test_parts_have_the_papers_shapes_and_round_trip(tmp_path):
+    x = images()
+    encoder = Encoder(width=WIDTH, name="encoder")
+    decoder = FingerprintDecoder(WIDTH, name="decoder")
+    maps = unet_features(encoder)(x)
+    assert {name: tuple(m.shape[1:3]) for name, m in maps.items()} == {"block2": (16, 16), "block4": (8, 8), "block6": (4, 4), "block8": (2, 2)}
+    fingerprint = keras.ops.convert_to_numpy(fingerprint_generator(encoder, decoder)(x))
+    assert fingerprint.shape == x.shape and np.abs(fingerprint).max() <= 1.0
+    discriminator = PatchDiscriminator(WIDTH, name="discriminator")
+    assert discriminator(x).shape == (6, 4, 4, 1)  # one logit per patch
+    auxiliary = AuxiliaryClassifier(len(CLASSES), WIDTH, name="auxiliary")
+    assert auxiliary(x).shape == (6, 3)
+    check_keras_round_trip(decoder, maps, tmp_path)
+    check_keras_round_trip(discriminator, x, tmp_path)
+    check_keras_round_trip(auxiliary, x, tmp_path)
+
+
+def test_mixed_precision_keeps_fingerprints_and_logits_float32():
+    x = images(2)
+    encoder = Encoder(width=WIDTH, dtype="mixed_bfloat16")
+    generator = fingerprint_generator(encoder, FingerprintDecoder(WIDTH, dtype="mixed_bfloat16"))
+    for model in (generator, PatchDiscriminator(WIDTH, dtype="mixed_bfloat16"), AuxiliaryClassifier(3, WIDTH, dtype="mixed_bfloat16")):
+        assert keras.backend.standardize_dtype(model(x).dtype) == "float32"
+
+
+def test_fingerprints_are_added_to_real_images_of_the_batch():
+    x = tf.constant(images())
+    picked = random_real_images(x, tf.constant(LABELS), 0).numpy()
+    real = x.numpy()[LABELS == 0]
+    assert all(any(np.array_equal(p, r) for r in real) for p in picked)
+    # A replica's share without real images draws from its own images.
+    fakes = tf.constant(LABELS[2:])
+    picked = random_real_images(x[2:], fakes, 0).numpy()
+    assert all(any(np.array_equal(p, r) for r in x.numpy()[2:]) for p in picked)
+
+
+def test_losses_are_the_papers_weighted_sum(perceptual_dir):
+    model = build(gfd_config(perceptual_dir))
+    logs = model.test_on_batch(images(), LABELS, return_dict=True)
+    parts = {"latent_ce": 10.0, "adversarial": 0.1, "auxiliary_ce": 1.0, "perceptual": 1.0}
+    assert set(parts) <= set(logs)
+    assert all(np.isfinite(logs[name]) and logs[name] > 0 for name in parts)
+    np.testing.assert_allclose(logs["loss"], sum(w * logs[name] for name, w in parts.items()), rtol=1e-5)
+    # Untrained heads on three classes: cross-entropies near log(3).
+    assert abs(logs["latent_ce"] - np.log(3)) < 0.5 and abs(logs["auxiliary_ce"] - np.log(3)) < 0.5
+
+
+def test_one_train_step_moves_every_trainable_part(perceptual_dir):
+    model = build(gfd_config(perceptual_dir))
+    parts = {name: getattr(model, name) for name in ("backbone", "decoder", "classifier", "discriminator", "auxiliary")}
+    before = {name: [w.numpy().copy() for w in part.trainable_weights] for name, part in parts.items()}
+    frozen = [w.numpy().copy() for w in model.perceptual.weights]
+    logs = model.train_on_batch(images(), LABELS, return_dict=True)
+    assert {"discriminator", "auxiliary_fit"} <= set(logs) and np.isfinite(logs["loss"])
+    for name, part in parts.items():
+        assert any(not np.array_equal(a, b.numpy()) for a, b in zip(before[name], part.trainable_weights)), name
+    assert all(np.array_equal(a, b.numpy()) for a, b in zip(frozen, model.perceptual.weights))  # F stays fixed
+    assert int(model.optimizer.iterations.numpy()) == 1 and int(model.discriminator_optimizer.iterations.numpy()) == 1
+
+
+@pytest.mark.parametrize(
+    "weights, present",
+    [
+        ({"gfd.adversarial_weight": 0, "gfd.auxiliary_weight": 0}, set()),  # G
+        ({"gfd.auxiliary_weight": 0}, {"decoder", "discriminator"}),  # G+D
+        ({"gfd.adversarial_weight": 0}, {"decoder", "auxiliary"}),  # G+C
+    ],
+)
+def test_ablations_leave_their_parts_out(weights, present):
+    model = build(gfd_config(**weights))
+    assert {name for name in ("decoder", "discriminator", "auxiliary", "perceptual") if getattr(model, name) is not None} == present
+    before = [w.numpy().copy() for w in model.backbone.weights]
+    logs = model.train_on_batch(images(), LABELS, return_dict=True)
+    assert np.isfinite(logs["loss"]) and any(not np.array_equal(a, b.numpy()) for a, b in zip(before, model.backbone.weights))
+
+
+def test_train_step_under_mixed_precision_and_a_strategy():
+    config = gfd_config(**{"train.precision": "mixed_float16"})
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        model = build(config)
+    history = model.fit(tf.data.Dataset.from_tensor_slices((images(), LABELS)).batch(6), epochs=1, verbose=0)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert all(np.isfinite(values[-1]) for values in history.history.values())
+
+
+def test_save_load_gives_the_same_predictions_and_fingerprints(tmp_path):
+    model = build(gfd_config())
+    model.train_on_batch(images(), LABELS)
+    detector = Detector(model.backbone, {}, {}, {"base_size": 32, "input_size": 32, "patch_size": 32, "max_pixels": 10**8}, {})
+    detector.add_head(MULTICLASS, model.classifier, {"class_names": CLASSES})
+    path = str(tmp_path / "model")
+    save_detector(detector, path)
+    write_decoder(path, model.decoder)
+    loaded = load_detector(path)
+    x = images(4, seed=1)
+    np.testing.assert_array_equal(detector.predict(x)[MULTICLASS], loaded.predict(x)[MULTICLASS])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.softmax(model(x))), loaded.predict(x)[MULTICLASS], atol=1e-6)  # G_enc + H
+    original = fingerprint_generator(model.backbone, model.decoder)(x)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(original), keras.ops.convert_to_numpy(load_fingerprint_generator(path, loaded.backbone)(x)))
+
+
+def test_fingerprint_pictures_and_spectrum():
+    fingerprint = np.zeros((16, 16, 3), np.float32)
+    fingerprint[::2] = 0.01  # stripes of period 2 rows
+    picture = fingerprint_picture(fingerprint - 0.005)
+    assert picture.dtype == np.uint8 and {picture.min(), picture.max()} == {0, 255}
+    spectrum = amplitude_spectrum(fingerprint)
+    assert spectrum.shape == (16, 16) and spectrum.max() == 1.0
+    assert np.unravel_index(np.argmax(spectrum), spectrum.shape) == (0, 8)  # the Nyquist row frequency, centred layout
+
+
+def test_write_fingerprints_one_png_per_image_plus_classes_and_sheet(tmp_path):
+    fingerprints = np.random.default_rng(0).normal(0, 0.02, (5, 32, 32, 3)).astype("float32")
+    paths = ["a/x.png", "b/x.png", "c/y.png", "d/z.jpg", "e/w.png"]
+    groups = ["progan", "progan", "real", "sngan", "real"]
+    result = write_fingerprints(fingerprints, paths, groups, str(tmp_path / "out"))
+    pngs = sorted(os.listdir(tmp_path / "out" / "fingerprints"))
+    assert len(pngs) == 5 and pngs[0] == "0000_x.png" and pngs[1] == "0001_x.png"
+    assert Image.open(result.fingerprints[0]["png"]).size == (32, 32)
+    assert sorted(result.classes) == ["progan", "real", "sngan"] and result.classes["real"]["images"] == 2
+    assert sorted(os.listdir(tmp_path / "out" / "classes")) == sorted(f"{g}_{kind}.png" for g in ("progan", "real", "sngan") for kind in ("mean", "spectrum"))
+    assert os.path.getsize(result.contact_sheet) > 0 and not [n for n in os.listdir(tmp_path / "out") if n.startswith(".")]
+
+
+def test_fingerprint_files_from_a_model_directory(gan_images, tmp_path):
+    model = build(gfd_config())
+    detector = Detector(model.backbone, {}, {}, {"base_size": 32, "input_size": 32, "patch_size": 32, "max_pixels": 10**8}, {})
+    detector.add_head(MULTICLASS, model.classifier, {"class_names": CLASSES})
+    path = str(tmp_path / "model")
+    save_detector(detector, path)
+    folder = os.path.join(gan_images["root"], "progan")
+    with pytest.raises(TfdnadetError, match="only models trained with --method gfd"):
+        fingerprint_files(detector, path, [folder], str(tmp_path / "out"))
+    write_decoder(path, model.decoder)
+    result, failures = fingerprint_files(load_detector(path), path, [folder, str(tmp_path / "missing.png")], str(tmp_path / "out"))
+    assert failures == [(str(tmp_path / "missing.png"), "no such file or folder")]
+    assert len(result.fingerprints) == len(os.listdir(tmp_path / "out" / "fingerprints")) > 0
+    assert os.path.isfile(result.contact_sheet) and set(result.classes) <= set(CLASSES)
+
+
+def test_bad_setups_are_clear_errors(perceptual_dir, tmp_path):
+    with pytest.raises(TfdnadetError, match="no class 'real'"):
+        build(gfd_config(), classes=["progan", "sngan"])
+    with pytest.raises(TfdnadetError, match="needs gfd.perceptual_model"):
+        build(load_config("tiny", {"model.width": WIDTH}))
+    with pytest.raises(TfdnadetError, match="Perceptual model not found"):
+        perceptual_features(str(tmp_path / "nothing"))
+    with pytest.raises(TfdnadetError, match="multiple of 16"):
+        check_unet_size(40)
+    with pytest.raises(TfdnadetError, match="needs the dnadet encoder"):
+        unet_features(PatchDiscriminator(WIDTH))
+    with pytest.raises(TfdnadetError, match="gfd.latent_weight must be > 0"):
+        load_config("tiny", {"gfd.latent_weight": 0})
+    with pytest.raises(TfdnadetError, match="Unknown config key 'gfd.vgg'"):
+        load_config("tiny", {"gfd.vgg": 1})
+
+
+def test_perceptual_features_from_a_stage1_directory_or_a_keras_file(perceptual_dir, tmp_path):
+    x = images(2)
+    from_dir = perceptual_features(perceptual_dir)
+    assert from_dir(x).shape == (2, 8, 8, 16) and not from_dir.trainable_weights  # block 4 of a width-1/8 encoder
+    path = str(tmp_path / "features.keras")
+    from_dir.save(path)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(from_dir(x)), keras.ops.convert_to_numpy(perceptual_features(path)(x)))

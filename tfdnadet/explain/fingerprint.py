@@ -1,0 +1,116 @@
+"""GFD-Net fingerprints as pictures [4.5, Fig. 4]: one PNG per image, per-class means and their spectra, a sheet.
+
+A fingerprint f = G(x) is small and signed, so each picture is scaled by its own largest |f| around mid-grey
+(0 is grey). The amplitude spectrum of a class's mean fingerprint (mean over colour channels, its own mean
+removed, log(1 + |FFT|), centred) shows periodic upsampling patterns as bright off-centre peaks.
+"""
+
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from tfdnadet.atomic import atomic_path
+from tfdnadet.data.pipeline import make_image_dataset
+from tfdnadet.plots import plt, save_figure
+from tfdnadet.inference import expand_inputs, load_for_detector
+from tfdnadet.models.detector import MULTICLASS, Detector
+from tfdnadet.models.gfd import check_unet_size, load_fingerprint_generator
+
+SHEET_EXAMPLES = 6  # fingerprints shown per class row of the contact sheet, beside its mean and spectrum
+
+
+@dataclass
+class FingerprintFiles:
+    fingerprints: list  # [{"path": source image, "png": its fingerprint, "group": class}]
+    classes: dict = field(default_factory=dict)  # class -> {"images": n, "mean": png, "spectrum": png}
+    contact_sheet: str = ""
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def fingerprint_files(detector: Detector, model_dir: str, inputs: list, out_dir: str, batch_size: int = 16) -> tuple:
+    """Fingerprints of image files/folders, grouped by the class the model predicts -> (FingerprintFiles, failures)."""
+    generator = load_fingerprint_generator(model_dir, detector.backbone)
+    input_size = detector.preprocessing.input_size
+    check_unet_size(input_size, "input size (data.input_size)")
+    files, failures = expand_inputs(inputs)
+    loaded = load_for_detector(detector, files)
+    failures += loaded.failures
+    if not loaded.paths:
+        return FingerprintFiles([]), failures
+    fingerprints, groups = [], []
+    for batch in make_image_dataset(loaded.images, None, input_size, batch_size):
+        fingerprints.append(np.asarray(generator(batch, training=False), np.float32))
+        groups += [detector.class_names[index] for index in np.argmax(detector.predict(batch)[MULTICLASS], axis=1)]
+    return write_fingerprints(np.concatenate(fingerprints), loaded.paths, groups, out_dir), failures
+
+
+def fingerprint_picture(fingerprint: np.ndarray) -> np.ndarray:
+    """A signed fingerprint [S, S, 3] -> uint8 RGB, 0 at mid-grey, its largest |value| at 0 or 255."""
+    scale = max(float(np.abs(fingerprint).max()), 1e-12)
+    return np.clip(np.round(127.5 + 127.5 * fingerprint / scale), 0, 255).astype(np.uint8)
+
+
+def amplitude_spectrum(fingerprint: np.ndarray) -> np.ndarray:
+    """log(1 + |FFT|) of the grey fingerprint minus its mean, zero frequency centred: float32 [S, S] in [0, 1]."""
+    grey = fingerprint.mean(axis=-1)
+    amplitude = np.log1p(np.abs(np.fft.fftshift(np.fft.fft2(grey - grey.mean()))))
+    return (amplitude / max(float(amplitude.max()), 1e-12)).astype(np.float32)
+
+
+def write_fingerprints(fingerprints: np.ndarray, paths: list, groups: list, out_dir: str) -> FingerprintFiles:
+    """Write fingerprints/<image>.png, classes/<class>_mean.png and _spectrum.png, and contact_sheet.png."""
+    result = FingerprintFiles([])
+    for index, (fingerprint, path, group) in enumerate(zip(fingerprints, paths, groups)):
+        stem = _safe(os.path.splitext(os.path.basename(path))[0])
+        png = os.path.join(out_dir, "fingerprints", f"{index:04d}_{stem}.png")  # numbered: two folders may hold the same name
+        write_png(png, fingerprint_picture(fingerprint))
+        result.fingerprints.append({"path": path, "png": png, "group": group})
+    rows = []
+    for group in sorted(set(groups)):
+        members = np.asarray([g == group for g in groups])
+        mean = fingerprints[members].mean(axis=0)
+        spectrum = amplitude_spectrum(mean)
+        stem = os.path.join(out_dir, "classes", _safe(group))
+        write_png(f"{stem}_mean.png", fingerprint_picture(mean))
+        write_png(f"{stem}_spectrum.png", np.round(255 * spectrum).astype(np.uint8))
+        result.classes[group] = {"images": int(members.sum()), "mean": f"{stem}_mean.png", "spectrum": f"{stem}_spectrum.png"}
+        names = [p for p, m in zip(paths, members) if m]
+        rows.append((f"{group}: mean of {len(names)}", mean, spectrum, fingerprints[members][:SHEET_EXAMPLES], names[:SHEET_EXAMPLES]))
+    result.contact_sheet = os.path.join(out_dir, "contact_sheet.png")
+    plot_contact_sheet(rows, result.contact_sheet)
+    return result
+
+
+def plot_contact_sheet(rows: list, path: str) -> None:
+    """One row per class (title, mean, spectrum, examples, their paths): its mean fingerprint, the mean's amplitude spectrum, then some of its fingerprints."""
+    columns = 2 + max(len(examples) for *_, examples, _ in rows)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.9 * columns, 2.1 * len(rows) + 0.4), squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.axis("off")
+    for row, (title, mean, spectrum, examples, names) in zip(axes, rows):
+        row[0].imshow(fingerprint_picture(mean))
+        row[0].set_title(title, fontsize=8)
+        row[1].imshow(spectrum, cmap="magma", vmin=0, vmax=1)
+        row[1].set_title("|FFT| of mean", fontsize=8)
+        for ax, example, name in zip(row[2:], examples, names):
+            ax.imshow(fingerprint_picture(example))
+            ax.set_title(os.path.basename(name)[:22], fontsize=7)
+    fig.suptitle("GFD-Net fingerprints (each scaled to its own range, grey = 0)", fontsize=10)
+    save_figure(fig, path)
+
+
+def write_png(path: str, pixels: np.ndarray) -> None:
+    """uint8 RGB [H, W, 3] or grey [H, W] -> PNG, written atomically."""
+    with atomic_path(path) as temporary:
+        Image.fromarray(pixels).save(temporary, format="PNG")
+
+
+def _safe(name: str) -> str:
+    """A class or file name as a file name: anything but letters, digits, '.', '-' and '_' becomes '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
+
