@@ -106,16 +106,25 @@ def test_losses_are_the_papers_weighted_sum(perceptual_dir):
     assert abs(logs["latent_ce"] - np.log(3)) < 0.5 and abs(logs["auxiliary_ce"] - np.log(3)) < 0.5
 
 
-def test_one_train_step_moves_every_trainable_part(perceptual_dir):
-    model = build(gfd_config(perceptual_dir))
-    parts = {name: getattr(model, name) for name in ("backbone", "decoder", "classifier", "discriminator", "auxiliary")}
-    before = {name: [w.numpy().copy() for w in part.trainable_weights] for name, part in parts.items()}
-    frozen = [w.numpy().copy() for w in model.perceptual.weights]
-    logs = model.train_on_batch(images(), LABELS, return_dict=True)
-    assert {"discriminator", "auxiliary_fit"} <= set(logs) and np.isfinite(logs["loss"])
+@pytest.fixture(scope="module")
+def trained(perceptual_dir):
+    """The full model (G+D+C+perceptual) under mixed_bfloat16 and a strategy, before and after one fit step."""
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        model = build(gfd_config(perceptual_dir, **{"train.precision": "mixed_bfloat16"}))
+    parts = {name: getattr(model, name) for name in ("backbone", "decoder", "classifier", "discriminator", "auxiliary", "perceptual")}
+    before = {name: [w.numpy().copy() for w in part.weights] for name, part in parts.items()}
+    history = model.fit(tf.data.Dataset.from_tensor_slices((images(), LABELS)).batch(6), epochs=1, verbose=0)
+    return model, parts, before, {name: values[-1] for name, values in history.history.items()}
+
+
+def test_one_train_step_moves_every_trainable_part(trained):
+    model, parts, before, logs = trained
+    assert {"discriminator", "auxiliary_fit", "perceptual"} <= set(logs) and all(np.isfinite(v) for v in logs.values())
     for name, part in parts.items():
-        assert any(not np.array_equal(a, b.numpy()) for a, b in zip(before[name], part.trainable_weights)), name
-    assert all(np.array_equal(a, b.numpy()) for a, b in zip(frozen, model.perceptual.weights))  # F stays fixed
+        trainable = {id(w) for w in part.trainable_weights}
+        moved = [not np.array_equal(a, w.numpy()) for a, w in zip(before[name], part.weights) if id(w) in trainable]
+        assert any(moved) == (name != "perceptual"), name  # F is frozen
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before["perceptual"], model.perceptual.weights))
     assert int(model.optimizer.iterations.numpy()) == 1 and int(model.discriminator_optimizer.iterations.numpy()) == 1
 
 
@@ -130,23 +139,32 @@ def test_one_train_step_moves_every_trainable_part(perceptual_dir):
 def test_ablations_leave_their_parts_out(weights, present):
     model = build(gfd_config(**weights))
     assert {name for name in ("decoder", "discriminator", "auxiliary", "perceptual") if getattr(model, name) is not None} == present
-    before = [w.numpy().copy() for w in model.backbone.weights]
+    assert (model.discriminator_optimizer is None) == (not present - {"decoder"})
+
+
+def test_the_generator_alone_trains_its_encoder_and_head():
+    model = build(gfd_config(**{"gfd.adversarial_weight": 0, "gfd.auxiliary_weight": 0}))
+    model.run_eagerly = True  # one tiny step: faster than tracing it
+    before = [w.numpy().copy() for w in model.generator_variables]
     logs = model.train_on_batch(images(), LABELS, return_dict=True)
-    assert np.isfinite(logs["loss"]) and any(not np.array_equal(a, b.numpy()) for a, b in zip(before, model.backbone.weights))
+    assert set(logs) == {"loss", "accuracy", "latent_ce"} and np.isclose(logs["loss"], 10 * logs["latent_ce"])
+    assert all(not np.array_equal(a, w.numpy()) for a, w in zip(before, model.generator_variables) if w.name == "kernel")
 
 
-def test_train_step_under_mixed_precision_and_a_strategy():
-    config = gfd_config(**{"train.precision": "mixed_float16"})
-    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
-        model = build(config)
-    history = model.fit(tf.data.Dataset.from_tensor_slices((images(), LABELS)).batch(6), epochs=1, verbose=0)
+def test_float16_steps_scale_their_losses():
+    model = build(gfd_config(**{"train.precision": "mixed_float16"}))
+    model.run_eagerly = True
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-    assert all(np.isfinite(values[-1]) for values in history.history.values())
+    assert isinstance(model.discriminator_optimizer, keras.optimizers.LossScaleOptimizer)
+    scale = float(model.optimizer.initial_scale)
+    for _ in range(2):
+        logs = model.train_on_batch(images(), LABELS, return_dict=True)
+    # The first steps' float16 gradients overflow at the initial scale: the step is skipped and the scale lowered.
+    assert all(np.isfinite(v) for v in logs.values()) and float(model.optimizer.dynamic_scale.numpy()) < scale
 
 
-def test_save_load_gives_the_same_predictions_and_fingerprints(tmp_path):
-    model = build(gfd_config())
-    model.train_on_batch(images(), LABELS)
+def test_save_load_gives_the_same_predictions_and_fingerprints(trained, tmp_path):
+    model = trained[0]
     detector = Detector(model.backbone, {}, {}, {"base_size": 32, "input_size": 32, "patch_size": 32, "max_pixels": 10**8}, {})
     detector.add_head(MULTICLASS, model.classifier, {"class_names": CLASSES})
     path = str(tmp_path / "model")
@@ -155,7 +173,7 @@ def test_save_load_gives_the_same_predictions_and_fingerprints(tmp_path):
     loaded = load_detector(path)
     x = images(4, seed=1)
     np.testing.assert_array_equal(detector.predict(x)[MULTICLASS], loaded.predict(x)[MULTICLASS])
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.softmax(model(x))), loaded.predict(x)[MULTICLASS], atol=1e-6)  # G_enc + H
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(keras.ops.softmax(model(x))), loaded.predict(x)[MULTICLASS], atol=1e-3)  # G_enc + H
     original = fingerprint_generator(model.backbone, model.decoder)(x)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(original), keras.ops.convert_to_numpy(load_fingerprint_generator(path, loaded.backbone)(x)))
 
@@ -183,8 +201,8 @@ def test_write_fingerprints_one_png_per_image_plus_classes_and_sheet(tmp_path):
     assert os.path.getsize(result.contact_sheet) > 0 and not [n for n in os.listdir(tmp_path / "out") if n.startswith(".")]
 
 
-def test_fingerprint_files_from_a_model_directory(gan_images, tmp_path):
-    model = build(gfd_config())
+def test_fingerprint_files_from_a_model_directory(trained, gan_images, tmp_path):
+    model = trained[0]
     detector = Detector(model.backbone, {}, {}, {"base_size": 32, "input_size": 32, "patch_size": 32, "max_pixels": 10**8}, {})
     detector.add_head(MULTICLASS, model.classifier, {"class_names": CLASSES})
     path = str(tmp_path / "model")
