@@ -14,6 +14,7 @@ import keras
 
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.baselines import patchgan_blocks
+from tfdnadet.models.detector import feature_extractor
 from tfdnadet.models.model_dir import load_backbone, load_decoder, load_keras_file
 from tfdnadet.models.encoder import ENCODER_BLOCKS, GRADCAM_LAYER, Encoder, batch_norm, block_layer_name, channels
 
@@ -100,14 +101,14 @@ class AuxiliaryClassifier(keras.Model):
         }
 
 
-def unet_features(encoder: keras.Model) -> keras.Model:
-    """images -> {block name: feature map} for the U-Net's skips and z, sharing the encoder's weights."""
+def unet_features(encoder: keras.Model, extra: tuple = ()) -> keras.Model:
+    """images -> {layer name: output} for the U-Net's skips and z (and `extra` layers), sharing the encoder's weights."""
     missing = [name for name in UNET_LAYERS if name not in {layer.name for layer in encoder.layers}]
     if missing:
         raise TfdnadetError(
             f"GFD-Net's generator needs the dnadet encoder (model.backbone: dnadet); this backbone has no layer {missing[0]!r}."
         )
-    return keras.Model(encoder.inputs[0], {name: encoder.get_layer(name).output for name in UNET_LAYERS}, name="unet_features")
+    return feature_extractor(encoder, {*UNET_LAYERS, *extra})
 
 
 def fingerprint_generator(encoder: keras.Model, decoder: FingerprintDecoder) -> keras.Model:

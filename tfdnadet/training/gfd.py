@@ -12,7 +12,8 @@ import tensorflow as tf
 
 from tfdnadet.config import Config, GFDConfig
 from tfdnadet.errors import TfdnadetError
-from tfdnadet.models.gfd import AuxiliaryClassifier, FingerprintDecoder, PatchDiscriminator, perceptual_features, unet_features
+from tfdnadet.models.encoder import POOL_LAYER
+from tfdnadet.models.gfd import UNET_LAYERS, AuxiliaryClassifier, FingerprintDecoder, PatchDiscriminator, perceptual_features, unet_features
 from tfdnadet.models.heads import MulticlassHead
 
 
@@ -43,7 +44,8 @@ class GFDModel(keras.Model):
         self.discriminator = discriminator
         self.auxiliary = auxiliary
         self.perceptual = perceptual
-        self.unet = unet_features(backbone) if decoder is not None else None
+        # One encoder pass gives H its pooled code and G_dec its skips.
+        self.encoder_maps = unet_features(backbone, extra=(POOL_LAYER,)) if decoder is not None else None
         # === Metrics ===
         self.loss_metric = keras.metrics.Mean(name="loss")  # the generator's weighted objective, Eq. 7
         self.accuracy_metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")  # H on the inputs
@@ -101,13 +103,13 @@ class GFDModel(keras.Model):
 
     def _generator_losses(self, images, labels, training: bool) -> tuple:
         """Eq. 7's parts (unweighted, float32) and the fingerprinted images x_fp = x_real + G(x) [Eq. 1]."""
-        features = self.backbone(images, training=training)
-        logits = tf.cast(self.classifier(features, training=training), tf.float32)
+        maps = self.encoder_maps(images, training=training) if self.decoder is not None else {POOL_LAYER: self.backbone(images, training=training)}
+        logits = tf.cast(self.classifier(maps[POOL_LAYER], training=training), tf.float32)
         self.accuracy_metric.update_state(labels, logits)
         losses = {"latent_ce": _cross_entropy(labels, logits)}
         if self.decoder is None:
             return losses, None
-        fingerprint = tf.cast(self.decoder(self.unet(images, training=training), training=training), tf.float32)
+        fingerprint = tf.cast(self.decoder({name: maps[name] for name in UNET_LAYERS}, training=training), tf.float32)
         real = random_real_images(tf.cast(images, tf.float32), labels, self.real_index)
         fingerprinted = real + fingerprint
         if self.discriminator is not None:
