@@ -12,7 +12,8 @@ from test_models import check_keras_round_trip
 from tfdnadet.config import load_config
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.explain.fingerprint import amplitude_spectrum, fingerprint_files, fingerprint_picture, write_fingerprints
-from tfdnadet.models.detector import MULTICLASS, Detector, load_detector, save_detector
+from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing
+from tfdnadet.models.model_dir import load_detector, save_detector, write_decoder
 from tfdnadet.models.encoder import Encoder
 from tfdnadet.models.gfd import (
     AuxiliaryClassifier,
@@ -23,7 +24,6 @@ from tfdnadet.models.gfd import (
     load_fingerprint_generator,
     perceptual_features,
     unet_features,
-    write_decoder,
 )
 from tfdnadet.training.gfd import build_gfd_model, random_real_images
 from tfdnadet.training.trainer import make_optimizer
@@ -31,6 +31,7 @@ from tfdnadet.training.trainer import make_optimizer
 WIDTH = 0.125
 CLASSES = ["real", "progan", "sngan"]
 LABELS = np.array([0, 0, 1, 1, 2, 2], np.int32)
+PREPROCESSING = Preprocessing(base_size=32, input_size=32, patch_size=32, max_pixels=10**8)
 
 
 def images(count=6, size=32, seed=0):
@@ -42,7 +43,7 @@ def perceptual_dir(tmp_path_factory):
     """A stand-in stage-1 model directory: its encoder serves the perceptual loss."""
     backbone = Encoder(width=WIDTH, name="encoder")
     path = str(tmp_path_factory.mktemp("stage1") / "model")
-    save_detector(Detector(backbone, {}, {}, {"base_size": 32, "input_size": 32, "patch_size": 32, "max_pixels": 10**8}, {}), path)
+    save_detector(Detector(backbone, {}, {}, PREPROCESSING, {}), path)
     return path
 
 
@@ -165,7 +166,7 @@ def test_float16_steps_scale_their_losses():
 
 def test_save_load_gives_the_same_predictions_and_fingerprints(trained, tmp_path):
     model = trained[0]
-    detector = Detector(model.backbone, {}, {}, {"base_size": 32, "input_size": 32, "patch_size": 32, "max_pixels": 10**8}, {})
+    detector = Detector(model.backbone, {}, {}, PREPROCESSING, {})
     detector.add_head(MULTICLASS, model.classifier, {"class_names": CLASSES})
     path = str(tmp_path / "model")
     save_detector(detector, path)
@@ -203,7 +204,7 @@ def test_write_fingerprints_one_png_per_image_plus_classes_and_sheet(tmp_path):
 
 def test_fingerprint_files_from_a_model_directory(trained, gan_images, tmp_path):
     model = trained[0]
-    detector = Detector(model.backbone, {}, {}, {"base_size": 32, "input_size": 32, "patch_size": 32, "max_pixels": 10**8}, {})
+    detector = Detector(model.backbone, {}, {}, PREPROCESSING, {})
     detector.add_head(MULTICLASS, model.classifier, {"class_names": CLASSES})
     path = str(tmp_path / "model")
     save_detector(detector, path)
