@@ -1,5 +1,6 @@
 """GFD-Net: its parts, its losses, one training step, saving, and fingerprint pictures (tiny 32 px models)."""
 
+import json
 import os
 
 import keras
@@ -9,11 +10,16 @@ import tensorflow as tf
 from PIL import Image
 from test_models import check_keras_round_trip
 
+from conftest import run_cli
+
 from tfdnadet.config import load_config
+from tfdnadet.data.preprocess import to_model_input
 from tfdnadet.errors import TfdnadetError
+from tfdnadet.export import export_model
 from tfdnadet.explain.fingerprint import amplitude_spectrum, fingerprint_files, fingerprint_picture, write_fingerprints
 from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing
-from tfdnadet.models.model_dir import load_detector, save_detector, write_decoder
+from tfdnadet.inference import load_for_detector
+from tfdnadet.models.model_dir import DECODER_FILE, load_detector, save_detector, write_decoder
 from tfdnadet.models.encoder import Encoder
 from tfdnadet.models.gfd import (
     AuxiliaryClassifier,
@@ -26,7 +32,7 @@ from tfdnadet.models.gfd import (
     unet_features,
 )
 from tfdnadet.training.gfd import build_gfd_model, random_real_images
-from tfdnadet.training.trainer import make_optimizer
+from tfdnadet.training.trainer import _restore, build_training_model, make_optimizer
 
 WIDTH = 0.125
 CLASSES = ["real", "progan", "sngan"]
@@ -242,3 +248,40 @@ def test_perceptual_features_from_a_stage1_directory_or_a_keras_file(perceptual_
     path = str(tmp_path / "features.keras")
     from_dir.save(path)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(from_dir(x)), keras.ops.convert_to_numpy(perceptual_features(path)(x)))
+
+
+def test_train_stage2_gfd_resume_predict_fingerprint_and_export(gan_images, perceptual_dir, tmp_path, monkeypatch, capsys):
+    """--method gfd through the CLI (--init gives F), --resume restores both Adams, then predict, fingerprint, export."""
+    run = tmp_path / "run"
+    train = ["train-stage2", "--data", gan_images["train"], "--out", run, "--method", "gfd", "--steps-per-epoch", 2]
+    code, _, err = run_cli([*train, "--config", "tiny", "--init", perceptual_dir, "--epochs", 1], monkeypatch, capsys)
+    assert code == 0, err
+    saved = load_config(str(run / "config.yaml"))
+    assert saved.train.loss == "gfd" and saved.gfd.perceptual_model == os.path.abspath(perceptual_dir)
+    code, _, err = run_cli([*train, "--resume", "--epochs", 2], monkeypatch, capsys)  # with the run's config.yaml
+    assert code == 0, err
+    history = (run / "history.csv").read_text().splitlines()
+    assert len(history) == 3 and {"latent_ce", "discriminator", "val_loss"} <= set(history[0].split(","))
+    assert os.path.isfile(run / "curves.png")
+
+    # The checkpoint holds both optimizers, each at 4 steps (2 epochs x 2).
+    resumed = build_training_model(saved, json.loads((run / "run.json").read_text())["class_names"])
+    _restore(resumed, str(run / "checkpoint"), tf.data.Dataset.from_tensors((tf.zeros([1, 64, 64, 3]), tf.zeros([1], tf.int32))))
+    assert int(resumed.optimizer.iterations.numpy()) == 4 and int(resumed.discriminator_optimizer.iterations.numpy()) == 4
+
+    model_dir = str(run / "model")
+    assert os.path.isfile(os.path.join(model_dir, DECODER_FILE))
+    pngs = [os.path.join(gan_images["root"], arch, "seed2", "0003.png") for arch in ("progan", "mmdgan", "dcgan")]
+    code, out, err = run_cli(["predict", model_dir, *pngs, "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    assert [json.loads(line)["path"] for line in out.splitlines()] == pngs
+    code, out, err = run_cli(["fingerprint", model_dir, *pngs, "--out", tmp_path / "fp"], monkeypatch, capsys)
+    assert code == 0, err
+    assert len(json.loads(out)["fingerprints"]) == 3 and os.path.isfile(tmp_path / "fp" / "contact_sheet.png")
+
+    detector = load_detector(model_dir)
+    loaded = load_for_detector(detector, pngs)
+    batch = to_model_input(loaded.images, detector.preprocessing.input_size)
+    served = tf.saved_model.load(export_model(model_dir, "gfd", str(tmp_path / "served")).path)
+    from_batch = served.signatures["predict_images"](images=batch)["multiclass_probabilities"].numpy()
+    np.testing.assert_allclose(from_batch, detector.predict(batch)[MULTICLASS], atol=1e-5)

@@ -264,7 +264,7 @@ def train_stage2_command(
     no_pretrain: bool = typer.Option(False, "--no-pretrain", help="Randomly initialised encoder (the Base+PCL ablation); excludes --init."),
     method: str = typer.Option(
         "dnadet", "--method", help="dnadet (SupCon + CE on patches), base (CE on whole images), dnadet_spectral (DNA-Det encoder "
-        "+ spectral branch), spectral (that branch alone), or a baseline: attnet, dct, prnu."
+        "+ spectral branch), spectral (that branch alone), or a baseline: attnet, dct, prnu, gfd (GFD-Net)."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run's last checkpoint."),
     epochs: Optional[int] = typer.Option(None, help="train.epochs"),
@@ -629,6 +629,23 @@ def gradcam_command(
     print(json.dumps({"head": result.head, "layer": result.layer, "images": images, "contact_sheet": result.contact_sheet}))
     err.print(f"wrote {len(result.explanations)} overlay(s) to {out_dir}")
     _failed(result.failures)
+
+
+@app.command("fingerprint")
+def fingerprint_command(
+    arguments: List[str] = ModelAndInputs,
+    out_dir: str = typer.Option("fingerprints", "--out", "-o", help="Folder for fingerprints/, classes/ (means, spectra), contact_sheet.png."),
+    batch_size: Optional[int] = BatchSizeOption,
+):
+    """GFD-Net fingerprints (models trained with --method gfd): G(x) per image, each class's mean and its spectrum."""
+    from tfdnadet.explain.fingerprint import fingerprint_files
+    from tfdnadet.models.model_dir import load_detector
+
+    model, paths = _model_and_inputs(arguments)
+    result, failures = fingerprint_files(load_detector(model), model, paths, out_dir, **_given(batch_size=batch_size))
+    print(json.dumps(result.to_dict()))
+    err.print(f"wrote {len(result.fingerprints)} fingerprint(s) to {out_dir}")
+    _failed(failures)
 
 
 @app.command("export")

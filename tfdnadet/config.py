@@ -16,7 +16,7 @@ from tfdnadet.models.detector import Preprocessing
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
-LOSSES = ("pcl", "ce")
+LOSSES = ("pcl", "ce", "gfd")  # gfd: GFD-Net's Eq. 7 (config section gfd)
 HEAD_LAYOUTS = ("multiclass", "one-vs-all")
 PREDICT_ON = ("whole", "patches")
 SELECT_ON = ("auto", "val_models", "last")
@@ -61,7 +61,7 @@ class TrainConfig:
     decay_steps: int = 500  # [5.1] x0.9 every 500 iterations
     decay_rate: float = 0.9
     temperature: float = 0.07  # SupCon temperature (Khosla et al. 2020)
-    loss: str = "pcl"  # pcl: SupCon + CE, uncertainty weighted [4.2]; ce: Base ablation
+    loss: str = "pcl"  # pcl: SupCon + CE, uncertainty weighted [4.2]; ce: Base ablation; gfd: GFD-Net
     precision: str = "float32"
     jit_compile: bool = False
     distribution: str = "default"  # default | mirrored (all local GPUs, or `devices`) | multi_worker

@@ -1,6 +1,7 @@
 """Attribution methods trained by the same commands (`--method`): DNA-Det, its Base ablation, and baselines.
 
 Each method is a change to a config; +PT (stage-1 initialisation) combines with dnadet and base via --init.
+With gfd, --init also gives the perceptual loss its feature extractor (unless gfd.perceptual_model is set).
 """
 
 import copy
@@ -17,6 +18,7 @@ METHODS = {
     "attnet": ("attnet", "ce", True),  # Yu et al. 2019
     "dct": ("dct_cnn", "ce", True),  # Frank et al. 2020 (LeveFreq)
     "prnu": ("prnu", "ce", True),  # Marra et al. 2019: closed-form fingerprints, no gradient training
+    "gfd": ("dnadet", "gfd", True),  # Yang et al. 2021 (GFD-Net): G_enc + H on our encoder, trained with G_dec, D, C, F
 }
 
 

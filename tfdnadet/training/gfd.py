@@ -5,6 +5,8 @@ fixed (Eq. 8), each with its own Adam. Losses are computed in float32 under mixe
 tf.distribute strategy each replica contributes its share of the gradients, as in `PatchContrastiveModel`.
 """
 
+import copy
+import os
 from typing import Optional
 
 import keras
@@ -13,8 +15,18 @@ import tensorflow as tf
 from tfdnadet.config import Config, GFDConfig
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.encoder import POOL_LAYER
-from tfdnadet.models.gfd import UNET_LAYERS, AuxiliaryClassifier, FingerprintDecoder, PatchDiscriminator, perceptual_features, unet_features
+from tfdnadet.models.gfd import (
+    UNET_LAYERS,
+    AuxiliaryClassifier,
+    FingerprintDecoder,
+    PatchDiscriminator,
+    check_unet_size,
+    perceptual_features,
+    unet_features,
+)
 from tfdnadet.models.heads import MulticlassHead
+
+GFD_LOSS = "gfd"  # config.train.loss of GFD-Net (methods.py: --method gfd)
 
 
 class GFDModel(keras.Model):
@@ -63,6 +75,12 @@ class GFDModel(keras.Model):
         if (self.discriminator or self.auxiliary) and discriminator_optimizer is None:
             raise TfdnadetError("GFD-Net with D or C needs a discriminator_optimizer.")
         self.discriminator_optimizer = discriminator_optimizer
+
+    def build_optimizers(self) -> None:
+        """Create both Adams' slots (before loading a checkpoint that holds them)."""
+        self.optimizer.build(self.generator_variables)
+        if self.discriminator_optimizer is not None:
+            self.discriminator_optimizer.build(self.discriminator_variables)
 
     @property
     def generator_variables(self) -> list:
@@ -179,6 +197,18 @@ def _feature_distance(features, targets):
     return tf.add_n([tf.reduce_mean(tf.square(tf.cast(a, tf.float32) - tf.cast(b, tf.float32))) for a, b in pairs])
 
 
+def with_perceptual_init(config: Config, init_model: Optional[str]) -> Config:
+    """`config` whose perceptual model is the --init model directory when gfd.perceptual_model is unset.
+
+    Written into the run's config.yaml, so --resume (which has no --init) builds the same F.
+    """
+    if config.train.loss != GFD_LOSS or not init_model or config.gfd.perceptual_model or config.gfd.perceptual_weight == 0:
+        return config
+    config = copy.deepcopy(config)
+    config.gfd.perceptual_model = os.path.abspath(init_model)
+    return config
+
+
 def build_gfd_model(config: Config, class_names: list, backbone: keras.Model, make_optimizer) -> GFDModel:
     """G_enc (`backbone`, already built or initialised) + H, G_dec, D, C, F as `config.gfd` asks, compiled.
 
@@ -191,6 +221,7 @@ def build_gfd_model(config: Config, class_names: list, backbone: keras.Model, ma
         raise TfdnadetError(
             "GFD-Net's perceptual loss needs gfd.perceptual_model (a stage-1 model directory or a .keras file), or gfd.perceptual_weight: 0."
         )
+    check_unet_size(config.data.input_size, "input size (data.input_size)")
     draws = max(g.adversarial_weight, g.auxiliary_weight, g.perceptual_weight) > 0
     feature_dim = backbone.outputs[0].shape[-1]
     model = GFDModel(

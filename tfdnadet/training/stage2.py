@@ -13,6 +13,7 @@ from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.backbones import CLOSED_FORM, backbone_spec
 from tfdnadet.training.add_head import train_one_vs_all
 from tfdnadet.training.closed_form import fit_closed_form
+from tfdnadet.training.gfd import with_perceptual_init
 from tfdnadet.training.selection import validation_data
 from tfdnadet.training.trainer import TrainResult, fit_patch_model
 
@@ -62,7 +63,7 @@ def train_stage2(
         steps,
         (val.images, val.labels),
         images.class_names,
-        config,
+        with_perceptual_init(config, init_model),
         run_dir,
         init_model=init_model,
         resume=resume,

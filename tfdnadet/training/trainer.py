@@ -15,7 +15,7 @@ from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.backbones import create_backbone
 from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing, patch_grid
 from tfdnadet.models.encoder import block_layer_name
-from tfdnadet.models.model_dir import load_backbone, save_detector
+from tfdnadet.models.model_dir import load_backbone, save_detector, write_decoder
 from tfdnadet.training.callbacks import (
     CHECKPOINT_WEIGHTS,
     AtomicCheckpoint,
@@ -24,6 +24,7 @@ from tfdnadet.training.callbacks import (
     read_checkpoint_state,
     truncate_history,
 )
+from tfdnadet.training.gfd import GFD_LOSS, GFDModel, build_gfd_model
 from tfdnadet.training.gradcam_callback import evidence_callbacks
 from tfdnadet.training.patch_model import PatchContrastiveModel
 from tfdnadet.training.selection import BEST_WEIGHTS, HELDOUT_IMAGES, VAL_MODELS, GeneratorValidation, read_selection, selection_mode
@@ -51,15 +52,30 @@ def make_strategy(name: str, devices: Optional[list] = None) -> tf.distribute.St
 def build_patch_model(config: Config, num_classes: int, init_model: Optional[str] = None) -> PatchContrastiveModel:
     """Encoder (optionally initialised from a model directory) + heads, compiled with the paper's Adam decay."""
     m, t = config.model, config.train
+    model = PatchContrastiveModel(
+        build_backbone(config, init_model), num_classes, m.projection_hidden, m.projection_dim, t.temperature, t.loss, name="patch_model"
+    )
+    model.compile(optimizer=make_optimizer(t, t.learning_rate), jit_compile=t.jit_compile)
+    return model
+
+
+def build_backbone(config: Config, init_model: Optional[str] = None) -> keras.Model:
+    """A new `config.model.backbone`, its weights copied from model directory `init_model` when given, frozen below
+    `train.finetune_from_block`."""
+    m, t = config.model, config.train
     backbone = create_backbone(m.backbone, width=m.width, dtype=t.precision, name="encoder")
     if init_model:
         _copy_backbone_weights(load_backbone(init_model), backbone, init_model)
     freeze_blocks(backbone, t.finetune_from_block)
-    model = PatchContrastiveModel(
-        backbone, num_classes, m.projection_hidden, m.projection_dim, t.temperature, t.loss, name="patch_model"
-    )
-    model.compile(optimizer=make_optimizer(t, t.learning_rate), jit_compile=t.jit_compile)
-    return model
+    return backbone
+
+
+def build_training_model(config: Config, class_names: list, init_model: Optional[str] = None) -> keras.Model:
+    """The model `config.train.loss` trains: GFD-Net's (gfd) or the patch contrastive one (pcl, ce)."""
+    t = config.train
+    if t.loss == GFD_LOSS:
+        return build_gfd_model(config, class_names, build_backbone(config, init_model), lambda: make_optimizer(t, t.learning_rate))
+    return build_patch_model(config, len(class_names), init_model)
 
 
 def freeze_blocks(backbone: keras.Model, finetune_from_block) -> None:
@@ -135,7 +151,7 @@ def fit_patch_model(
 
     strategy = make_strategy(config.train.distribution, config.train.devices)
     with strategy.scope():
-        model = build_patch_model(config, len(class_names), None if state else init_model)
+        model = build_training_model(config, class_names, None if state else init_model)
         if state:
             _restore(model, checkpoint_dir, train_dataset)
     val_dataset = _validation_dataset(val_images, config, strategy.num_replicas_in_sync)
@@ -195,6 +211,8 @@ def fit_patch_model(
     detector = Detector(model.backbone, {}, {}, Preprocessing.from_data_config(config.data), {**config.to_dict(), **info})
     detector.add_head(MULTICLASS, model.classifier, {"class_names": list(class_names)})
     save_detector(detector, model_dir)
+    if isinstance(model, GFDModel) and model.decoder is not None:
+        write_decoder(model_dir, model.decoder)
     write_json(os.path.join(run_dir, "run.json"), {"class_names": list(class_names), **final_state, **info})
     return TrainResult(run_dir, model_dir, final_state["epoch"], final_state["step"], history, selection)
 
@@ -232,9 +250,12 @@ def _label_patches(patches, count, labels) -> tuple:
     return patches, tf.repeat(labels, count)
 
 
-def _restore(model: PatchContrastiveModel, checkpoint_dir: str, dataset: tf.data.Dataset) -> None:
-    """Build model and optimizer variables, then load the checkpoint's weights into both."""
+def _restore(model: keras.Model, checkpoint_dir: str, dataset: tf.data.Dataset) -> None:
+    """Build model and optimizer variables, then load the checkpoint's weights into both (GFD-Net: both Adams)."""
     spec = dataset.element_spec[0]
     model(tf.zeros([1, *spec.shape[1:]], spec.dtype))
-    model.optimizer.build(model.trainable_variables)
+    if isinstance(model, GFDModel):
+        model.build_optimizers()
+    else:
+        model.optimizer.build(model.trainable_variables)
     model.load_weights(os.path.join(checkpoint_dir, CHECKPOINT_WEIGHTS))
