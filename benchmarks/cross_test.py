@@ -1,7 +1,8 @@
 """The paper's Table 2 on the mini GAN zoo: every method trained on the same train split, scored on every test split.
 
 Rows: the baselines PRNU, LeveFreq (DCT-spectrum CNN) and AttNet, and the ablations Base, Base+PT, Base+PCL and
-Base+PT+PCL (DNA-Det); +PT initialises the encoder from one stage-1 run. The two-domain ablation adds the spectral
+Base+PT+PCL (DNA-Det); +PT initialises the encoder from one stage-1 run. GFD-Net (Yang et al. 2021) adds its
+Table 4 ablations G, G+D, G+C, G+D+C and G+D+C+perceptual (F: the stage-1 encoder). The two-domain ablation adds the spectral
 branch alone (Spectral+PT+PCL) and fused with the encoder (Two-domain+PT+PCL) next to DNA-Det (the spatial branch
 alone), each with a stage-1 run of its own backbone. Columns: accuracy (%) on closed-set,
 cross-seed, cross-loss, cross-finetune and cross-dataset (macro-F1 in the JSON). Zoo, stage 1 and every run are
@@ -36,7 +37,21 @@ ROWS = (
     ("Base+PT+PCL (DNA-Det)", "dnadet", True),
     ("Spectral+PT+PCL", "spectral", True),
     ("Two-domain+PT+PCL", "dnadet_spectral", True),
+    ("GFD G", "gfd", False),
+    ("GFD G+D", "gfd", False),
+    ("GFD G+C", "gfd", False),
+    ("GFD G+D+C", "gfd", False),
+    ("GFD G+D+C+perceptual", "gfd", False),
 )
+# GFD-Net's Table 4 ablations: the loss weights (paper Eq. 7: 10, 0.1, 1, 1) a row sets to 0. The perceptual row's F
+# is the dnadet stage-1 encoder (the VGG-16 substitute); its G_enc starts at random, as in every other GFD row.
+GFD_ABLATIONS = {
+    "GFD G": ("adversarial", "auxiliary", "perceptual"),
+    "GFD G+D": ("auxiliary", "perceptual"),
+    "GFD G+C": ("adversarial", "perceptual"),
+    "GFD G+D+C": ("perceptual",),
+    "GFD G+D+C+perceptual": (),
+}
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -76,10 +91,13 @@ def main():
     for row, method, pretrained in ROWS:
         if row not in args.rows.split(","):
             continue
-        run_dir = os.path.join(work, "runs", row.split(" ")[0].replace("+", "_"))
+        run_dir = os.path.join(work, "runs", row.replace("GFD ", "GFD_").split(" ")[0].replace("+", "_"))
         init = stage1_model(stage1_runs, METHODS[method][0], work, args, zoo["image_size"]) if pretrained else None
+        method_config = apply_method(config, method)
+        if row in GFD_ABLATIONS:
+            method_config = gfd_ablation(method_config, GFD_ABLATIONS[row], lambda: stage1_model(stage1_runs, "dnadet", work, args, zoo["image_size"]))
         model_dir, seconds = trained(
-            run_dir, lambda run: train_stage2(train_csv, run, apply_method(config, method), init_model=init, resume=True, verbose=2)
+            run_dir, lambda run: train_stage2(train_csv, run, method_config, init_model=init, resume=True, verbose=2)
         )
         results = evaluate_protocol(load_detector(model_dir), zoo["root"])
         rows[row] = {"method": method, "init": init, "train_seconds": seconds, "splits": protocol_summary(results)}
@@ -98,6 +116,15 @@ def main():
     with atomic_path(f"{args.out}.md") as temporary, open(temporary, "w") as f:
         f.write(f"Cross-test protocol (Table 2 layout), zoo preset `{args.preset}`, config `{args.config}`: accuracy (%) / macro-F1 (%)\n\n{table}\n")
     print(f"wrote {args.out}.json and {args.out}.md")
+
+
+def gfd_ablation(config, dropped: tuple, perceptual_model):
+    """`config` with the GFD-Net loss parts `dropped` weighted 0; F from `perceptual_model()` when perceptual stays."""
+    for part in dropped:
+        setattr(config.gfd, f"{part}_weight", 0.0)
+    if "perceptual" not in dropped:
+        config.gfd.perceptual_model = perceptual_model()
+    return config
 
 
 def stage1_model(runs: dict, backbone: str, work: str, args, base_size: int) -> str:

@@ -251,7 +251,7 @@ def test_perceptual_features_from_a_stage1_directory_or_a_keras_file(perceptual_
 
 
 def test_train_stage2_gfd_resume_predict_fingerprint_and_export(gan_images, perceptual_dir, tmp_path, monkeypatch, capsys):
-    """--method gfd through the CLI (--init gives F), --resume restores both Adams, then predict, fingerprint, export."""
+    """--method gfd through the CLI (--init gives F), --resume restores both Adams, then predict, fingerprint, report, export."""
     run = tmp_path / "run"
     train = ["train-stage2", "--data", gan_images["train"], "--out", run, "--method", "gfd", "--steps-per-epoch", 2]
     code, _, err = run_cli([*train, "--config", "tiny", "--init", perceptual_dir, "--epochs", 1], monkeypatch, capsys)
@@ -278,6 +278,12 @@ def test_train_stage2_gfd_resume_predict_fingerprint_and_export(gan_images, perc
     code, out, err = run_cli(["fingerprint", model_dir, *pngs, "--out", tmp_path / "fp"], monkeypatch, capsys)
     assert code == 0, err
     assert len(json.loads(out)["fingerprints"]) == 3 and os.path.isfile(tmp_path / "fp" / "contact_sheet.png")
+    code, _, err = run_cli(["evaluate", model_dir, "--data", gan_images["test"], "--report", tmp_path / "report"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "## GFD-Net fingerprints" in (tmp_path / "report" / "report.md").read_text()
+    assert sorted(os.listdir(tmp_path / "report" / "fingerprints" / "classes")) == sorted(
+        f"{name}_{kind}.png" for name in ("dcgan", "mmdgan", "progan", "real") for kind in ("mean", "spectrum")
+    )
 
     detector = load_detector(model_dir)
     loaded = load_for_detector(detector, pngs)

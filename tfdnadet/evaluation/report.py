@@ -17,6 +17,7 @@ from tfdnadet.data.pipeline import LoadedImages
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.evaluation.evaluate import evaluate_loaded, load_labelled
 from tfdnadet.plots import plot_confusion_matrix, plot_training_curves, plt, save_figure
+from tfdnadet.explain.fingerprint import fingerprint_loaded, has_fingerprints, load_generator
 from tfdnadet.explain.gradcam import GradCAM, explain_loaded, plot_gradcam_grid
 from tfdnadet.inference import predict_loaded_with_features
 from tfdnadet.models.detector import MULTICLASS, Detector
@@ -45,12 +46,15 @@ def evaluate_with_report(
     run_dir: Optional[str] = None,
     tsne_samples: int = TSNE_SAMPLES,
     seed: int = 0,
+    model_dir: Optional[str] = None,
 ) -> tuple:
     """evaluate_dataset's metrics, plus the report on the same images -> (metrics, {"markdown", "html"})."""
     _check_tsne_samples(tsne_samples)
     loaded = load_labelled(detector, data, class_names, allow_outside_root)
     metrics = evaluate_loaded(detector, loaded, data, batch_size)
-    paths = write_report(detector, loaded, metrics, report_dir, run_dir=run_dir, tsne_samples=tsne_samples, batch_size=batch_size, seed=seed)
+    paths = write_report(
+        detector, loaded, metrics, report_dir, run_dir=run_dir, tsne_samples=tsne_samples, batch_size=batch_size, seed=seed, model_dir=model_dir
+    )
     return metrics, paths
 
 
@@ -64,8 +68,12 @@ def write_report(
     tsne_samples: int = TSNE_SAMPLES,
     batch_size: int = 16,
     seed: int = 0,
+    model_dir: Optional[str] = None,
 ) -> dict:
-    """Write report.md, report.html and their PNGs into out_dir; return the two report paths."""
+    """Write report.md, report.html and their PNGs into out_dir; return the two report paths.
+
+    `model_dir`: where `detector` was loaded from; a GFD-Net model's fingerprint sheet is added from it.
+    """
     _check_tsne_samples(tsne_samples)
     os.makedirs(out_dir, exist_ok=True)
     # The detector's own pass, as evaluate's: the answers judged right or wrong here are the ones in the metrics.
@@ -80,6 +88,8 @@ def write_report(
         _gradcam_section(detector, loaded, probabilities, out_dir, batch_size),
         _curves_section(run_dir, out_dir),
     ]
+    if model_dir and has_fingerprints(model_dir):
+        sections.append(_fingerprint_section(detector, model_dir, loaded, out_dir, batch_size))
     title = "tfdnadet evaluation report"
     intro = (
         f"Data: `{metrics['data']}` — {metrics['count']} images, {len(metrics['skipped'])} skipped. "
@@ -203,6 +213,14 @@ def pick_examples(labels: np.ndarray, predicted: np.ndarray, confidence: np.ndar
         members = np.flatnonzero((labels == label) & ((predicted == label) == right))
         picked.append(members[np.argsort(-confidence[members], kind="stable")][:count])
     return np.concatenate(picked)
+
+
+def _fingerprint_section(detector: Detector, model_dir: str, loaded: LoadedImages, out_dir: str, batch_size: int) -> Section:
+    """GFD-Net's fingerprints [4.5, Fig. 4] grouped by true class: mean, its spectrum and examples per class."""
+    groups = [detector.class_names[label] for label in loaded.labels]
+    result = fingerprint_loaded(detector, load_generator(detector, model_dir), loaded, os.path.join(out_dir, "fingerprints"), batch_size, groups)
+    text = "G(x) per true class: the mean fingerprint, the amplitude spectrum of that mean, then examples (each scaled to its own range)."
+    return Section("GFD-Net fingerprints", text, None, [os.path.relpath(result.contact_sheet, out_dir)])
 
 
 def _curves_section(run_dir: Optional[str], out_dir: str) -> Section:

@@ -95,6 +95,7 @@ def _report(detector, model_dir: str, request: EvaluationRequest) -> EvaluationR
         allow_outside_root=request.allow_outside_root,
         run_dir=request.run_dir or os.path.dirname(os.path.abspath(model_dir)),
         tsne_samples=request.tsne_samples,
+        model_dir=model_dir,
     )
     return EvaluationResult(metrics=metrics, written=[*_write_metrics(metrics, request.out_dir), report["markdown"], report["html"]])
 

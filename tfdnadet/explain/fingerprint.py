@@ -13,11 +13,12 @@ import numpy as np
 from PIL import Image
 
 from tfdnadet.atomic import atomic_path
-from tfdnadet.data.pipeline import make_image_dataset
 from tfdnadet.plots import plt, save_figure
+from tfdnadet.data.pipeline import LoadedImages, make_image_dataset
 from tfdnadet.inference import expand_inputs, load_for_detector
 from tfdnadet.models.detector import MULTICLASS, Detector
 from tfdnadet.models.gfd import check_unet_size, load_fingerprint_generator
+from tfdnadet.models.model_dir import DECODER_FILE
 
 SHEET_EXAMPLES = 6  # fingerprints shown per class row of the contact sheet, beside its mean and spectrum
 
@@ -34,19 +35,34 @@ class FingerprintFiles:
 
 def fingerprint_files(detector: Detector, model_dir: str, inputs: list, out_dir: str, batch_size: int = 16) -> tuple:
     """Fingerprints of image files/folders, grouped by the class the model predicts -> (FingerprintFiles, failures)."""
-    generator = load_fingerprint_generator(model_dir, detector.backbone)
-    input_size = detector.preprocessing.input_size
-    check_unet_size(input_size, "input size (data.input_size)")
+    generator = load_generator(detector, model_dir)
     files, failures = expand_inputs(inputs)
     loaded = load_for_detector(detector, files)
     failures += loaded.failures
     if not loaded.paths:
         return FingerprintFiles([]), failures
-    fingerprints, groups = [], []
-    for batch in make_image_dataset(loaded.images, None, input_size, batch_size):
+    return fingerprint_loaded(detector, generator, loaded, out_dir, batch_size), failures
+
+
+def fingerprint_loaded(detector: Detector, generator, loaded: LoadedImages, out_dir: str, batch_size: int = 16, groups=None) -> FingerprintFiles:
+    """Fingerprints of loaded images, grouped by `groups` (a class name per image) or else by the predicted class."""
+    fingerprints, predicted = [], []
+    for batch in make_image_dataset(loaded.images, None, detector.preprocessing.input_size, batch_size):
         fingerprints.append(np.asarray(generator(batch, training=False), np.float32))
-        groups += [detector.class_names[index] for index in np.argmax(detector.predict(batch)[MULTICLASS], axis=1)]
-    return write_fingerprints(np.concatenate(fingerprints), loaded.paths, groups, out_dir), failures
+        if groups is None:
+            predicted += [detector.class_names[index] for index in np.argmax(detector.predict(batch)[MULTICLASS], axis=1)]
+    return write_fingerprints(np.concatenate(fingerprints), loaded.paths, groups or predicted, out_dir)
+
+
+def has_fingerprints(model_dir: str) -> bool:
+    """Whether a model directory holds GFD-Net's fingerprint decoder."""
+    return os.path.isfile(os.path.join(model_dir, DECODER_FILE))
+
+
+def _generator(detector: Detector, model_dir: str):
+    generator = load_fingerprint_generator(model_dir, detector.backbone)
+    check_unet_size(detector.preprocessing.input_size, "input size (data.input_size)")
+    return generator
 
 
 def fingerprint_picture(fingerprint: np.ndarray) -> np.ndarray:
