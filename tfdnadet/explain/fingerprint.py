@@ -59,7 +59,8 @@ def has_fingerprints(model_dir: str) -> bool:
     return os.path.isfile(os.path.join(model_dir, DECODER_FILE))
 
 
-def _generator(detector: Detector, model_dir: str):
+def load_generator(detector: Detector, model_dir: str):
+    """G of the GFD model directory `model_dir` whose loaded detector is `detector` (G_enc = its backbone)."""
     generator = load_fingerprint_generator(model_dir, detector.backbone)
     check_unet_size(detector.preprocessing.input_size, "input size (data.input_size)")
     return generator
