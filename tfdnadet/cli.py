@@ -23,7 +23,7 @@ from rich.table import Table  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
 
 PIPELINE_ORDER = (
-    "train-stage1", "train-stage2", "add-head", "heads", "predict", "evaluate", "gradcam", "export", "import-torch", "zoo", "quickstart"
+    "train-stage1", "train-stage2", "add-head", "heads", "calibrate-rejection", "predict", "evaluate", "gradcam", "export", "import-torch", "zoo", "quickstart"
 )  # fmt: skip
 
 
@@ -460,6 +460,30 @@ def _print_heads_metrics(metrics: dict) -> None:
     out.print(f"open set ({classes}): {open_set['count']} images, answered unknown-generator or real: {share(open_set['rate'])}")
 
 
+@app.command("calibrate-rejection")
+def calibrate_rejection_command(
+    model: Optional[str] = ModelArgument,
+    score: str = typer.Option("gaussian", "--score", help="Rejection score: msp, heads or gaussian."),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="A zoo's zoo.json: its train split (Gaussian fitting) and validation split."),
+    train: Optional[str] = typer.Option(None, "--train", help="Labelled training images of the model's classes (Gaussian fitting)."),
+    validation: Optional[str] = typer.Option(None, "--validation", help="Labelled validation images; classes the model lacks are left out."),
+    accept: float = typer.Option(0.95, "--accept", help="Share of known validation images the threshold accepts."),
+    batch_size: Optional[int] = BatchSizeOption,
+):
+    """Fit the open-set rejection rule on known classes and store it in the model (predict then says unknown-generator)."""
+    from tfdnadet.evaluation.open_set import calibrate_rejection, zoo_calibration_data
+
+    if (protocol is None) == (validation is None):
+        raise typer.BadParameter("give either --protocol ZOO_DIR/zoo.json or --validation DATA (and --train DATA for gaussian).")
+    data = zoo_calibration_data(protocol) if protocol else {"train": train, "validation": validation}
+    rule = calibrate_rejection(_model_dir(model), score, data["validation"], data["train"], accept, **_given(batch_size=batch_size))
+    err.print(
+        f"rejection score {rule['score']}: threshold {rule['threshold']:.4f} accepts "
+        f"{100 * rule['validation_accepted']:.1f}% of {rule['validation_count']} validation images of known classes"
+    )
+    out.print_json(json.dumps({k: v for k, v in rule.items() if k not in ("means", "precision")}))
+
+
 def _given(**options) -> dict:
     """The options a user gave (not None): the library's own defaults apply to the others."""
     return {key: value for key, value in options.items() if value is not None}
@@ -537,6 +561,11 @@ def evaluate_command(
     ),
     run: Optional[str] = typer.Option(None, "--run", help="Training run directory for the report's curves (default: the model's parent)."),
     tsne_samples: Optional[int] = typer.Option(None, "--tsne-samples", help="Images drawn for the report's t-SNE plot (default 500)."),
+    open_set: bool = typer.Option(
+        False, "--open-set", help="With --protocol: known test splits vs the architectures held out of training (AUROC, OSCR, false rejection)."
+    ),
+    unknown: Optional[str] = typer.Option(None, "--unknown", help="With --open-set: the held-out architectures (default: the zoo's ones the model lacks)."),
+    score: Optional[str] = typer.Option(None, "--score", help="With --open-set: rejection score msp, heads or gaussian (default: the model's own)."),
 ):
     """Accuracy, macro-F1, per-class precision/recall and the confusion matrix on labelled images."""
     from tfdnadet.evaluation.run import EvaluationRequest, run_evaluation
@@ -555,6 +584,9 @@ def evaluate_command(
         allow_outside_root=allow_outside_root,
         report_dir=report,
         run_dir=run,
+        open_set=open_set,
+        unknown=unknown.split(",") if unknown else None,
+        score=score,
         **_given(batch_size=batch_size, tsne_samples=tsne_samples),
     )
     result = run_evaluation(load_detector(model_dir), model_dir, request)
@@ -567,8 +599,18 @@ def evaluate_command(
     if result.metrics is not None:
         _warn_skipped(result.metrics["skipped"])
         _print_metrics(result.metrics)
+    if result.open_set is not None:
+        _print_open_set(result.open_set)
     for path in result.written:
         err.print(f"wrote {path}", highlight=False)
+
+
+def _print_open_set(results: dict) -> None:
+    title = f"open set, score {results['score']}: known splits vs {', '.join(results['unknown_classes'])} ({results['unknown_count']} images)"
+    grid = Table("known split", "images", "accuracy (%)", "AUROC", "OSCR", "false rejection at 95% (%)", title=title)
+    for name, m in [*results["splits"].items(), ("all known", results["all_known"])]:
+        grid.add_row(name, str(m["count"]), f"{100 * m['accuracy']:.2f}", f"{m['auroc']:.3f}", f"{m['oscr']:.3f}", f"{100 * m['false_rejection_at_95']:.2f}")
+    _print_table(grid)
 
 
 def _warn_skipped(skipped: list, where: str = "") -> None:

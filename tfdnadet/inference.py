@@ -9,7 +9,8 @@ import numpy as np
 from tfdnadet.data.pipeline import LoadedImages, load_images, make_image_dataset
 from tfdnadet.data.sources import ImageList, list_image_files
 from tfdnadet.models.detector import MULTICLASS, Detector
-from tfdnadet.verdict import verdicts
+from tfdnadet.rejection import check_score, knownness, rejection_layers
+from tfdnadet.verdict import KNOWNNESS, verdicts
 
 
 @dataclass
@@ -22,6 +23,7 @@ class Attribution:
     verdict: str = ""  # real | <architecture> | multiple | unknown-generator (tfdnadet.verdict)
     attributed: list = field(default_factory=list)  # positive architecture heads, best first
     heads: dict = field(default_factory=dict)  # binary head -> {"score", "threshold", "positive"}
+    knownness: Optional[float] = None  # the rejection score (tfdnadet.rejection) when the model has a rule
 
     def to_dict(self) -> dict:
         return {
@@ -33,6 +35,7 @@ class Attribution:
             "verdict": self.verdict,
             "attributed": self.attributed,
             "heads": self.heads,
+            "knownness": self.knownness,
         }
 
 
@@ -58,12 +61,20 @@ def load_for_detector(detector: Detector, paths: list, labels=None) -> LoadedIma
     return load_images(ImageList(list(paths), labels, []), p.base_size, p.max_pixels, min_size=p.min_image_side)
 
 
-def predict_loaded(detector: Detector, loaded: LoadedImages, batch_size: int = 16, transform=None) -> dict:
+def predict_loaded(detector: Detector, loaded: LoadedImages, batch_size: int = 16, transform=None, score=None) -> dict:
     """Per-head probabilities for decoded base-size images: {head: [N, ...]}.
 
     `transform` maps each batch of model inputs to what is predicted (e.g. its patches) before the heads run.
+    With a rejection `score` name, or a model with a rejection rule, KNOWNNESS [N] holds that rejection score
+    (tfdnadet.rejection) of each image, from the same forward pass (not with `transform`).
     """
-    return predict_loaded_with_features(detector, loaded, (), batch_size, transform)[0]
+    if not (score or detector.rejection) or transform is not None:
+        return predict_loaded_with_features(detector, loaded, (), batch_size, transform)[0]
+    if score:
+        check_score(detector, score)
+    outputs, features = predict_loaded_with_features(detector, loaded, rejection_layers(detector, score), batch_size)
+    outputs[KNOWNNESS] = knownness(detector, outputs, features, score).numpy()
+    return outputs
 
 
 def predict_loaded_with_features(detector: Detector, loaded: LoadedImages, layers, batch_size: int = 16, transform=None) -> tuple:
@@ -88,7 +99,8 @@ def attribute(detector: Detector, inputs: list, batch_size: int = 16, top_k: int
     names = detector.class_names if MULTICLASS in outputs else []
     probabilities = outputs.get(MULTICLASS, np.zeros((len(loaded.paths), 0)))
     results = []
-    for path, row, verdict in zip(loaded.paths, probabilities, verdicts(detector, outputs)):
+    knownness_of = outputs.get(KNOWNNESS, [None] * len(loaded.paths))
+    for path, row, verdict, known in zip(loaded.paths, probabilities, verdicts(detector, outputs), knownness_of):
         order = np.argsort(-row)
         results.append(
             Attribution(
@@ -100,6 +112,7 @@ def attribute(detector: Detector, inputs: list, batch_size: int = 16, top_k: int
                 verdict.label,
                 verdict.architectures,
                 verdict.heads,
+                None if known is None else float(known),
             )
         )
     return results, failures

@@ -1,4 +1,5 @@
-"""PNG pictures shared by evaluation, explanations and training: confusion matrices, training curves, saving figures."""
+"""PNG pictures shared by evaluation, explanations and training: confusion matrices, training curves, open-set score
+distributions, saving figures."""
 
 import csv
 
@@ -64,6 +65,21 @@ def plot_training_curves(history_csv: str, path: str) -> None:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_score_distributions(scores: dict, threshold: float, score_name: str, path: str) -> None:
+    """One histogram per group of images {name: scores} on shared bins, and a line at `threshold`."""
+    values = np.concatenate([np.asarray(v, np.float64) for v in scores.values()])
+    bins = np.linspace(values.min(), values.max() + 1e-9, 31)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, group in scores.items():
+        ax.hist(group, bins=bins, density=True, histtype="step", linewidth=1.5, label=f"{name} ({len(group)})")
+    ax.axvline(threshold, color="black", linestyle="--", label="rejects 95% of unknowns")
+    ax.set_xlabel(f"knownness ({score_name}): higher = more like a known class")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
 

@@ -1,8 +1,8 @@
 """What `tfdnadet evaluate` does with its options: which evaluation runs, and which files it writes.
 
 Exactly one of `data` (labelled images, or a folder of annotation txt splits) and `protocol` (a zoo's zoo.json)
-is given. The result holds one of: per-split metrics (protocol, annotation folder), a robustness table
-(`attack`), or one data set's metrics (plain, or with a `report`).
+is given. The result holds one of: per-split metrics (protocol, annotation folder), open-set metrics (`open_set`,
+with a protocol), a robustness table (`attack`), or one data set's metrics (plain, or with a `report`).
 """
 
 import os
@@ -12,6 +12,7 @@ from typing import Optional
 from tfdnadet.data.perturb import parse_attacks
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.evaluation.evaluate import evaluate_dataset, write_evaluation
+from tfdnadet.evaluation.open_set import evaluate_open_set, write_open_set
 from tfdnadet.evaluation.protocol import evaluate_protocol, write_protocol
 from tfdnadet.evaluation.report import TSNE_SAMPLES, evaluate_with_report
 from tfdnadet.evaluation.robustness import robustness_table, write_robustness
@@ -33,6 +34,9 @@ class EvaluationRequest:
     report_dir: Optional[str] = None  # report.md + report.html
     run_dir: Optional[str] = None  # the training run whose curves the report shows
     tsne_samples: int = TSNE_SAMPLES
+    open_set: bool = False  # with a protocol: known test splits vs the architectures held out of training
+    unknown: Optional[list] = None  # with open_set: the held-out architectures (default: the zoo's ones the model lacks)
+    score: Optional[str] = None  # with open_set: the rejection score (default: the model's own)
 
 
 @dataclass
@@ -40,6 +44,7 @@ class EvaluationResult:
     splits: Optional[dict] = None  # {split: metrics}: the protocol's or an annotation folder's test splits
     robustness: Optional[dict] = None  # robustness_table(): accuracy per attack and test set
     metrics: Optional[dict] = None  # one data set's metrics
+    open_set: Optional[dict] = None  # evaluate_open_set(): AUROC, OSCR, false rejection per known split
     written: list = field(default_factory=list)  # every file written, in order
 
 
@@ -47,6 +52,10 @@ def run_evaluation(detector, model_dir: str, request: EvaluationRequest) -> Eval
     """Run the evaluation `request` asks for on `detector` (loaded from `model_dir`) and write its files."""
     if (request.data is None) == (request.protocol is None):
         raise TfdnadetError("Give either --data DATA or --protocol ZOO_DIR/zoo.json.")
+    if (request.open_set or request.unknown or request.score) and not (request.open_set and request.protocol):
+        raise TfdnadetError("--unknown and --score go with --open-set, and --open-set with --protocol ZOO_DIR/zoo.json.")
+    if request.open_set:
+        return _open_set(detector, model_dir, request)
     if request.protocol:
         return _protocol(detector, model_dir, request)
     if request.attack:
@@ -63,6 +72,12 @@ def _protocol(detector, model_dir: str, request: EvaluationRequest) -> Evaluatio
     results = evaluate_protocol(detector, request.protocol, request.batch_size)
     written = list(write_protocol(results, request.out_dir, model_dir, request.protocol).values()) if request.out_dir else []
     return EvaluationResult(splits=results, written=written)
+
+
+def _open_set(detector, model_dir: str, request: EvaluationRequest) -> EvaluationResult:
+    results = evaluate_open_set(detector, request.protocol, request.unknown, request.score, request.batch_size)
+    written = list(write_open_set(results, request.out_dir, model_dir).values()) if request.out_dir else []
+    return EvaluationResult(open_set=results, written=written)
 
 
 def _annotation_splits(detector, request: EvaluationRequest) -> EvaluationResult:

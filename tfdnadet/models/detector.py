@@ -109,7 +109,9 @@ def weights_hash(model: keras.Model) -> str:
 class Detector:
     """Holds a backbone and named heads; maps preprocessed images to per-head probabilities."""
 
-    def __init__(self, backbone: keras.Model, heads: dict, head_info: dict, preprocessing: Preprocessing, config: dict):
+    def __init__(
+        self, backbone: keras.Model, heads: dict, head_info: dict, preprocessing: Preprocessing, config: dict, rejection: Optional[dict] = None
+    ):
         if not isinstance(preprocessing, Preprocessing):
             raise TypeError(f"preprocessing must be a Preprocessing. Received: {type(preprocessing).__name__}")
         self.backbone = backbone
@@ -117,6 +119,7 @@ class Detector:
         self.head_info = dict(head_info)
         self.preprocessing = preprocessing
         self.config = dict(config)
+        self.rejection = rejection  # the open-set rule of rejection.json (tfdnadet.rejection), or None
         self._compiled = {}
         self._extractors = {}
 
@@ -136,16 +139,16 @@ class Detector:
     def with_heads(self, names) -> "Detector":
         """The same backbone with only the heads `names` (shares every model)."""
         names = list(names)
-        return Detector(self.backbone, {n: self.heads[n] for n in names}, {n: self.head_info[n] for n in names}, self.preprocessing, self.config)
+        return Detector(self.backbone, {n: self.heads[n] for n in names}, {n: self.head_info[n] for n in names}, self.preprocessing, self.config, self.rejection)
 
     def with_preprocessing(self, **changes) -> "Detector":
         """The same models with some preprocessing fields changed."""
-        return Detector(self.backbone, self.heads, self.head_info, dataclasses.replace(self.preprocessing, **changes), self.config)
+        return Detector(self.backbone, self.heads, self.head_info, dataclasses.replace(self.preprocessing, **changes), self.config, self.rejection)
 
     def float32(self) -> "Detector":
         """The detector with every model rebuilt in float32 (weights copied) where it was built in mixed precision."""
         heads = {name: float32_copy(head) for name, head in self.heads.items()}
-        return Detector(float32_copy(self.backbone), heads, self.head_info, self.preprocessing, self.config)
+        return Detector(float32_copy(self.backbone), heads, self.head_info, self.preprocessing, self.config, self.rejection)
 
     def input_layer(self, name: str) -> str:
         """The backbone layer whose output head `name` reads: pooled features, or a block's feature map."""

@@ -6,6 +6,7 @@ Layout:
     heads/<name>/head.keras    one folder per head, written on its own
     heads/<name>/head.json     kind, classes, threshold, hash of the backbone it was trained on
     gfd/decoder.keras          GFD-Net's fingerprint decoder G_dec (models trained with --method gfd only)
+    rejection.json             optional: the open-set rejection rule (tfdnadet.rejection), with its backbone hash
 """
 
 import json
@@ -26,6 +27,7 @@ MODEL_ENV = "TFDNADET_MODEL"
 DEFAULT_MODEL_DIR = "model"
 METADATA_FILE = "detector.json"
 DECODER_FILE = os.path.join("gfd", "decoder.keras")
+REJECTION_FILE = "rejection.json"
 _NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")  # also names serving outputs (tfdnadet.serving)
 LIST_FIELDS = ("name", "kind", "positives", "threshold", "val_precision", "val_recall", "created")
 
@@ -44,6 +46,8 @@ def save_detector(detector: Detector, path: str) -> None:
             "config": detector.config,
         }
         write_json(os.path.join(temporary, METADATA_FILE), metadata)
+        if detector.rejection:
+            write_rejection(temporary, detector.rejection)
 
 
 def write_head(model_dir: str, name: str, head: keras.Model, info: dict) -> None:
@@ -70,7 +74,22 @@ def load_detector(path: str) -> Detector:
             )
         heads[name] = load_keras_file(os.path.join(path, "heads", name, "head.keras"))
         infos[name] = info
-    return Detector(backbone, heads, infos, preprocessing, metadata["config"])
+    return Detector(backbone, heads, infos, preprocessing, metadata["config"], read_rejection(path, backbone_hash))
+
+
+def read_rejection(path: str, backbone_hash: str):
+    """The model's rejection rule, None when it has none; a rule fitted on another backbone is an error."""
+    if not os.path.isfile(os.path.join(path, REJECTION_FILE)):
+        return None
+    rule = _read_json(os.path.join(path, REJECTION_FILE))
+    if rule.get("backbone_sha256") != backbone_hash:
+        raise TfdnadetError(f"{REJECTION_FILE} in {path} was calibrated on another backbone: run `tfdnadet calibrate-rejection` again.")
+    return rule
+
+
+def write_rejection(path: str, rule: dict) -> None:
+    """Replace the model's rejection.json atomically; nothing else in the model directory is touched."""
+    write_json(os.path.join(path, REJECTION_FILE), rule)
 
 
 def _preprocessing(path: str, metadata: dict) -> Preprocessing:

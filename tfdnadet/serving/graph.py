@@ -8,6 +8,8 @@ Per head: multiclass -> <name>_probabilities [B, C], <name>_class_index [B], <na
 binary -> <name>_score [B] (sigmoid), <name>_decision [B] (1 when score >= the head's threshold).
 Every signature also returns `valid` [B] (int32): 0 for an image that could not be used (not decodable,
 smaller than a patch, more than max_pixels pixels); its outputs are then 0, class index -1, names "".
+With a rejection rule (tfdnadet.rejection): knownness [B], the rejection score. `verdict` [B] (string) comes with
+binary heads or a rejection rule: the rule of tfdnadet.verdict (an invalid image: knownness 0, verdict "").
 """
 
 import functools
@@ -18,7 +20,8 @@ from tfdnadet.data.preprocess import resize_to_base, to_model_input
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.detector import MULTICLASS, Detector
 from tfdnadet.models.heads import BinaryHead
-from tfdnadet.verdict import MULTIPLE, REAL, UNKNOWN, binary_heads, threshold_of
+from tfdnadet.rejection import knownness, rejection_layers
+from tfdnadet.verdict import KNOWNNESS, MULTIPLE, REAL, UNKNOWN, binary_heads, newcomer_heads, rejection_threshold, threshold_of
 
 BYTES_INPUT = "images_bytes"
 IMAGES_INPUT = "images"
@@ -98,11 +101,16 @@ class DetectorServing(tf.Module):
             return resize_to_base(image, self.base_size)
 
     def _serve(self, detector: Detector, images, valid) -> dict:
+        whole = detector is self._detector  # a head signature has that head's outputs only
+        rejecting = whole and bool(detector.rejection)
+        # The detector's own forward pass: the backbone runs once for all heads and the rejection score.
+        probabilities, features = detector.forward(images, rejection_layers(detector) if rejecting else ())
         outputs = {}
-        # The detector's own forward pass: the backbone runs once for all heads, whatever input each head takes.
-        for name, probabilities in detector.probabilities(images).items():
-            outputs.update(self._head_outputs(name, probabilities))
-        if detector is self._detector and binary_heads(self._detector):
+        for name, values in probabilities.items():
+            outputs.update(self._head_outputs(name, values))
+        if rejecting:
+            outputs[KNOWNNESS] = knownness(detector, probabilities, features)
+        if whole and (binary_heads(detector) or rejecting):
             outputs[VERDICT] = self._verdict(outputs)
         is_valid = tf.cast(valid, tf.bool)
         outputs = {key: _where_valid(is_valid, value, key) for key, value in outputs.items()}
@@ -124,24 +132,27 @@ class DetectorServing(tf.Module):
 
     def _verdict(self, outputs: dict):
         """The rule of `tfdnadet.verdict.verdicts` in graph ops: real / one architecture / multiple / unknown-generator."""
-        binary = binary_heads(self._detector)
-        architectures = [name for name in binary if name != REAL]
-        if MULTICLASS in self._detector.heads:
-            judged_real = tf.equal(outputs[f"{MULTICLASS}_class_name"], REAL)
-        elif REAL in binary:
+        d = self._detector
+        architectures = [name for name in binary_heads(d) if name != REAL]
+        reference = outputs[KNOWNNESS] if KNOWNNESS in outputs else outputs[f"{binary_heads(d)[0]}_score"]
+        accepted = reference >= rejection_threshold(d) if d.rejection else tf.ones_like(reference, tf.bool)
+        positive = {name: tf.equal(outputs[f"{name}_decision"], 1) for name in architectures}
+        no = tf.zeros_like(accepted)
+        count = tf.add_n([tf.cast(p, tf.int32) for p in positive.values()] + [tf.zeros_like(reference, tf.int32)])
+        first = tf.gather(tf.constant(architectures or [UNKNOWN]), tf.argmax(tf.cast(tf.stack([*positive.values(), no], axis=1), tf.int32), axis=1))
+        if MULTICLASS in d.heads:
+            name = outputs[f"{MULTICLASS}_class_name"]
+            overruled = _any([positive[n] for n in newcomer_heads(d)] + [positive[n] & tf.equal(name, n) for n in architectures], no)
+            joins = accepted & ~tf.equal(name, REAL) & ~overruled
+            count += tf.cast(joins, tf.int32)
+            first = tf.where(joins, name, first)
+            judged_real = tf.equal(name, REAL)
+        elif REAL in d.heads:
             judged_real = tf.equal(outputs[f"{REAL}_decision"], 1)
         else:
-            judged_real = None  # no real/fake judge: a failed attribution reads as real
-        if architectures:
-            decisions = tf.stack([outputs[f"{name}_decision"] for name in architectures], axis=1)
-            positives = tf.reduce_sum(decisions, axis=1)
-            single = tf.gather(tf.constant(architectures), tf.argmax(decisions, axis=1))
-            label = tf.where(positives > 1, MULTIPLE, tf.where(positives == 1, single, REAL if judged_real is None else UNKNOWN))
-        elif MULTICLASS in self._detector.heads:
-            label = outputs[f"{MULTICLASS}_class_name"]
-        else:
-            label = tf.fill(tf.shape(outputs[f"{binary[0]}_score"]), UNKNOWN)
-        return label if judged_real is None else tf.where(judged_real, REAL, label)
+            judged_real = None  # no real/fake judge: no answer reads as real
+        label = tf.where(count > 1, MULTIPLE, tf.where(count == 1, first, REAL if judged_real is None else UNKNOWN))
+        return label if judged_real is None else tf.where(judged_real & accepted, REAL, label)
 
     def warmup_requests(self) -> dict:
         """One small request per signature: {signature: {input name: batch of one}} (a gray-ramp PNG)."""
@@ -165,3 +176,11 @@ def _where_valid(is_valid, value, key: str):
         fill = tf.zeros([], value.dtype)
     mask = tf.reshape(is_valid, [-1] + [1] * (value.shape.rank - 1))
     return tf.where(mask, value, fill)
+
+
+def _any(conditions: list, default):
+    """Elementwise OR of boolean tensors; `default` for none."""
+    result = default
+    for condition in conditions:
+        result = result | condition
+    return result

@@ -1,0 +1,194 @@
+"""Open-set attribution: metrics, the mixed-model verdict rule, the stored rejection rule, predict/SavedModel parity."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from conftest import run_cli, write_manifest
+from test_models import make_detector
+from tfdnadet.errors import TfdnadetError
+from tfdnadet.evaluation.open_set import (
+    accepting_threshold,
+    auroc,
+    calibrate_rejection,
+    evaluate_open_set,
+    oscr,
+    rejecting_threshold,
+    write_open_set,
+)
+from tfdnadet.inference import attribute, load_for_detector, predict_loaded
+from tfdnadet.models.detector import MULTICLASS
+from tfdnadet.models.model_dir import REJECTION_FILE, load_detector, save_detector
+from tfdnadet.models.heads import BinaryHead
+from tfdnadet.serving.graph import DetectorServing
+from tfdnadet.verdict import KNOWNNESS, MULTIPLE, REAL, UNKNOWN, verdicts
+
+PLANTED = "sngan"  # the planted out-of-distribution class: flat colours and stripes, nothing a GAN of the fixtures makes
+
+
+def test_metrics_against_hand_computed_cases():
+    known, unknown = np.asarray([0.9, 0.8, 0.3]), np.asarray([0.5, 0.1])
+    assert auroc(known, unknown) == pytest.approx(5 / 6)  # 0.3 < 0.5 is the one pair out of six in the wrong order
+    assert auroc(np.asarray([0.5]), np.asarray([0.5])) == pytest.approx(0.5)
+    # (FPR, CCR) points: (0, 1/3) until 0.5 lets one unknown in, (1/2, 2/3) at 0.3, (1, 2/3) at 0.1: area 1/6 + 1/3.
+    assert oscr(known, np.asarray([True, False, True]), unknown) == pytest.approx(0.5)
+    assert oscr(known, np.ones(3, bool), np.asarray([0.0, 0.05])) == pytest.approx(1.0)  # perfect separation, all right
+    unknown20 = np.arange(20.0)
+    assert rejecting_threshold(unknown20) == 19.0 and np.mean(unknown20 < 19.0) == 0.95
+    assert rejecting_threshold(np.asarray([1.0, 2.0])) > 2.0  # 95 % of two images is both of them
+    assert accepting_threshold(np.arange(20.0)) == 0.5  # accepts 1..19: 95 %, and no score on the boundary
+    assert accepting_threshold(np.asarray([3.0, 1.0]), share=0.99) == 0.0  # all accepted, a margin below the lowest
+
+
+def mixed_detector():
+    """Multiclass real/progan/sngan, a binary head for sngan (a class the multiclass knows) and for stylegan2 (new)."""
+    detector = make_detector()
+    for name in ("sngan", "stylegan2"):
+        detector.add_head(name, BinaryHead(detector.backbone.feature_dim, 4, name=name), {"threshold": 0.5})
+    return detector
+
+
+# multiclass real/progan/sngan; heads sngan, stylegan2; knownness; the verdict with the rule msp >= 0.6
+MIXED_CASES = [
+    ([0.8, 0.1, 0.1], 0.1, 0.1, 0.8, REAL),  # judged real
+    ([0.1, 0.8, 0.1], 0.1, 0.1, 0.8, "progan"),  # no head fires: the multiclass answers for its class
+    ([0.1, 0.8, 0.1], 0.1, 0.9, 0.8, "stylegan2"),  # a head of an architecture the multiclass never saw overrules it
+    ([0.1, 0.1, 0.8], 0.9, 0.1, 0.8, "sngan"),  # agreement
+    ([0.1, 0.8, 0.1], 0.9, 0.1, 0.8, MULTIPLE),  # conflict between two heads that both know progan and sngan
+    ([0.1, 0.5, 0.4], 0.1, 0.1, 0.5, UNKNOWN),  # rejected and no head fires
+    ([0.1, 0.5, 0.4], 0.1, 0.9, 0.5, "stylegan2"),  # rejected multiclass answer, one head
+    ([0.5, 0.3, 0.2], 0.1, 0.1, 0.5, UNKNOWN),  # a rejected `real` is no answer either
+    ([0.1, 0.5, 0.4], 0.9, 0.9, 0.5, MULTIPLE),
+]
+
+
+def test_mixed_model_verdicts_in_python_and_in_the_serving_graph():
+    detector = mixed_detector()
+    detector.rejection = {"score": "msp", "threshold": 0.6}
+    multiclass, sngan, stylegan2, knownness, expected = (np.asarray(column) for column in zip(*MIXED_CASES))
+    outputs = {MULTICLASS: multiclass, "sngan": sngan[:, None], "stylegan2": stylegan2[:, None], KNOWNNESS: knownness}
+    assert [v.label for v in verdicts(detector, outputs)] == list(expected)
+    serving = DetectorServing(detector)
+    names = np.asarray(detector.class_names)[np.argmax(multiclass, axis=1)]
+    graph_outputs = {f"{MULTICLASS}_class_name": tf.constant(names), KNOWNNESS: tf.constant(knownness, tf.float32)}
+    for name, score in (("sngan", sngan), ("stylegan2", stylegan2)):
+        graph_outputs[f"{name}_decision"] = tf.constant((score >= 0.5).astype("int32"))
+        graph_outputs[f"{name}_score"] = tf.constant(score, tf.float32)
+    assert [label.decode() for label in serving._verdict(graph_outputs).numpy()] == list(expected)
+    # Without a rejection rule the multiclass answer always counts: case 6 is progan, not unknown-generator.
+    detector.rejection = None
+    assert verdicts(detector, outputs)[5].label == "progan"
+
+
+def planted_images(folder, count=24):
+    """Flat colours with bold stripes: images no generator of the fixtures draws."""
+    rng = np.random.default_rng(7)
+    os.makedirs(folder, exist_ok=True)
+    for i in range(count):
+        image = np.zeros((32, 32, 3), np.uint8) + rng.integers(0, 256, 3, dtype=np.uint8)
+        image[:, (i % 4) :: 6] = rng.integers(0, 256, 3, dtype=np.uint8)
+        Image.fromarray(image).save(os.path.join(folder, f"{i:04d}.png"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def open_zoo(gan_images, tmp_path_factory):
+    """A zoo manifest over the fixture images: train = seeds 0-1, validation and closed-set = seed 2, plus PLANTED."""
+    root = tmp_path_factory.mktemp("open_zoo")
+    for name in ("progan", "mmdgan", "dcgan", "real", "train.csv", "test.csv"):
+        source = os.path.join(gan_images["root"], name)
+        (shutil.copytree if os.path.isdir(source) else shutil.copy)(source, root / name)
+    planted = planted_images(root / PLANTED)
+    write_manifest(root / "planted.csv", [(f"{PLANTED}/{n}", PLANTED) for n in sorted(os.listdir(planted))])
+    splits = {"train": "train.csv", "validation": "test.csv", "closed-set": "test.csv", "cross-seed": "planted.csv"}
+    manifest = {
+        "format": "tfdnadet-zoo",
+        "class_names": ["real", "dcgan", "mmdgan", "progan", PLANTED],
+        "splits": {split: {"manifest": csv} for split, csv in splits.items()},
+    }
+    (root / "zoo.json").write_text(json.dumps(manifest))
+    return {"zoo": str(root / "zoo.json"), "planted": str(planted)}
+
+
+@pytest.fixture(scope="module")
+def calibrated(trained_run, open_zoo, tmp_path_factory):
+    """A copy of the tiny trained model (progan, mmdgan, dcgan, real) with the Gaussian fitted on the zoo's train split."""
+    model = str(tmp_path_factory.mktemp("open_model") / "model")
+    shutil.copytree(trained_run.model_dir, model)
+    root = os.path.dirname(open_zoo["zoo"])
+    calibrate_rejection(model, "gaussian", os.path.join(root, "test.csv"), os.path.join(root, "train.csv"))
+    return model
+
+
+def test_calibration_is_stored_reloaded_and_predict_rejects_a_planted_class(calibrated, open_zoo, monkeypatch, capsys):
+    code, out, err = run_cli(["calibrate-rejection", calibrated, "--protocol", open_zoo["zoo"], "--score", "gaussian"], monkeypatch, capsys)
+    assert code == 0, err
+    printed = json.loads(out)
+    stored = json.load(open(os.path.join(calibrated, REJECTION_FILE)))
+    assert printed["score"] == stored["score"] == "gaussian" and printed["threshold"] == stored["threshold"]
+    assert np.asarray(stored["means"]).shape[0] == 4 and stored["validation_accepted"] >= 0.95
+    assert "means" not in printed and np.asarray(stored["precision"]).shape == (len(stored["means"][0]),) * 2
+    detector = load_detector(calibrated)
+    assert detector.rejection["threshold"] == stored["threshold"]
+    save_detector(detector, calibrated + "_copy")  # the rule travels with a saved detector
+    assert load_detector(calibrated + "_copy").rejection == detector.rejection
+    results, _ = attribute(detector, [open_zoo["planted"]])
+    planted_verdicts = [r.verdict for r in results]
+    assert planted_verdicts.count(UNKNOWN) >= 0.75 * len(results), planted_verdicts
+    code, out, _ = run_cli(["predict", calibrated, open_zoo["planted"], "--json"], monkeypatch, capsys)
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [row["verdict"] for row in rows] == planted_verdicts
+    assert all((row["knownness"] >= stored["threshold"]) == (row["verdict"] != UNKNOWN) for row in rows)
+    known, _ = attribute(detector, [os.path.join(os.path.dirname(open_zoo["zoo"]), "progan")])
+    assert sum(r.verdict == UNKNOWN for r in known) <= 0.25 * len(known)
+
+
+def test_saved_model_says_what_predict_says(calibrated, open_zoo, tmp_path):
+    from tfdnadet.export import export_model
+
+    detector = load_detector(calibrated)
+    progan = os.path.join(os.path.dirname(open_zoo["zoo"]), "progan", "seed2")
+    files = [os.path.join(open_zoo["planted"], n) for n in sorted(os.listdir(open_zoo["planted"]))[:8]]
+    files += [os.path.join(progan, n) for n in sorted(os.listdir(progan))[:8]]
+    python = [r.verdict for r in attribute(detector, files)[0]]
+    served = tf.saved_model.load(export_model(calibrated, "open", base=str(tmp_path / "serving")).path)
+    outputs = served.signatures["serving_default"](images_bytes=tf.constant([open(f, "rb").read() for f in files]))
+    assert python == [v.decode() for v in outputs["verdict"].numpy()]
+    assert UNKNOWN in python and "progan" in python, python
+    python_knownness = predict_loaded(detector, load_for_detector(detector, files))[KNOWNNESS]
+    np.testing.assert_allclose(outputs[KNOWNNESS].numpy(), python_knownness, rtol=1e-5)
+
+
+def test_open_set_evaluation_on_a_zoo(calibrated, open_zoo, tmp_path, monkeypatch, capsys):
+    detector = load_detector(calibrated)
+    results = evaluate_open_set(detector, open_zoo["zoo"], score="msp")
+    assert results["unknown_classes"] == [PLANTED] and results["unknown_count"] == 24
+    # cross-seed holds only the planted class: no known image, so it is not a known split.
+    assert list(results["splits"]) == ["closed-set"]
+    closed = results["splits"]["closed-set"]
+    assert closed["count"] == 3 * 24 + 12 and 0 <= closed["false_rejection_at_95"] <= 1 and 0 <= closed["oscr"] <= closed["accuracy"]
+    code, out, err = run_cli(["evaluate", calibrated, "--protocol", open_zoo["zoo"], "--open-set", "--out", str(tmp_path)], monkeypatch, capsys)
+    assert code == 0, err
+    assert "AUROC" in out and "closed-set" in out
+    written = json.load(open(tmp_path / "open_set.json"))
+    assert written["score"] == "gaussian" and written["splits"]["closed-set"]["auroc"] >= 0.9, written
+    assert (tmp_path / "open_set_scores.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(write_open_set(results, str(tmp_path / "again"), calibrated)) == {"json", "png"}
+
+
+def test_clear_errors(calibrated, open_zoo, monkeypatch, capsys):
+    code, _, err = run_cli(["evaluate", calibrated, "--protocol", open_zoo["zoo"], "--open-set", "--unknown", "progan"], monkeypatch, capsys)
+    assert code == 1 and "--unknown progan: the model was trained on it" in err and "Traceback" not in err
+    code, _, err = run_cli(["evaluate", calibrated, "--protocol", open_zoo["zoo"], "--open-set", "--unknown", "biggan"], monkeypatch, capsys)
+    assert code == 1 and "not an architecture of this zoo" in err
+    code, _, err = run_cli(["calibrate-rejection", calibrated, "--protocol", open_zoo["zoo"], "--score", "energy"], monkeypatch, capsys)
+    assert code == 1 and "Unknown rejection score 'energy'" in err
+    with pytest.raises(TfdnadetError, match="needs binary heads"):
+        calibrate_rejection(calibrated, "heads", open_zoo["zoo"].replace("zoo.json", "test.csv"))
+    with pytest.raises(TfdnadetError, match="gaussian score needs training images"):
+        calibrate_rejection(calibrated, "gaussian", open_zoo["zoo"].replace("zoo.json", "test.csv"))
