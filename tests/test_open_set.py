@@ -157,11 +157,15 @@ def test_saved_model_says_what_predict_says(calibrated, open_zoo, tmp_path):
     files += [os.path.join(progan, n) for n in sorted(os.listdir(progan))[:8]]
     python = [r.verdict for r in attribute(detector, files)[0]]
     served = tf.saved_model.load(export_model(calibrated, "open", base=str(tmp_path / "serving")).path)
-    outputs = served.signatures["serving_default"](images_bytes=tf.constant([open(f, "rb").read() for f in files]))
-    assert python == [v.decode() for v in outputs["verdict"].numpy()]
+    # A last image that does not decode: defined outputs for it, the others answered as if alone.
+    encoded = [open(f, "rb").read() for f in files] + [b"not an image"]
+    outputs = served.signatures["serving_default"](images_bytes=tf.constant(encoded))
+    assert outputs["valid"].numpy().tolist() == [1] * len(files) + [0]
+    assert python == [v.decode() for v in outputs["verdict"].numpy()[:-1]] and outputs["verdict"].numpy()[-1] == b""
     assert UNKNOWN in python and "progan" in python, python
     python_knownness = predict_loaded(detector, load_for_detector(detector, files))[KNOWNNESS]
-    np.testing.assert_allclose(outputs[KNOWNNESS].numpy(), python_knownness, rtol=1e-5)
+    np.testing.assert_allclose(outputs[KNOWNNESS].numpy()[:-1], python_knownness, rtol=1e-5)
+    assert outputs[KNOWNNESS].numpy()[-1] == 0
 
 
 def test_open_set_evaluation_on_a_zoo(calibrated, open_zoo, tmp_path, monkeypatch, capsys):
@@ -186,7 +190,10 @@ def test_clear_errors(calibrated, open_zoo, monkeypatch, capsys):
     assert code == 1 and "--unknown progan: the model was trained on it" in err and "Traceback" not in err
     code, _, err = run_cli(["evaluate", calibrated, "--protocol", open_zoo["zoo"], "--open-set", "--unknown", "biggan"], monkeypatch, capsys)
     assert code == 1 and "not an architecture of this zoo" in err
-    code, _, err = run_cli(["calibrate-rejection", calibrated, "--protocol", open_zoo["zoo"], "--score", "energy"], monkeypatch, capsys)
+    code, _, err = run_cli(["evaluate", calibrated, "--data", open_zoo["planted"], "--open-set"], monkeypatch, capsys)
+    assert code == 1 and "--open-set with --protocol" in err
+    monkeypatch.setenv("TFDNADET_MODEL", calibrated)  # MODEL left out: the default model
+    code, _, err = run_cli(["calibrate-rejection", "--protocol", open_zoo["zoo"], "--score", "energy"], monkeypatch, capsys)
     assert code == 1 and "Unknown rejection score 'energy'" in err
     with pytest.raises(TfdnadetError, match="needs binary heads"):
         calibrate_rejection(calibrated, "heads", open_zoo["zoo"].replace("zoo.json", "test.csv"))
