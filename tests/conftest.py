@@ -43,7 +43,8 @@ def gan_images(tmp_path_factory):
 def tiny_config():
     from tfdnadet.config import load_config
 
-    return load_config("tiny", {"train.epochs": 4})
+    # float32: tests compare the trained model's outputs with its float32 SavedModel exactly (test_precision covers auto)
+    return load_config("tiny", {"train.epochs": 4, "train.precision": "float32"})
 
 
 @pytest.fixture(scope="session")

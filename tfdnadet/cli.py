@@ -217,6 +217,12 @@ def _train_options(steps_per_epoch, learning_rate, precision, distribution, seed
     }
 
 
+def _print_precision(cfg) -> None:
+    from tfdnadet.precision import describe_precision
+
+    err.print(f"precision: {describe_precision(cfg.train.precision)}")
+
+
 def _print_trained(result) -> None:
     kept = f" (kept epoch {result.selection['epoch']}, chosen on {result.selection['select_on']})" if result.selection else ""
     err.print(f"trained {result.epochs_completed} epoch(s), {result.steps} steps; model written to {result.model_dir}{kept}")
@@ -232,7 +238,7 @@ def train_stage1_command(
     epochs: Optional[int] = typer.Option(None, help="stage1.epochs (null in the config: train.epochs)"),
     steps_per_epoch: Optional[int] = typer.Option(None, help="train.steps_per_epoch"),
     learning_rate: Optional[float] = typer.Option(None, help="train.learning_rate"),
-    precision: Optional[str] = typer.Option(None, help="train.precision: float32, mixed_float16, mixed_bfloat16"),
+    precision: Optional[str] = typer.Option(None, help="train.precision: auto, float32, mixed_float16, mixed_bfloat16"),
     distribution: Optional[str] = typer.Option(None, help="train.distribution: default, mirrored, multi_worker"),
     seed: Optional[int] = typer.Option(None, help="train.seed"),
     crops: Optional[int] = typer.Option(None, help="stage1.crops (random crops cut from the photos)"),
@@ -250,6 +256,7 @@ def train_stage1_command(
         },
         settings,
     )
+    _print_precision(cfg)
     with _training_progress() as callbacks:
         result = train_stage1(data, out_dir, cfg, resume=resume, verbose=0, callbacks=callbacks, on_skipped=_warn)
     _print_trained(result)
@@ -270,7 +277,7 @@ def train_stage2_command(
     epochs: Optional[int] = typer.Option(None, help="train.epochs"),
     steps_per_epoch: Optional[int] = typer.Option(None, help="train.steps_per_epoch"),
     learning_rate: Optional[float] = typer.Option(None, help="train.learning_rate"),
-    precision: Optional[str] = typer.Option(None, help="train.precision: float32, mixed_float16, mixed_bfloat16"),
+    precision: Optional[str] = typer.Option(None, help="train.precision: auto, float32, mixed_float16, mixed_bfloat16"),
     distribution: Optional[str] = typer.Option(None, help="train.distribution: default, mirrored, multi_worker"),
     loss: Optional[str] = typer.Option(None, help="train.loss: pcl (SupCon + CE) or ce"),
     jit_compile: Optional[bool] = typer.Option(None, "--jit/--no-jit", help="train.jit_compile (XLA)"),
@@ -320,6 +327,7 @@ def train_stage2_command(
     from tfdnadet.methods import apply_method
 
     cfg = apply_method(cfg, method)
+    _print_precision(cfg)
     with _training_progress() as callbacks:
         result = train_stage2(
             data,

@@ -14,7 +14,7 @@ from tfdnadet.data.perturb import parse_augment
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.detector import Preprocessing
 
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
 LOSSES = ("pcl", "ce", "gfd")  # gfd: GFD-Net's Eq. 7 (config section gfd)
 HEAD_LAYOUTS = ("multiclass", "one-vs-all")
@@ -62,7 +62,7 @@ class TrainConfig:
     decay_rate: float = 0.9
     temperature: float = 0.07  # SupCon temperature (Khosla et al. 2020)
     loss: str = "pcl"  # pcl: SupCon + CE, uncertainty weighted [4.2]; ce: Base ablation; gfd: GFD-Net
-    precision: str = "float32"
+    precision: str = "auto"  # mixed_bfloat16 where the CPU/GPU has native bfloat16 (tfdnadet.precision), else float32
     jit_compile: bool = False
     distribution: str = "default"  # default | mirrored (all local GPUs, or `devices`) | multi_worker
     devices: Optional[list] = None  # e.g. ["/gpu:0", "/gpu:1"]; None: TensorFlow's choice

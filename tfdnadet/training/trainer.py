@@ -16,6 +16,7 @@ from tfdnadet.models.backbones import create_backbone
 from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing, patch_grid
 from tfdnadet.models.encoder import block_layer_name
 from tfdnadet.models.model_dir import load_backbone, save_detector, write_decoder
+from tfdnadet.precision import resolve_precision, with_resolved_precision
 from tfdnadet.training.callbacks import (
     CHECKPOINT_WEIGHTS,
     AtomicCheckpoint,
@@ -63,7 +64,7 @@ def build_backbone(config: Config, init_model: Optional[str] = None) -> keras.Mo
     """A new `config.model.backbone`, its weights copied from model directory `init_model` when given, frozen below
     `train.finetune_from_block`."""
     m, t = config.model, config.train
-    backbone = create_backbone(m.backbone, width=m.width, dtype=t.precision, name="encoder")
+    backbone = create_backbone(m.backbone, width=m.width, dtype=resolve_precision(t.precision), name="encoder")
     if init_model:
         _copy_backbone_weights(load_backbone(init_model), backbone, init_model)
     freeze_blocks(backbone, t.finetune_from_block)
@@ -138,6 +139,7 @@ def fit_patch_model(
     `val_models` the same for generator models not in training, on which the kept epoch is chosen
     (train.select_on). Both are judged each epoch as the model will predict (history.csv, curves.png).
     """
+    config = with_resolved_precision(config)  # config.yaml and the model record the precision really used
     checkpoint_dir = os.path.join(run_dir, "checkpoint")
     state = read_checkpoint_state(checkpoint_dir)
     if state and not resume:
