@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from tfdnadet.losses import UncertaintyWeighting, supcon_loss
 from tfdnadet.models.heads import MulticlassHead, ProjectionHead
+from tfdnadet.training.distribute import task_count
 
 
 class PatchContrastiveModel(keras.Model):
@@ -46,6 +47,18 @@ class PatchContrastiveModel(keras.Model):
         features = self.backbone(images, training=training)
         return {"logits": self.classifier(features, training=training), "projection": self.projection(features, training=training)}
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras builds a model under a strategy by reducing a whole (images, labels) batch across replicas, which
+        # MultiWorkerMirroredStrategy cannot (tf.distribute reduces single tensors): the trainer builds it first.
+        if not (self.built and self.optimizer.built):
+            super()._maybe_symbolic_build(iterator, data_batch)
+
+    def train_step(self, data):
+        return _logs_for_worker_mean(super().train_step(data))
+
+    def test_step(self, data):
+        return _logs_for_worker_mean(super().test_step(data))
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         logits = tf.cast(y_pred["logits"], tf.float32)
         if self.num_classes == 1:
@@ -72,3 +85,10 @@ def _balanced_sigmoid_cross_entropy(targets, logits):
     positives = tf.reduce_sum(targets)
     negatives = tf.reduce_sum(1.0 - targets)
     return 0.5 * (tf.reduce_sum(losses * targets) / tf.maximum(positives, 1.0) + tf.reduce_sum(losses * (1.0 - targets)) / tf.maximum(negatives, 1.0))
+
+
+def _logs_for_worker_mean(logs: dict) -> dict:
+    """Keras averages a step's logs over several workers along axis 0, which a scalar lacks: give them one."""
+    if task_count(tf.distribute.get_strategy()) == 1:
+        return logs
+    return {name: tf.reshape(value, [1]) for name, value in logs.items()}

@@ -14,6 +14,7 @@ from tfdnadet.data.sources import list_image_files
 from tfdnadet.data.transforms import TransformBank, make_transform_dataset, transform_images
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.training.callbacks import read_checkpoint_state
+from tfdnadet.training.distribute import make_strategy
 from tfdnadet.training.trainer import TrainResult, fit_patch_model
 from tfdnadet.zoo.photos import load_photos, random_crops
 
@@ -32,6 +33,7 @@ def train_stage1(
     on_skipped=None,
 ) -> TrainResult:
     """Pretrain on transformed crops of the photos in `data` (None: the built-in photos); writes RUN_DIR/model."""
+    make_strategy(config.train.distribution, config.train.devices)  # before any TF op (multi-worker)
     d, s = config.data, config.stage1
     # The pretraining trains the whole encoder; train.finetune_from_block is about fine-tuning it in stage 2.
     overrides = {"train.finetune_from_block": 0, **({"train.epochs": s.epochs} if s.epochs is not None else {})}

@@ -14,6 +14,7 @@ from tfdnadet.models.backbones import CLOSED_FORM, backbone_spec
 from tfdnadet.training.add_head import train_one_vs_all
 from tfdnadet.training.closed_form import fit_closed_form
 from tfdnadet.training.gfd import with_perceptual_init
+from tfdnadet.training.distribute import make_strategy
 from tfdnadet.training.selection import validation_data
 from tfdnadet.training.trainer import TrainResult, fit_patch_model
 
@@ -40,6 +41,7 @@ def train_stage2(
         return fit_closed_form(data, run_dir, config, on_skipped, allow_outside_root)
     if init_model is None and not resume:  # blocks to keep come from a pretrained encoder; a random one trains whole
         config = config_with_overrides(config.to_dict(), {"train.finetune_from_block": 0})
+    make_strategy(config.train.distribution, config.train.devices)  # before any TF op (multi-worker)
     d = config.data
     images = read_dataset(data, d.class_names, allow_outside_root)
     train_list, val_list = split_train_val(images, d.val_fraction, d.split_seed)

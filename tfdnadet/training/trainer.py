@@ -1,7 +1,10 @@
 """The patchwise contrastive training loop shared by stage 1 and stage 2."""
 
+import dataclasses
+import functools
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -26,6 +29,7 @@ from tfdnadet.training.callbacks import (
     truncate_history,
 )
 from tfdnadet.training.gfd import GFD_LOSS, GFDModel, build_gfd_model
+from tfdnadet.training.distribute import AverageOverWorkers, is_chief, make_strategy, task_count
 from tfdnadet.training.gradcam_callback import evidence_callbacks
 from tfdnadet.training.patch_model import PatchContrastiveModel
 from tfdnadet.training.selection import BEST_WEIGHTS, HELDOUT_IMAGES, VAL_MODELS, GeneratorValidation, read_selection, selection_mode
@@ -39,15 +43,6 @@ class TrainResult:
     steps: int
     history: dict = field(default_factory=dict)
     selection: dict = field(default_factory=dict)  # the kept epoch and how it was chosen (also in run.json)
-
-
-def make_strategy(name: str, devices: Optional[list] = None) -> tf.distribute.Strategy:
-    """The tf.distribute strategy named in the config."""
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy(devices=devices)
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
 
 
 def build_patch_model(config: Config, num_classes: int, init_model: Optional[str] = None) -> PatchContrastiveModel:
@@ -140,6 +135,40 @@ def fit_patch_model(
     (train.select_on). Both are judged each epoch as the model will predict (history.csv, curves.png).
     """
     config = with_resolved_precision(config)  # config.yaml and the model record the precision really used
+    strategy = make_strategy(config.train.distribution, config.train.devices)
+    fit = functools.partial(
+        _fit, strategy, train_dataset, steps_per_epoch, val_images, class_names, config,
+        init_model=init_model, resume=resume, verbose=verbose, callbacks=callbacks, model_info=model_info,
+        val_models=val_models,
+    )  # fmt: skip
+    if is_chief(strategy):
+        return fit(run_dir)
+    # Another worker takes part in every step but writes into a scratch directory, removed after; it resumes
+    # from the chief's checkpoint where the run directory is on a shared file system.
+    with tempfile.TemporaryDirectory(prefix="tfdnadet-worker-") as scratch:
+        checkpoint_dir = os.path.join(run_dir, "checkpoint")
+        if resume and read_checkpoint_state(checkpoint_dir):
+            shutil.copytree(checkpoint_dir, os.path.join(scratch, "checkpoint"))
+        result = fit(scratch)
+    return dataclasses.replace(result, run_dir=run_dir, model_dir=os.path.join(run_dir, "model"))
+
+
+def _fit(
+    strategy: tf.distribute.Strategy,
+    train_dataset: tf.data.Dataset,
+    steps_per_epoch: int,
+    val_images: Optional[tuple],
+    class_names: list,
+    config: Config,
+    run_dir: str,
+    *,
+    init_model: Optional[str],
+    resume: bool,
+    verbose: int,
+    callbacks: tuple,
+    model_info: Optional[dict],
+    val_models: Optional[tuple],
+) -> TrainResult:
     checkpoint_dir = os.path.join(run_dir, "checkpoint")
     state = read_checkpoint_state(checkpoint_dir)
     if state and not resume:
@@ -151,11 +180,11 @@ def fit_patch_model(
     save_config(config, os.path.join(run_dir, "config.yaml"))
     keras.utils.set_random_seed(config.train.seed)
 
-    strategy = make_strategy(config.train.distribution, config.train.devices)
     with strategy.scope():
         model = build_training_model(config, class_names, None if state else init_model)
+        _build(model, train_dataset)
         if state:
-            _restore(model, checkpoint_dir, train_dataset)
+            model.load_weights(os.path.join(checkpoint_dir, CHECKPOINT_WEIGHTS))
     val_dataset = _validation_dataset(val_images, config, strategy.num_replicas_in_sync)
     initial_epoch = state["epoch"] if state else 0
     select = selection_mode(config.train.select_on, val_models is not None and len(val_models[1]) > 0)
@@ -177,6 +206,7 @@ def fit_patch_model(
     guard = StopOnNonFiniteLoss()
     all_callbacks = [
         guard,
+        *([AverageOverWorkers(strategy)] if task_count(strategy) > 1 else []),  # before the checkpoint
         generator_validation,  # before the CSV logger and the checkpoint: its accuracies go into the epoch's row
         # The history row goes first: an epoch killed before its checkpoint runs again, and its row is dropped then.
         keras.callbacks.CSVLogger(history_csv, append=bool(state)),
@@ -252,12 +282,11 @@ def _label_patches(patches, count, labels) -> tuple:
     return patches, tf.repeat(labels, count)
 
 
-def _restore(model: keras.Model, checkpoint_dir: str, dataset: tf.data.Dataset) -> None:
-    """Build model and optimizer variables, then load the checkpoint's weights into both (GFD-Net: both Adams)."""
+def _build(model: keras.Model, dataset: tf.data.Dataset) -> None:
+    """Create the model's and its optimizers' variables (before a checkpoint loads into them; GFD-Net: both Adams)."""
     spec = dataset.element_spec[0]
     model(tf.zeros([1, *spec.shape[1:]], spec.dtype))
     if isinstance(model, GFDModel):
         model.build_optimizers()
     else:
         model.optimizer.build(model.trainable_variables)
-    model.load_weights(os.path.join(checkpoint_dir, CHECKPOINT_WEIGHTS))
