@@ -1,0 +1,124 @@
+"""`predict` end to end on a folder of PNGs against the model alone, and the cost of 10 binary heads against 1.
+
+End to end is `tfdnadet.inference.attribute` on the folder: listing, decoding, both resizes, the forward pass and
+the heads. Model only is `Detector.predict` on the same images already resized to model inputs. The heads share
+one backbone pass, so 10 binary heads should cost little more than 1. Models are randomly initialised (speed
+does not depend on the weights); the PNGs are made on the fly.
+
+    python benchmarks/predict_e2e.py [--config cpu] [--images 1000] [--image-size 256] [--batch-size 16]
+"""
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tfdnadet.atomic import write_json  # noqa: E402
+from tfdnadet.config import load_config  # noqa: E402
+from tfdnadet.data.pipeline import make_image_dataset  # noqa: E402
+from tfdnadet.inference import attribute, load_for_detector  # noqa: E402
+from tfdnadet.models.detector import MULTICLASS, Detector  # noqa: E402
+from tfdnadet.models.encoder import create_backbone  # noqa: E402
+from tfdnadet.models.heads import BinaryHead, MulticlassHead  # noqa: E402
+from tfdnadet.precision import resolve_precision  # noqa: E402
+
+
+def make_detector(config, binary_heads: int, multiclass: bool) -> Detector:
+    dtype = resolve_precision(config.train.precision)
+    backbone = create_backbone(config.model.backbone, width=config.model.width, dtype=dtype, name="encoder")
+    preprocessing = {k: getattr(config.data, k) for k in ("base_size", "input_size", "patch_size", "max_pixels", "predict_on")}
+    detector = Detector(backbone, {}, {}, preprocessing, config.to_dict())
+    if multiclass:
+        detector.add_head(MULTICLASS, MulticlassHead(backbone.feature_dim, 5, name=MULTICLASS), {"class_names": list("abcde")})
+    for index in range(binary_heads):
+        head = BinaryHead(backbone.feature_dim, config.heads.hidden, dtype=dtype, name=f"arch{index}")
+        detector.add_head(f"arch{index}", head, {"threshold": 0.5})
+    return detector
+
+
+def write_pngs(folder: str, count: int, size: int) -> None:
+    """Smooth random images with noise on top (as compressible as photos, unlike pure noise)."""
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        coarse = rng.integers(0, 256, (size // 16, size // 16, 3), dtype=np.uint8)
+        image = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BILINEAR), np.int16)
+        image = np.clip(image + rng.integers(-8, 9, image.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(os.path.join(folder, f"{index:05d}.png"))
+
+
+def model_only_seconds(detector: Detector, batches: list) -> float:
+    start = time.perf_counter()
+    for batch in batches:
+        detector.predict(batch)
+    return time.perf_counter() - start
+
+
+def run(args) -> dict:
+    config = load_config(args.config, {"train.precision": args.precision})
+    with tempfile.TemporaryDirectory() as folder:
+        write_pngs(folder, args.images, args.image_size)
+        detector = make_detector(config, binary_heads=0, multiclass=True)
+        batches = [b for b in make_image_dataset(load_for_detector(detector, [os.path.join(folder, f) for f in sorted(os.listdir(folder))]).images, None, config.data.input_size, args.batch_size)]
+        detector.predict(batches[0])  # trace
+        attribute(detector, [folder], args.batch_size)  # warm the file cache and the traces of a ragged last batch
+        rows = {"end_to_end": [], "model_only": [], "decode_only": []}
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            results, failures = attribute(detector, [folder], args.batch_size)
+            rows["end_to_end"].append(len(results) / (time.perf_counter() - start))
+            start = time.perf_counter()
+            load_for_detector(detector, [os.path.join(folder, f) for f in sorted(os.listdir(folder))])
+            rows["decode_only"].append(args.images / (time.perf_counter() - start))
+            rows["model_only"].append(args.images / model_only_seconds(detector, batches))
+        assert len(results) == args.images and not failures
+    heads = {}
+    for count in (1, 10):
+        with_heads = make_detector(config, binary_heads=count, multiclass=False)
+        with_heads.predict(batches[0])
+        heads[count] = min(model_only_seconds(with_heads, batches) for _ in range(args.rounds))
+    best = {name: max(values) for name, values in rows.items()}
+    return {
+        "images_per_second": best,
+        "rounds": rows,
+        "end_to_end_over_model_only": best["end_to_end"] / best["model_only"],
+        "seconds_1_binary_head": heads[1],
+        "seconds_10_binary_heads": heads[10],
+        "ten_over_one_head": heads[10] / heads[1],
+        "precision": resolve_precision(config.train.precision),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="cpu")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "predict_e2e.json"))
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    result = run(args)
+    result.update({"args": vars(args), "load_average_before": load_before, "load_average_after": os.getloadavg(), "cpus": os.cpu_count()})
+    config = load_config(args.config)
+    print(f"{args.images} PNGs of {args.image_size} px, config {args.config} (width {config.model.width}, input "
+          f"{config.data.input_size} px, predict_on {config.data.predict_on}), {result['precision']}, batch {args.batch_size}; "
+          f"best of {args.rounds} rounds; load average {load_before[0]:.1f} on {os.cpu_count()} CPUs")
+    ips = result["images_per_second"]
+    print(f"{'images/s':24} {'end to end':>10} {'model only':>10} {'decode+resize':>13} {'e2e/model':>9}")
+    print(f"{'':24} {ips['end_to_end']:10.1f} {ips['model_only']:10.1f} {ips['decode_only']:13.1f} {result['end_to_end_over_model_only']:9.2f}")
+    print(f"model-only seconds: 1 binary head {result['seconds_1_binary_head']:.2f}, 10 binary heads "
+          f"{result['seconds_10_binary_heads']:.2f} (x{result['ten_over_one_head']:.2f})")
+    write_json(args.out, result)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
