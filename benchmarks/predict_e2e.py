@@ -23,8 +23,8 @@ from tfdnadet.atomic import write_json  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
 from tfdnadet.data.pipeline import make_image_dataset  # noqa: E402
 from tfdnadet.inference import attribute, load_for_detector  # noqa: E402
-from tfdnadet.models.detector import MULTICLASS, Detector  # noqa: E402
-from tfdnadet.models.encoder import create_backbone  # noqa: E402
+from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing  # noqa: E402
+from tfdnadet.models.backbones import create_backbone  # noqa: E402
 from tfdnadet.models.heads import BinaryHead, MulticlassHead  # noqa: E402
 from tfdnadet.precision import resolve_precision  # noqa: E402
 
@@ -32,8 +32,7 @@ from tfdnadet.precision import resolve_precision  # noqa: E402
 def make_detector(config, binary_heads: int, multiclass: bool) -> Detector:
     dtype = resolve_precision(config.train.precision)
     backbone = create_backbone(config.model.backbone, width=config.model.width, dtype=dtype, name="encoder")
-    preprocessing = {k: getattr(config.data, k) for k in ("base_size", "input_size", "patch_size", "max_pixels", "predict_on")}
-    detector = Detector(backbone, {}, {}, preprocessing, config.to_dict())
+    detector = Detector(backbone, {}, {}, Preprocessing.from_data_config(config.data), config.to_dict())
     if multiclass:
         detector.add_head(MULTICLASS, MulticlassHead(backbone.feature_dim, 5, name=MULTICLASS), {"class_names": list("abcde")})
     for index in range(binary_heads):

@@ -708,6 +708,9 @@ def export_command(
     version: Optional[int] = typer.Option(None, "--version", help="Version folder to write (default: the next integer)."),
     server_base: Optional[str] = typer.Option(None, "--server-base", help="Where the server sees BASE: base_path in models.config (default: /models)."),
     check: bool = typer.Option(False, "--check", help="Validate as TF Serving would: load, list signatures, run the warm-up requests."),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="Graph compute dtype: auto (default: the model's bfloat16 where this CPU/GPU has it natively), float32, mixed_bfloat16."
+    ),
 ):
     """Export a SavedModel for TensorFlow Serving to BASE/NAME/VERSION/, or validate an export with --check."""
     import dataclasses
@@ -718,8 +721,8 @@ def export_command(
         raise typer.BadParameter("give --name NAME to export MODEL, or --check EXPORT_DIR to validate an export.")
     result = {}
     if name is not None:
-        exported = export_model(_model_dir(model), name, version=version, **_given(base=base, server_base=server_base))
-        err.print(f"exported {exported.path}; {exported.models_config} lists every model beside it")
+        exported = export_model(_model_dir(model), name, version=version, **_given(base=base, server_base=server_base, precision=precision))
+        err.print(f"exported {exported.path} (computes in {exported.precision}); {exported.models_config} lists every model beside it")
         result = dataclasses.asdict(exported)
         model = exported.path
     if check:

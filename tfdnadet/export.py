@@ -10,12 +10,14 @@ import tensorflow as tf
 from tfdnadet.atomic import atomic_path
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.model_dir import load_detector
+from tfdnadet.precision import AUTO
 from tfdnadet.serving import layout
 from tfdnadet.serving.graph import DEFAULT_SIGNATURE, IMAGES_SIGNATURE, DetectorServing
 from tfdnadet.serving.warmup import read_warmup, write_warmup
 
 DEFAULT_BASE = "savedmodels"
 SERVER_BASE = "/models"  # where the README's docker command mounts BASE inside the container
+EXPORT_PRECISIONS = (AUTO, "float32", "mixed_bfloat16")
 REST_UNENCODABLE = (tf.float16, tf.bfloat16)  # TF Serving's REST (JSON) encoder cannot return these
 TF_NOISE = ("Graph execution error", "Detected at node", "<stack traces", "[[")
 
@@ -27,12 +29,25 @@ class ExportResult:
     version: int
     models_config: str
     signatures: list = field(default_factory=list)
+    precision: str = "float32"  # the dtype policy the graph computes in; inputs and outputs are float32 in every one
 
 
 def export_model(
-    model_dir: str, name: str, base: str = DEFAULT_BASE, version: Optional[int] = None, server_base: str = SERVER_BASE
+    model_dir: str,
+    name: str,
+    base: str = DEFAULT_BASE,
+    version: Optional[int] = None,
+    server_base: str = SERVER_BASE,
+    precision: str = AUTO,
 ) -> ExportResult:
-    """Write BASE/NAME/VERSION/ (SavedModel + warm-up requests) atomically, then list every model in BASE/models.config."""
+    """Write BASE/NAME/VERSION/ (SavedModel + warm-up requests) atomically, then list every model in BASE/models.config.
+
+    `precision`: "auto" keeps a mixed_bfloat16 model's bfloat16 graph where this machine has native bfloat16 (export
+    on, or like, the serving machine) and computes in float32 elsewhere (`Detector.for_inference`); "float32" or
+    "mixed_bfloat16" force one.
+    """
+    if precision not in EXPORT_PRECISIONS:
+        raise TfdnadetError(f"precision must be one of {', '.join(EXPORT_PRECISIONS)}. Received: precision={precision!r}")
     layout.check_model_name(name)
     model_base = os.path.join(base, name)
     version = layout.next_version(model_base) if version is None else version
@@ -41,7 +56,7 @@ def export_model(
     path = os.path.join(model_base, str(version))
     if os.path.exists(path):
         raise TfdnadetError(f"{path} already exists: an exported version is never overwritten; choose another --version.")
-    serving = DetectorServing(load_detector(model_dir))
+    serving = DetectorServing(load_detector(model_dir), precision)
     signatures = serving.signatures()
     # The temporary folder's name starts with '.', so a server watching BASE/NAME never sees a half-written version.
     try:
@@ -50,7 +65,8 @@ def export_model(
             write_warmup(temporary, name, serving.warmup_requests())
     except FileExistsError:
         raise TfdnadetError(f"{path} was written by another export meanwhile and is kept; run the export again for the next version.") from None
-    return ExportResult(path, name, version, layout.write_models_config(base, server_base), sorted(signatures))
+    models_config = layout.write_models_config(base, server_base)
+    return ExportResult(path, name, version, models_config, sorted(signatures), serving.precision)
 
 
 def check_export(path: str) -> dict:

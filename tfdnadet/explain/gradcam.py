@@ -39,7 +39,9 @@ class GradCAM:
     With preprocessing `predict_on: patches` each cell of the grid is explained and the maps are put together
     (where cells overlap or come from several scales, each pixel takes the mean of the cells covering it);
     the explained score is the sum of the patches' logits of the class the aggregated answer picks. Under mixed
-    precision a float32 twin of the detector is explained, its weights copied on each call (it follows training).
+    precision a float32 twin of the detector is explained, its weights copied on each call (it follows training):
+    the channel weights are spatial means of small gradients, which bfloat16's 8-bit mantissa would round coarsely,
+    and explaining is a few images, not a throughput path.
     """
 
     def __init__(self, detector: Detector, head: str = MULTICLASS, layer: int = GRADCAM_LAYER):
@@ -61,15 +63,9 @@ class GradCAM:
         wanted = np.broadcast_to(PREDICTED if class_index is None else class_index, [images.shape[0]]).astype(np.int32)
         if class_index is not None and not np.all((wanted >= 0) & (wanted < self.num_outputs)):
             raise TfdnadetError(f"class_index must be in 0..{self.num_outputs - 1}. Received: class_index={class_index}")
-        self._follow_source()
+        self.detector.copy_weights_from(self.source)
         heatmaps, targets, scores = self._explain_graph(images, tf.constant(wanted))
         return GradCAMResult(heatmaps.numpy(), targets.numpy(), scores.numpy())
-
-    def _follow_source(self) -> None:
-        pairs = [(self.detector.backbone, self.source.backbone), (self.detector.heads[self.head], self.source.heads[self.head])]
-        for twin, model in pairs:
-            if twin is not model:
-                twin.set_weights(model.get_weights())
 
     def _explain(self, images, wanted):
         d, block = self.detector, block_layer_name(self.layer)

@@ -21,8 +21,10 @@ from tfdnadet.data.preprocess import min_image_side
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models import encoder, heads  # noqa: F401  (registers the classes that saved models name)
 from tfdnadet.models.encoder import POOL_LAYER
+from tfdnadet.precision import AUTO, resolve_precision
 
 MULTICLASS = "multiclass"
+FLOAT32 = "float32"
 PREDICT_ON = ("whole", "patches")
 MEAN_PROBABILITY = "mean_probability"  # the mean of the cells' probabilities
 MEAN_LOGIT = "mean_logit"  # the probability of the cells' mean logits
@@ -122,6 +124,7 @@ class Detector:
         self.rejection = rejection  # the open-set rule of rejection.json (tfdnadet.rejection), or None
         self._compiled = {}
         self._extractors = {}
+        self._inference = None  # `for_inference()`, made on the first predict
 
     @property
     def class_names(self) -> list:
@@ -135,6 +138,7 @@ class Detector:
         self.heads[name] = head
         self.head_info[name] = info
         self._compiled = {}
+        self._inference = None
 
     def with_heads(self, names) -> "Detector":
         """The same backbone with only the heads `names` (shares every model)."""
@@ -145,10 +149,36 @@ class Detector:
         """The same models with some preprocessing fields changed."""
         return Detector(self.backbone, self.heads, self.head_info, dataclasses.replace(self.preprocessing, **changes), self.config, self.rejection)
 
+    @property
+    def precision(self) -> str:
+        """The Keras dtype policy the models compute in: "float32", or the mixed policy they were built in."""
+        policies = {model_precision(model) for model in (self.backbone, *self.heads.values())} - {FLOAT32}
+        return policies.pop() if policies else FLOAT32
+
+    def in_precision(self, policy: str) -> "Detector":
+        """The detector with every model rebuilt to compute in dtype policy `policy` (weights copied; models already
+        in it are shared). Inputs, logits and probabilities stay float32 in every policy."""
+        heads = {name: precision_copy(head, policy) for name, head in self.heads.items()}
+        return Detector(precision_copy(self.backbone, policy), heads, self.head_info, self.preprocessing, self.config, self.rejection)
+
     def float32(self) -> "Detector":
-        """The detector with every model rebuilt in float32 (weights copied) where it was built in mixed precision."""
-        heads = {name: float32_copy(head) for name, head in self.heads.items()}
-        return Detector(float32_copy(self.backbone), heads, self.head_info, self.preprocessing, self.config, self.rejection)
+        return self.in_precision(FLOAT32)
+
+    def for_inference(self, precision: str = AUTO) -> "Detector":
+        """The detector that predict, evaluate and the export run. "auto": the model's own precision where it is the
+        one this machine computes fastest (`resolve_precision("auto")`: mixed_bfloat16 where the CPU or GPU has
+        native bfloat16), else float32 (emulated bfloat16 and float16 on a CPU are slower than float32).
+        Any other value is a dtype policy to compute in."""
+        if precision == AUTO:
+            precision = self.precision if self.precision == resolve_precision(AUTO) else FLOAT32
+        return self if precision == self.precision else self.in_precision(precision)
+
+    def copy_weights_from(self, source: "Detector") -> None:
+        """Give each model the weights of `source`'s model in the same place (a twin in another precision follows it)."""
+        pairs = [(self.backbone, source.backbone), *((self.heads[name], source.heads[name]) for name in self.heads)]
+        for twin, model in pairs:
+            if twin is not model:
+                twin.set_weights(model.get_weights())
 
     def input_layer(self, name: str) -> str:
         """The backbone layer whose output head `name` reads: pooled features, or a block's feature map."""
@@ -207,14 +237,20 @@ class Detector:
         return self.forward(images)[0]
 
     def predict(self, images) -> dict:
-        """float32 [B, S, S, 3] in [-1, 1] -> {head name: float32 probabilities [B, K]} (numpy)."""
+        """float32 [B, S, S, 3] in [-1, 1] -> {head name: float32 probabilities [B, K]} (numpy), computed in the
+        precision of `for_inference()`."""
         return self.predict_with_features(images, ())[0]
 
     def predict_with_features(self, images, layers) -> tuple:
         """`predict`, plus {layer: [B, n, ...]} of the named backbone layers from the same pass (numpy)."""
         key = tuple(sorted(layers))
+        if self._inference is None:
+            self._inference = self.for_inference()
+        if self._inference is not self:
+            self._inference.copy_weights_from(self)  # the twin follows this detector (e.g. while a head trains)
         if key not in self._compiled:
-            self._compiled[key] = tf.function(lambda x: self.forward(x, key), reduce_retracing=True)
+            runner = self._inference
+            self._compiled[key] = tf.function(lambda x: runner.forward(x, key), reduce_retracing=True)
         probabilities, features = self._compiled[key](tf.convert_to_tensor(images, tf.float32))
         return {n: v.numpy() for n, v in probabilities.items()}, {n: v.numpy() for n, v in features.items()}
 
@@ -302,10 +338,20 @@ def feature_extractor(backbone: keras.Model, layer_names) -> keras.Model:
     return keras.Model(backbone.inputs[0], {name: backbone.get_layer(name).output for name in sorted(layer_names)})
 
 
-def float32_copy(model: keras.Model) -> keras.Model:
-    """`model`, or where any layer computes in another dtype (mixed precision) a float32 twin with its weights."""
-    if all(layer.compute_dtype == "float32" for layer in [model, *model.layers]):
+def model_precision(model: keras.Model) -> str:
+    """The dtype policy of `model`'s layers that do not compute in float32 (mixed precision), else "float32"."""
+    for layer in [model, *model.layers]:
+        if layer.compute_dtype != FLOAT32:
+            return layer.dtype_policy.name
+    return FLOAT32
+
+
+def precision_copy(model: keras.Model, policy: str) -> keras.Model:
+    """`model` where it computes in dtype policy `policy` or has no dtype setting (always float32, e.g. a
+    multiclass head), else a twin built in `policy` with its weights."""
+    config = model.get_config()
+    if model_precision(model) == policy or "dtype" not in config:
         return model
-    copy = type(model).from_config({**model.get_config(), "dtype": "float32"})
+    copy = type(model).from_config({**config, "dtype": policy})
     copy.set_weights(model.get_weights())
     return copy

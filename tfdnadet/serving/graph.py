@@ -1,4 +1,5 @@
-"""The serving graph: a float32 copy of the detector in a tf.Module whose signatures decode image bytes in-graph.
+"""The serving graph: the detector in its inference precision (`Detector.for_inference`: bfloat16 compute where
+the machine has it natively, else float32) in a tf.Module whose signatures decode image bytes in-graph.
 
 Signatures (all outputs float32, int64, int32 or string, which TF Serving's REST encoder can return):
     serving_default   images_bytes: string [B] (JPEG, PNG, GIF, BMP, WebP) -> every head's outputs + verdict
@@ -20,6 +21,7 @@ from tfdnadet.data.preprocess import resize_to_base, to_model_input
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.detector import MULTICLASS, Detector
 from tfdnadet.models.heads import BinaryHead
+from tfdnadet.precision import AUTO
 from tfdnadet.rejection import knownness, rejection_layers
 from tfdnadet.verdict import KNOWNNESS, MULTIPLE, REAL, UNKNOWN, binary_heads, newcomer_heads, rejection_threshold, threshold_of
 
@@ -34,14 +36,16 @@ INVALID_CLASS_INDEX = -1
 
 
 class DetectorServing(tf.Module):
-    """Holds a float32 detector; `signatures()` gives the concrete functions to save."""
+    """Holds the detector in precision `precision` (see `Detector.for_inference`); `signatures()` gives the
+    concrete functions to save. Inputs and outputs are float32 whatever it computes in."""
 
-    def __init__(self, detector: Detector):
+    def __init__(self, detector: Detector, precision: str = AUTO):
         super().__init__(name="tfdnadet_serving")
         for name, head in detector.heads.items():
             if head.kind not in (MULTICLASS, BinaryHead.kind):
                 raise TfdnadetError(f"Head {name!r} has kind {head.kind!r}; the export knows {MULTICLASS!r} and {BinaryHead.kind!r}.")
-        self._detector = detector.float32()
+        self._detector = detector.for_inference(precision)
+        self.precision = self._detector.precision
         self.models = [self._detector.backbone, *self._detector.heads.values()]  # tracked: their variables are saved
         preprocessing = detector.preprocessing
         self.base_size, self.input_size = preprocessing.base_size, preprocessing.input_size
