@@ -41,6 +41,22 @@ def test_save_load_gives_identical_predictions(trained_run, gan_images):
     assert first["confusion_matrix"] == second["confusion_matrix"]
 
 
+def test_streamed_predict_matches_decoding_everything_first(trained_run, gan_images, tmp_path):
+    from tfdnadet.data.sources import read_dataset
+    from tfdnadet.inference import load_for_detector, predict_files, predict_loaded
+
+    detector = load_detector(trained_run.model_dir)
+    paths = read_dataset(gan_images["test"], detector.class_names).paths[:11]
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    files = paths[:4] + [str(tmp_path / "broken.png")] + paths[4:]
+    outputs, used, failures = predict_files(detector, files, batch_size=3)  # a bad file inside a batch, a ragged last batch
+    assert used == paths and [path for path, _ in failures] == [str(tmp_path / "broken.png")]
+    expected = predict_loaded(detector, load_for_detector(detector, paths), batch_size=5)
+    for name, value in expected.items():
+        np.testing.assert_allclose(outputs[name], value, atol=1e-6)
+    assert predict_files(detector, [str(tmp_path / "broken.png")])[:2] == ({}, [])
+
+
 def test_resume_continues_from_the_last_checkpoint(gan_images, tiny_config, tmp_path):
     from tfdnadet.config import load_config
 

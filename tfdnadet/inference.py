@@ -5,8 +5,10 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
+import tensorflow as tf
 
-from tfdnadet.data.pipeline import LoadedImages, load_images, make_image_dataset
+from tfdnadet.data.pipeline import LoadedImages, decode_images, load_images, make_image_dataset
+from tfdnadet.data.preprocess import to_model_input
 from tfdnadet.data.sources import ImageList, list_image_files
 from tfdnadet.models.detector import MULTICLASS, Detector
 from tfdnadet.rejection import check_score, knownness, rejection_layers
@@ -73,34 +75,70 @@ def predict_loaded(detector: Detector, loaded: LoadedImages, batch_size: int = 1
     if score:
         check_score(detector, score)
     outputs, features = predict_loaded_with_features(detector, loaded, rejection_layers(detector, score), batch_size)
-    outputs[KNOWNNESS] = knownness(detector, outputs, features, score).numpy()
-    return outputs
+    return _with_knownness(detector, outputs, features, score)
 
 
 def predict_loaded_with_features(detector: Detector, loaded: LoadedImages, layers, batch_size: int = 16, transform=None) -> tuple:
     """`predict_loaded`, plus {layer: [N, n, ...]} of the named backbone layers on the model's grid, from the same pass."""
+    batches = make_image_dataset(loaded.images, None, detector.preprocessing.input_size, batch_size)
+    return _predict_batches(detector, (transform(batch) if transform else batch for batch in batches), layers)
+
+
+def predict_files(detector: Detector, files: list, batch_size: int = 16) -> tuple:
+    """Decode, resize and predict image files in one stream, the next batches decoding while the model runs on
+    this one -> ({head: probabilities [N, ...]} (and KNOWNNESS with a rejection rule), the N usable paths,
+    failures [(path, reason)])."""
+    p = detector.preprocessing
+    decoded, failures = decode_images(ImageList(list(files), np.zeros(len(files), np.int32), []), p.base_size, p.max_pixels, p.min_image_side)
+    batches = (
+        decoded.filter(lambda index, image, ok: ok)
+        .batch(batch_size)
+        .map(lambda index, images, ok: (index, to_model_input(images, p.input_size)), num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    indices = []
+
+    def model_inputs():
+        for index, images in batches:
+            indices.append(index.numpy())
+            yield images
+
+    outputs, features = _predict_batches(detector, model_inputs(), rejection_layers(detector) if detector.rejection else ())
+    if detector.rejection:
+        outputs = _with_knownness(detector, outputs, features)
+    paths = [files[i] for i in np.concatenate(indices)] if indices else []
+    return outputs, paths, [failures[i] for i in sorted(failures)]
+
+
+def _predict_batches(detector: Detector, batches, layers) -> tuple:
+    """({head: [N, ...]}, {layer: [N, n, ...]}) over model-input batches, one forward pass each."""
     outputs, features = {}, {}
-    for batch in make_image_dataset(loaded.images, None, detector.preprocessing.input_size, batch_size):
-        probabilities, maps = detector.predict_with_features(transform(batch) if transform else batch, layers)
+    for batch in batches:
+        probabilities, maps = detector.predict_with_features(batch, layers)
         for collected, values in ((outputs, probabilities), (features, maps)):
             for name, value in values.items():
                 collected.setdefault(name, []).append(value)
     return tuple({name: np.concatenate(parts) for name, parts in collected.items()} for collected in (outputs, features))
 
 
+def _with_knownness(detector: Detector, outputs: dict, features: dict, score=None) -> dict:
+    if not outputs:  # no usable image
+        return outputs
+    return {**outputs, KNOWNNESS: knownness(detector, outputs, features, score).numpy()}
+
+
 def attribute(detector: Detector, inputs: list, batch_size: int = 16, top_k: int = 3) -> tuple:
     """Attribute files/folders -> (attributions, failures [(path, reason)])."""
     files, failures = expand_inputs(inputs)
-    loaded = load_for_detector(detector, files)
-    failures += loaded.failures
-    if not len(loaded.paths):
+    outputs, paths, unusable = predict_files(detector, files, batch_size)
+    failures += unusable
+    if not paths:
         return [], failures
-    outputs = predict_loaded(detector, loaded, batch_size)
     names = detector.class_names if MULTICLASS in outputs else []
-    probabilities = outputs.get(MULTICLASS, np.zeros((len(loaded.paths), 0)))
+    probabilities = outputs.get(MULTICLASS, np.zeros((len(paths), 0)))
     results = []
-    knownness_of = outputs.get(KNOWNNESS, [None] * len(loaded.paths))
-    for path, row, verdict, known in zip(loaded.paths, probabilities, verdicts(detector, outputs), knownness_of):
+    knownness_of = outputs.get(KNOWNNESS, [None] * len(paths))
+    for path, row, verdict, known in zip(paths, probabilities, verdicts(detector, outputs), knownness_of):
         order = np.argsort(-row)
         results.append(
             Attribution(

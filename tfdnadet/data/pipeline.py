@@ -27,10 +27,9 @@ class LoadedImages:
         return f"skipped {len(self.failures)} unusable image file(s), e.g. {path}: {reason}"
 
 
-def load_images(
-    images: ImageList, base_size: int, max_pixels: int = 100_000_000, min_size: int = 1
-) -> LoadedImages:
-    """Decode every file in parallel with tf.data, resize to base size, and set aside unusable files."""
+def decode_images(images: ImageList, base_size: int, max_pixels: int = 100_000_000, min_size: int = 1) -> tuple:
+    """(a dataset of (index, uint8 [base, base, 3] image, usable) decoding the files in parallel, in order;
+    {index: (path, reason)} of the unusable files, filled as the dataset is read)."""
     failures = {}
 
     def decode(index):
@@ -44,15 +43,19 @@ def load_images(
     def decode_op(index):
         image, ok = tf.numpy_function(decode, [index], (tf.uint8, tf.bool), stateful=False)
         image.set_shape([None, None, 3])
-        return resize_to_base(image, base_size), ok
+        return index, resize_to_base(image, base_size), ok
 
-    dataset = (
-        tf.data.Dataset.range(len(images))
-        .map(decode_op, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .batch(256)
-    )
+    dataset = tf.data.Dataset.range(len(images)).map(decode_op, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset, failures
+
+
+def load_images(
+    images: ImageList, base_size: int, max_pixels: int = 100_000_000, min_size: int = 1
+) -> LoadedImages:
+    """Decode every file in parallel with tf.data, resize to base size, and set aside unusable files."""
+    dataset, failures = decode_images(images, base_size, max_pixels, min_size)
     arrays, oks = [], []
-    for batch, ok in dataset.as_numpy_iterator():
+    for _, batch, ok in dataset.batch(256).as_numpy_iterator():
         arrays.append(batch)
         oks.append(ok)
     ok = np.concatenate(oks) if oks else np.zeros([0], bool)
