@@ -32,7 +32,8 @@ from tfdnadet.models.gfd import (
     unet_features,
 )
 from tfdnadet.training.gfd import build_gfd_model, random_real_images
-from tfdnadet.training.trainer import _restore, build_training_model, make_optimizer
+from tfdnadet.training.callbacks import CHECKPOINT_WEIGHTS
+from tfdnadet.training.trainer import _build, build_training_model, make_optimizer
 
 WIDTH = 0.125
 CLASSES = ["real", "progan", "sngan"]
@@ -266,7 +267,8 @@ def test_train_stage2_gfd_resume_predict_fingerprint_and_export(gan_images, perc
 
     # The checkpoint holds both optimizers, each at 4 steps (2 epochs x 2).
     resumed = build_training_model(saved, json.loads((run / "run.json").read_text())["class_names"])
-    _restore(resumed, str(run / "checkpoint"), tf.data.Dataset.from_tensors((tf.zeros([1, 64, 64, 3]), tf.zeros([1], tf.int32))))
+    _build(resumed, tf.data.Dataset.from_tensors((tf.zeros([1, 64, 64, 3]), tf.zeros([1], tf.int32))))
+    resumed.load_weights(str(run / "checkpoint" / CHECKPOINT_WEIGHTS))
     assert int(resumed.optimizer.iterations.numpy()) == 4 and int(resumed.discriminator_optimizer.iterations.numpy()) == 4
 
     model_dir = str(run / "model")
