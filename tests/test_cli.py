@@ -16,9 +16,14 @@ from conftest import run_cli
 def test_help_lists_the_commands_in_pipeline_order(monkeypatch, capsys):
     code, out, _ = run_cli(["--help"], monkeypatch, capsys)
     assert code == 0
-    order = ["train-stage1", "train-stage2", "add-head", "heads", "predict", "evaluate", "gradcam", "export", "import-torch", "zoo", "quickstart"]
+    order = ["train-stage1", "train-stage2", "add-head", "heads", "calibrate-rejection", "predict", "evaluate", "gradcam",
+             "fingerprint", "export", "import-torch", "zoo", "quickstart"]  # fmt: skip
     listed = [line.strip("│ ").split()[0] for line in out.splitlines() if line.strip("│ ").split()[:1] and line.strip("│ ").split()[0] in order]
     assert listed == order
+    from tfdnadet.cli import PIPELINE_ORDER, app
+
+    commands = {command.name for command in app.registered_commands} | {group.name for group in app.registered_groups}
+    assert commands == set(PIPELINE_ORDER)  # a new command gets its place in the pipeline order
 
 
 def test_predict_table_and_json(trained_run, gan_images, monkeypatch, capsys):

@@ -23,7 +23,7 @@ from rich.table import Table  # noqa: E402
 from typer.core import TyperGroup  # noqa: E402
 
 PIPELINE_ORDER = (
-    "train-stage1", "train-stage2", "add-head", "heads", "calibrate-rejection", "predict", "evaluate", "gradcam", "export", "import-torch", "zoo", "quickstart"
+    "train-stage1", "train-stage2", "add-head", "heads", "calibrate-rejection", "predict", "evaluate", "gradcam", "fingerprint", "export", "import-torch", "zoo", "quickstart"
 )  # fmt: skip
 
 
