@@ -214,3 +214,16 @@ def test_selection_settings_are_checked(tmp_path, gan_images):
 
     with pytest.raises(TfdnadetError, match="has 8 blocks"):
         build_patch_model(config, 4)
+
+
+def test_validation_models_of_classes_not_trained_on_are_left_out(gan_images):
+    from tfdnadet.config import load_config
+    from tfdnadet.data.sources import read_dataset
+    from tfdnadet.training.stage2 import _load_val_models
+
+    everything = read_dataset(gan_images["test"])
+    loaded = _load_val_models(gan_images["test"], ["progan"], load_config("tiny").data, False)
+    assert len(loaded.labels) == int(np.sum(everything.labels == everything.class_names.index("progan"))) > 0
+    assert set(loaded.labels.tolist()) == {0}
+    with pytest.raises(TfdnadetError, match="none of the training classes"):
+        _load_val_models(gan_images["test"], ["stylegan9"], load_config("tiny").data, False)

@@ -4,11 +4,13 @@ import math
 import os
 from typing import Optional
 
+import numpy as np
+
 from tfdnadet.config import Config, config_with_overrides
 from tfdnadet.data.perturb import make_augment
 from tfdnadet.data.pipeline import LoadedImages, check_classes_present, load_images, make_patch_dataset
 from tfdnadet.data.preprocess import min_image_side
-from tfdnadet.data.sources import align_to_classes, read_dataset, split_train_val
+from tfdnadet.data.sources import ImageList, read_dataset, split_train_val
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.backbones import CLOSED_FORM, backbone_spec
 from tfdnadet.training.add_head import train_one_vs_all
@@ -80,12 +82,16 @@ def train_stage2(
 
 
 def _load_val_models(source: str, class_names: list, d, allow_outside_root: bool) -> LoadedImages:
-    """Decoded validation-model images labelled in the training classes' order (a name not trained on is an error)."""
+    """Decoded validation-model images labelled in the training classes' order; images of classes not trained on
+    (a zoo's architectures held out of training) are left out, since no answer of the model could be right."""
     images = read_dataset(source, d.class_names, allow_outside_root)
-    try:
-        images = align_to_classes(images, class_names)
-    except TfdnadetError as exc:
-        raise TfdnadetError(f"--val-data {source}: {exc}") from None
+    names = np.asarray(images.class_names)[images.labels]
+    keep = np.flatnonzero(np.isin(names, class_names)).tolist()
+    if not keep:
+        raise TfdnadetError(f"--val-data {source} holds none of the training classes ({', '.join(class_names)}).")
+    picked = images.subset(keep)
+    labels = np.asarray([class_names.index(name) for name in names[keep]], np.int32)
+    images = ImageList(picked.paths, labels, list(class_names), picked.groups, picked.splits)
     loaded = load_images(images, d.base_size, d.max_pixels, min_size=min_image_side(d.patch_size, d.base_size))
     if not len(loaded.labels):
         raise TfdnadetError(f"--val-data {source}: no usable images. {loaded.failure_summary()}")
