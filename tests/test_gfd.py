@@ -13,6 +13,7 @@ from test_models import check_keras_round_trip
 from conftest import run_cli
 
 from tfdnadet.config import load_config
+from tfdnadet.precision import with_resolved_precision
 from tfdnadet.data.preprocess import to_model_input
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.export import export_model
@@ -55,7 +56,7 @@ def perceptual_dir(tmp_path_factory):
 
 
 def gfd_config(perceptual_dir=None, **overrides):
-    values = {"model.width": WIDTH, "gfd.perceptual_model": perceptual_dir}
+    values = {"model.width": WIDTH, "gfd.perceptual_model": perceptual_dir, "train.precision": "float32"}
     if perceptual_dir is None:
         values["gfd.perceptual_weight"] = 0
     return load_config("tiny", {**values, **overrides})
@@ -63,6 +64,7 @@ def gfd_config(perceptual_dir=None, **overrides):
 
 def build(config, classes=CLASSES, seed=0):
     keras.utils.set_random_seed(seed)
+    config = with_resolved_precision(config)  # as the trainer builds it
     backbone = Encoder(width=config.model.width, dtype=config.train.precision, name="encoder")
     return build_gfd_model(config, classes, backbone, lambda: make_optimizer(config.train, config.train.learning_rate))
 

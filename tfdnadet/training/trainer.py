@@ -68,6 +68,7 @@ def build_backbone(config: Config, init_model: Optional[str] = None) -> keras.Mo
 
 def build_training_model(config: Config, class_names: list, init_model: Optional[str] = None) -> keras.Model:
     """The model `config.train.loss` trains: GFD-Net's (gfd) or the patch contrastive one (pcl, ce)."""
+    config = with_resolved_precision(config)  # every part is built in one concrete dtype policy
     t = config.train
     if t.loss == GFD_LOSS:
         return build_gfd_model(config, class_names, build_backbone(config, init_model), lambda: make_optimizer(t, t.learning_rate))
