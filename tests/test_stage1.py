@@ -184,6 +184,7 @@ def test_train_stage1_cli_on_builtin_photos_then_resume(tmp_path, monkeypatch, c
     summary = json.loads(out)
     assert {k: summary[k] for k in ("model", "epochs", "steps")} == {"model": str(run / "model"), "epochs": 1, "steps": 2}
     assert json.load(open(run / "run.json"))["data_source"].startswith("built-in photos")
+    assert err.splitlines()[0].startswith("precision: ")  # the resolved choice, first once training starts
 
     code, out, err = run_cli([*args, "--epochs", "2"], monkeypatch, capsys)
     assert code == 1 and "--resume" in err and len(err.strip().splitlines()) == 1

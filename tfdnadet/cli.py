@@ -97,8 +97,9 @@ class _TrainingBar:
 
     SHOWN = ("loss", "accuracy", "val_loss", "val_accuracy")
 
-    def __init__(self):
+    def __init__(self, header: str = ""):
         self._progress = self._task = None
+        self._header = header  # printed when training starts, so an error before it stays one line
 
     def callback(self):
         from tfdnadet.training.callbacks import ProgressReport
@@ -106,6 +107,9 @@ class _TrainingBar:
         return ProgressReport(self.update)
 
     def update(self, p) -> None:
+        if self._header:
+            err.print(self._header, highlight=False)
+            self._header = ""
         if p.epoch_done:
             self.close()
             err.print(f"epoch {p.epoch}/{p.epochs}  {self._metrics(p.logs)}", highlight=False)
@@ -132,9 +136,9 @@ class _TrainingBar:
 
 
 @contextlib.contextmanager
-def _training_progress():
-    """Yields the callbacks that draw a training run's progress."""
-    bar = _TrainingBar()
+def _training_progress(header: str = ""):
+    """Yields the callbacks that draw a training run's progress, `header` first."""
+    bar = _TrainingBar(header)
     try:
         yield (bar.callback(),)
     finally:
@@ -217,10 +221,10 @@ def _train_options(steps_per_epoch, learning_rate, precision, distribution, seed
     }
 
 
-def _print_precision(cfg) -> None:
+def _precision_line(cfg) -> str:
     from tfdnadet.precision import describe_precision
 
-    err.print(f"precision: {describe_precision(cfg.train.precision)}")
+    return f"precision: {describe_precision(cfg.train.precision)}"
 
 
 def _print_trained(result) -> None:
@@ -256,8 +260,7 @@ def train_stage1_command(
         },
         settings,
     )
-    _print_precision(cfg)
-    with _training_progress() as callbacks:
+    with _training_progress(_precision_line(cfg)) as callbacks:
         result = train_stage1(data, out_dir, cfg, resume=resume, verbose=0, callbacks=callbacks, on_skipped=_warn)
     _print_trained(result)
 
@@ -327,8 +330,7 @@ def train_stage2_command(
     from tfdnadet.methods import apply_method
 
     cfg = apply_method(cfg, method)
-    _print_precision(cfg)
-    with _training_progress() as callbacks:
+    with _training_progress(_precision_line(cfg)) as callbacks:
         result = train_stage2(
             data,
             out_dir,
