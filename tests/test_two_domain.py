@@ -93,9 +93,10 @@ def test_mixed_bfloat16_computes_the_spectrum_in_float32_and_exports(tmp_path):
     assert float32.backbone.get_layer("block4").compute_dtype == "float32"
     np.testing.assert_allclose(probabilities, float32.predict(images)[MULTICLASS], atol=0.05)  # bfloat16 rounding only
     save_detector(detector, str(tmp_path / "model"))
-    result = export_model(str(tmp_path / "model"), "mixed", str(tmp_path / "base"))
-    served = tf.saved_model.load(result.path).signatures["predict_images"](images=tf.constant(images))
-    np.testing.assert_allclose(served["multiclass_probabilities"].numpy(), float32.predict(images)[MULTICLASS], atol=1e-5)
+    for precision, expected, tolerance in (("float32", float32.predict(images), 1e-5), ("mixed_bfloat16", detector.predict(images), 1e-3)):
+        result = export_model(str(tmp_path / "model"), f"mixed_{precision}", str(tmp_path / "base"), precision=precision)
+        served = tf.saved_model.load(result.path).signatures["predict_images"](images=tf.constant(images))
+        np.testing.assert_allclose(served["multiclass_probabilities"].numpy(), expected[MULTICLASS], atol=tolerance)
 
 
 def test_stage2_trains_the_two_domain_backbone_and_gradcam_explains_its_spatial_branch(gan_images, tmp_path):
