@@ -10,6 +10,7 @@ import pytest
 
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.evaluation.evaluate import evaluate_dataset
+from tfdnadet.methods import apply_method
 from tfdnadet.models.model_dir import load_detector
 from tfdnadet.training.stage2 import train_stage2
 
@@ -143,6 +144,9 @@ def test_finetune_from_block_is_for_a_pretrained_encoder_a_random_one_trains_who
 
     config = load_config("tiny", {"train.epochs": 1, "train.steps_per_epoch": 2, "train.finetune_from_block": 5})
     result = train_stage2(gan_images["train"], str(tmp_path / "run"), config, verbose=0)  # no --init
+    assert json.load(open(os.path.join(result.run_dir, "run.json")))["selection"]["finetune_from_block"] == 0
+    attnet = apply_method(config, "attnet")  # 4 blocks: 5 would be an error on an encoder it applied to
+    result = train_stage2(gan_images["train"], str(tmp_path / "attnet"), attnet, resume=True, verbose=0)  # as the benchmarks run
     assert json.load(open(os.path.join(result.run_dir, "run.json")))["selection"]["finetune_from_block"] == 0
     assert all(layer.trainable for layer in load_detector(result.model_dir).backbone.layers)
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import numpy as np
 
-from tfdnadet.config import Config, config_with_overrides
+from tfdnadet.config import Config, config_with_overrides, load_config
 from tfdnadet.data.perturb import make_augment
 from tfdnadet.data.pipeline import LoadedImages, check_classes_present, load_images, make_patch_dataset
 from tfdnadet.data.preprocess import min_image_side
@@ -14,6 +14,7 @@ from tfdnadet.data.sources import ImageList, read_dataset, split_train_val
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.backbones import CLOSED_FORM, backbone_spec
 from tfdnadet.training.add_head import train_one_vs_all
+from tfdnadet.training.callbacks import read_checkpoint_state
 from tfdnadet.training.closed_form import fit_closed_form
 from tfdnadet.training.gfd import with_perceptual_init
 from tfdnadet.training.distribute import make_strategy
@@ -41,8 +42,7 @@ def train_stage2(
     """
     if backbone_spec(config.model.backbone).fit == CLOSED_FORM:
         return fit_closed_form(data, run_dir, config, on_skipped, allow_outside_root)
-    if init_model is None and not resume:  # blocks to keep come from a pretrained encoder; a random one trains whole
-        config = config_with_overrides(config.to_dict(), {"train.finetune_from_block": 0})
+    config = config_with_overrides(config.to_dict(), {"train.finetune_from_block": _finetune_from_block(config, init_model, run_dir)})
     make_strategy(config.train.distribution, config.train.devices)  # before any TF op (multi-worker)
     d = config.data
     images = read_dataset(data, d.class_names, allow_outside_root)
@@ -79,6 +79,15 @@ def train_stage2(
     if config.heads.layout == "one-vs-all":
         train_one_vs_all(result.model_dir, train, val, images.class_names, config, verbose)
     return result
+
+
+def _finetune_from_block(config: Config, init_model: Optional[str], run_dir: str):
+    """Blocks kept as they are come from a pretrained encoder (--init): a random one trains whole. A resumed run
+    keeps the value it started with (its config.yaml)."""
+    saved = os.path.join(run_dir, "config.yaml")
+    if read_checkpoint_state(os.path.join(run_dir, "checkpoint")) and os.path.isfile(saved):
+        return load_config(saved).train.finetune_from_block
+    return config.train.finetune_from_block if init_model else 0
 
 
 def _load_val_models(source: str, class_names: list, d, allow_outside_root: bool) -> LoadedImages:
