@@ -26,9 +26,11 @@ import yaml  # noqa: E402
 
 from tfdnadet.atomic import write_json  # noqa: E402
 from tfdnadet.config import Config, config_from_dict, load_config  # noqa: E402
+from tfdnadet.data.perturb import ATTACKS  # noqa: E402
 from tfdnadet.errors import TfdnadetError  # noqa: E402
 from tfdnadet.evaluation.evaluate import evaluate_dataset  # noqa: E402
 from tfdnadet.evaluation.protocol import evaluate_protocol, protocol_summary  # noqa: E402
+from tfdnadet.evaluation.robustness import robustness_table  # noqa: E402
 from tfdnadet.models.model_dir import load_detector  # noqa: E402
 from tfdnadet.plots import plt, save_figure  # noqa: E402
 from tfdnadet.training.stage1 import train_stage1  # noqa: E402
@@ -49,9 +51,15 @@ POINTS = {
     "bf16-top2": (BF16, {"train.finetune_from_block": 7}),
     "bf16-epochs16": (BF16, {"train.epochs": 16}),
     "bf16-top4-epochs16": (BF16, {"train.finetune_from_block": 5, "train.epochs": 16}),
+    "bf16-ema": (BF16, {"train.ema_momentum": 0.99}),  # [Cha et al. 2021] averaged weights generalize across domains
+    "bf16-ema-epochs16": (BF16, {"train.ema_momentum": 0.99, "train.epochs": 16}),
+    "bf16-augment-ema-epochs24": (BF16, {"data.augment": AUGMENT, "train.ema_momentum": 0.99, "train.epochs": 24}),
     "bf16-whole": (BF16, {"data.predict_on": "whole"}),
     "bf16-augment": (BF16, {"data.augment": AUGMENT}),
     "bf16-top4-augment": (BF16, {"train.finetune_from_block": 5, "data.augment": AUGMENT}),
+    "bf16-full-augment": (BF16, {"train.finetune_from_block": 0, "data.augment": AUGMENT}),
+    "bf16-augment-epochs16": (BF16, {"data.augment": AUGMENT, "train.epochs": 16}),
+    "bf16-augment-epochs24": (BF16, {"data.augment": AUGMENT, "train.epochs": 24}),
     "bf16-patches16": (BF16, {"data.patches_per_image": 16}),
     "bf16-k16": (BF16, {"data.images_per_class": 16}),
     "bf16-width0.5": ({**BF16, "model.width": 0.5}, {}),
@@ -60,6 +68,7 @@ POINTS = {
     # the paper's 170 transformation classes, 2 crops each per step (4 x 170 would be a 680-image step here)
     "bf16-bank170": ({**BF16, "stage1.transforms": None, "stage1.images_per_class": 2}, {}),
     "bf16-stage1-48ep": ({**BF16, "stage1.epochs": 48}, {}),
+    "bf16-stage1-48ep-augment": ({**BF16, "stage1.epochs": 48}, {"data.augment": AUGMENT}),
 }
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -92,8 +101,10 @@ def config_key(config: Config) -> str:
 
 
 def stage1_key(config: Config) -> str:
-    """The key of the config a stage-1 run records in its config.yaml (its train.epochs is stage1.epochs)."""
-    return config_key(with_settings(config, {"train.epochs": config.stage1.epochs}) if config.stage1.epochs else config)
+    """The key of the config a stage-1 run records in its config.yaml (its train.epochs is stage1.epochs), with the
+    settings stage 1 does not use left out (it always trains the whole encoder)."""
+    settings = {"train.finetune_from_block": 0, **({"train.epochs": config.stage1.epochs} if config.stage1.epochs else {})}
+    return config_key(with_settings(config, settings))
 
 
 def finished_stage1_runs(run_dirs: list) -> dict:
@@ -107,7 +118,7 @@ def finished_stage1_runs(run_dirs: list) -> dict:
         seconds = read_json(os.path.join(run_dir, "seconds.json"), {"seconds": None})["seconds"]
         if seconds is None:
             seconds = os.path.getmtime(os.path.join(model_dir, "detector.json")) - os.path.getmtime(os.path.join(run_dir, "stage1_data.json"))
-        runs[config_key(load_config(os.path.join(run_dir, "config.yaml")))] = (model_dir, seconds)
+        runs[stage1_key(load_config(os.path.join(run_dir, "config.yaml")))] = (model_dir, seconds)
     return runs
 
 
@@ -177,7 +188,15 @@ def run_point(name: str, base: Config, zoo: dict, work: str, verbose: int, stage
         "validation": {"accuracy": validation["accuracy"], "macro_f1": validation["macro_f1"], "count": validation["count"]},
         "splits": splits,
         "hard_mean": sum(hard) / len(hard) if hard else None,
+        "robustness": closed_set_robustness(detector, zoo, config.train.eval_batch_size),
     }
+
+
+def closed_set_robustness(detector, zoo: dict, batch_size: int) -> dict:
+    """Closed-set accuracy under each Table 5 attack and their combination (seed 0), {attack: accuracy}."""
+    closed = os.path.join(zoo["root"], zoo["splits"]["closed-set"]["manifest"])
+    scores = robustness_table(detector, {"closed-set": closed}, list(ATTACKS), seed=0, batch_size=batch_size)["rows"]["closed-set"]["scores"]
+    return {attack: scores[attack]["accuracy"] for attack in ATTACKS}
 
 
 def best_on_validation(points: dict, budget: float):
@@ -239,6 +258,9 @@ def main(argv=None) -> dict:
     for number, name in enumerate(names, 1):
         if name in points and points[name]["settings"] == {"both_stages": POINTS[name][0], "stage2": POINTS[name][1]}:
             progress(f"[{number}/{len(names)}] {name}: finished earlier, kept")
+            if "robustness" not in points[name]:  # a point finished before the sweep measured attacks
+                run_dir = os.path.join(args.work, "stage2", f"{name}-{config_key(with_settings(with_settings(base, POINTS[name][0]), POINTS[name][1]))}")
+                points[name]["robustness"] = closed_set_robustness(load_detector(os.path.join(run_dir, "model")), zoo, base.train.eval_batch_size)
             continue
         progress(f"[{number}/{len(names)}] {name}")
         points[name] = run_point(name, base, zoo, args.work, args.verbose, stage1_runs)
@@ -261,11 +283,15 @@ def main(argv=None) -> dict:
 
 def table(points: dict, best) -> str:
     splits = list(next(iter(points.values()))["splits"]) if points else []
-    lines = [f"| point | minutes | validation | {' | '.join(splits)} | hard mean |", "|---" * (len(splits) + 4) + "|"]
+    lines = [f"| point | minutes | validation | {' | '.join(splits)} | hard mean | worst attack | combination |", "|---" * (len(splits) + 6) + "|"]
     for name, p in sorted(points.items(), key=lambda item: item[1]["train_minutes"]):
         cells = " | ".join(f"{100 * p['splits'][s]['accuracy']:.2f}" for s in splits)
         mark = " (best on validation)" if name == best else ""
-        lines.append(f"| {name}{mark} | {p['train_minutes']:.1f} | {100 * p['validation']['accuracy']:.2f} | {cells} | {100 * (p['hard_mean'] or 0):.2f} |")
+        attacked = p.get("robustness", {})
+        single = {a: v for a, v in attacked.items() if a != "combo"}
+        worst = f"{min(single, key=single.get)} {100 * min(single.values()):.2f}" if single else "-"
+        combo = f"{100 * attacked['combo']:.2f}" if "combo" in attacked else "-"
+        lines.append(f"| {name}{mark} | {p['train_minutes']:.1f} | {100 * p['validation']['accuracy']:.2f} | {cells} | {100 * (p['hard_mean'] or 0):.2f} | {worst} | {combo} |")
     return "\n".join(lines)
 
 

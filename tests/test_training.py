@@ -168,10 +168,12 @@ def test_freeze_backbone_trains_the_heads_only(trained_run, gan_images, tmp_path
     assert json.loads(stdout)["selection"]["finetune_from_block"] == "frozen"
 
 
-def test_epoch_is_chosen_on_validation_generator_models_and_both_curves_are_recorded(gan_images, tmp_path):
+@pytest.mark.parametrize("ema_momentum", [None, 0.5])
+def test_epoch_is_chosen_on_validation_generator_models_and_both_curves_are_recorded(gan_images, tmp_path, ema_momentum):
     from tfdnadet.config import load_config
 
-    config = load_config("tiny", {"train.epochs": 3, "train.steps_per_epoch": 3, "train.select_on": "val_models"})
+    overrides = {"train.epochs": 3, "train.steps_per_epoch": 3, "train.select_on": "val_models", "train.ema_momentum": ema_momentum}
+    config = load_config("tiny", overrides)
     result = train_stage2(gan_images["train"], str(tmp_path / "run"), config, val_data=gan_images["test"], verbose=0)
     with open(os.path.join(result.run_dir, "history.csv")) as f:
         rows = list(csv.DictReader(f))
@@ -183,6 +185,28 @@ def test_epoch_is_chosen_on_validation_generator_models_and_both_curves_are_reco
     # The kept model is the chosen epoch's, judged as `evaluate` judges it (patch grid of the Detector).
     metrics = evaluate_dataset(load_detector(result.model_dir), gan_images["test"], batch_size=32)
     assert metrics["accuracy"] == pytest.approx(selection["val_models_accuracy"], abs=1e-6)
+
+
+def test_ema_momentum_saves_the_averaged_weights_and_checkpoints_the_raw_ones(gan_images, tmp_path):
+    import tensorflow as tf
+
+    from tfdnadet.config import load_config
+    from tfdnadet.training.callbacks import CHECKPOINT_WEIGHTS
+    from tfdnadet.training.trainer import build_training_model
+
+    config = load_config("tiny", {"train.epochs": 1, "train.steps_per_epoch": 3, "train.ema_momentum": 0.5, "train.gradcam_images": 0})
+    result = train_stage2(gan_images["train"], str(tmp_path / "run"), config, verbose=0)
+    model = build_training_model(config, ["a", "b", "c", "d"])
+    model(tf.zeros([1, config.data.patch_size, config.data.patch_size, 3]))
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(os.path.join(result.run_dir, "checkpoint", CHECKPOINT_WEIGHTS))
+    raw = np.asarray(model.classifier.weights[0])
+    model.optimizer.finalize_variable_values(model.trainable_variables)
+    averaged, saved = np.asarray(model.classifier.weights[0]), np.asarray(load_detector(result.model_dir).heads["multiclass"].weights[0])
+    assert not np.allclose(raw, averaged)
+    np.testing.assert_allclose(saved, averaged)
+    with pytest.raises(TfdnadetError, match="ema_momentum"):
+        load_config("tiny", {"train.ema_momentum": 1.0})
 
 
 def test_patience_stops_when_validation_models_do_not_improve_and_resume_keeps_the_stop(gan_images, tmp_path):

@@ -4,6 +4,7 @@ Held-out images of the training generators reward learning those generators' own
 keeps rising while other seeds and finetunes fall), so they are recorded beside, never used to choose.
 """
 
+import contextlib
 import json
 import os
 from typing import Optional
@@ -99,6 +100,10 @@ class GeneratorValidation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
+        with averaged_weights(self.model):
+            self._judge(epoch, logs)
+
+    def _judge(self, epoch: int, logs: dict) -> None:
         for name, loaded in self.sets.items():
             logs[f"{name}_accuracy"] = self._accuracy(loaded)
         if not self.select or VAL_MODELS not in self.sets:
@@ -123,3 +128,20 @@ class GeneratorValidation(keras.callbacks.Callback):
             self._detector = Detector(self.model.backbone, {MULTICLASS: head}, info, self.preprocessing, {})
         probabilities = predict_loaded(self._detector, loaded, self.batch_size)[MULTICLASS]
         return float(np.mean(np.argmax(probabilities, axis=1) == loaded.labels))
+
+
+@contextlib.contextmanager
+def averaged_weights(model: keras.Model):
+    """The model holds its optimizer's moving average of the weights inside the block (train.ema_momentum), its
+    raw weights again after; a model without one is left as it is."""
+    optimizer = getattr(model, "optimizer", None)
+    if not getattr(optimizer, "use_ema", False):
+        yield
+        return
+    raw = [variable.numpy() for variable in model.trainable_variables]
+    optimizer.finalize_variable_values(model.trainable_variables)
+    try:
+        yield
+    finally:
+        for variable, value in zip(model.trainable_variables, raw):
+            variable.assign(value)

@@ -96,9 +96,11 @@ def freeze_blocks(backbone: keras.Model, finetune_from_block) -> None:
 
 
 def make_optimizer(train: TrainConfig, learning_rate: float) -> keras.optimizers.Optimizer:
-    """Adam with the paper's staircase decay [5.1]; loss scaling under mixed_float16."""
+    """Adam with the paper's staircase decay [5.1], an average of the weights with train.ema_momentum; loss scaling
+    under mixed_float16."""
     schedule = keras.optimizers.schedules.ExponentialDecay(learning_rate, train.decay_steps, train.decay_rate, staircase=True)
-    optimizer = keras.optimizers.Adam(schedule)
+    averaged = train.ema_momentum is not None
+    optimizer = keras.optimizers.Adam(schedule, use_ema=averaged, ema_momentum=train.ema_momentum if averaged else 0.99)
     if train.precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
@@ -255,6 +257,7 @@ def _keep_selected_epoch(model: PatchContrastiveModel, select: str, selection_di
     record = {"select_on": select, "epochs_run": epochs_run, "finetune_from_block": config.train.finetune_from_block}
     best = read_selection(selection_dir) if select == VAL_MODELS else None
     if best is None:
+        model.optimizer.finalize_variable_values(model.trainable_variables)  # the averaged weights, with ema_momentum
         return {**record, "epoch": epochs_run}
     model.load_weights(os.path.join(selection_dir, BEST_WEIGHTS))
     return {
