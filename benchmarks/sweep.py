@@ -4,12 +4,13 @@ Each point is `--config` (default cpu) with a few settings changed: stage 1 on t
 zoo's train split with its epoch chosen on the zoo's `validation` split (generator models of their own), then
 accuracy on the five test splits, which choose nothing. Points with the same stage-1 settings share one stage-1
 run; train minutes count stage 1 + stage 2 (validation included) on this machine. Runs live in --work and finished
-points in OUT.json, so a stopped sweep resumes where it was; `--points` runs a subset. The best point is the one
+points in OUT.json, so a stopped sweep resumes where it was; `--points` runs a subset; `--repeats N` trains N
+stage-2 runs per point (seeds train.seed, +1, ...) and reports their mean, as one run's figures swing by several points. The best point is the one
 with the highest validation accuracy within --budget minutes; OUT.png plots the mean of cross-seed,
 cross-finetune and cross-dataset against train minutes (Pareto front drawn, best point starred).
 
     python benchmarks/sweep.py --zoo ZOO_DIR [--config cpu] [--points bf16,bf16-frozen] [--budget 60]
-                               [--work DIR] [--out PREFIX] [--set section.key=value ...]
+                               [--work DIR] [--out PREFIX] [--repeats N] [--set section.key=value ...]
 """
 
 import argparse
@@ -40,6 +41,7 @@ from tfdnadet.zoo.build import TRAIN_SPLIT, VALIDATION_SPLIT, read_zoo  # noqa: 
 HARD_SPLITS = ("cross-seed", "cross-finetune", "cross-dataset")
 BF16 = {"train.precision": "mixed_bfloat16"}  # ~1.6x float32's speed on this CPU (AVX512_BF16)
 AUGMENT = [{"op": op, "p": 0.5} for op in ("relight", "blur", "crop", "jpeg", "noise")]  # [5.5] Khoo et al. 3.3
+AUGMENT_LIGHT = [{**op, "p": 0.2} for op in AUGMENT]  # a third of the images stay clean (0.8 ** 5)
 # name -> (settings of both stages, settings of stage 2 only), over --config. Stage 2 keeps its best epoch on the
 # validation models, so longer runs cannot overfit the training generators unseen; frozen or top-block fine-tuning
 # keeps more of the transformation-pretrained encoder.
@@ -54,6 +56,8 @@ POINTS = {
     "bf16-ema": (BF16, {"train.ema_momentum": 0.99}),  # [Cha et al. 2021] averaged weights generalize across domains
     "bf16-ema-epochs16": (BF16, {"train.ema_momentum": 0.99, "train.epochs": 16}),
     "bf16-augment-ema-epochs24": (BF16, {"data.augment": AUGMENT, "train.ema_momentum": 0.99, "train.epochs": 24}),
+    "bf16-augment0.2": (BF16, {"data.augment": AUGMENT_LIGHT}),
+    "bf16-augment0.2-ema-epochs16": (BF16, {"data.augment": AUGMENT_LIGHT, "train.ema_momentum": 0.99, "train.epochs": 16}),
     "bf16-whole": (BF16, {"data.predict_on": "whole"}),
     "bf16-augment": (BF16, {"data.augment": AUGMENT}),
     "bf16-top4-augment": (BF16, {"train.finetune_from_block": 5, "data.augment": AUGMENT}),
@@ -83,6 +87,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=os.path.join(RESULTS, "sweep"), help="writes OUT.json and OUT.png")
     parser.add_argument("--set", dest="settings", action="append", default=[], help="section.key=value for every point (YAML value)")
     parser.add_argument("--stage1-from", action="append", default=[], help="a finished stage-1 run directory to use for the points with its settings (repeatable)")
+    parser.add_argument("--repeats", type=int, default=1, help="stage-2 runs per point (train.seed, +1, ...); figures are their mean")
     parser.add_argument("--verbose", type=int, default=2, help="Keras verbosity of the training runs")
     return parser.parse_args(argv)
 
@@ -158,37 +163,76 @@ def read_json(path: str, default):
         return json.load(f)
 
 
-def run_point(name: str, base: Config, zoo: dict, work: str, verbose: int, stage1_runs: dict) -> dict:
+def run_point(name: str, base: Config, zoo: dict, work: str, verbose: int, stage1_runs: dict, repeats: int, earlier=None) -> dict:
+    """Stage 1 (shared) and `repeats` stage-2 runs (train.seed, +1, ...) of a point, scored; the runs of an earlier
+    record of the point are kept and only the missing ones trained."""
     both, stage2_only = POINTS[name]
     stage1_config = with_settings(base, both)
-    config = with_settings(stage1_config, stage2_only)
     key = stage1_key(stage1_config)
     progress(f"{name}: stage 1 (settings {key}, shared by points with the same stage-1 settings)")
     stage1, stage1_seconds = stage1_runs.get(key) or trained(
         os.path.join(work, "stage1", key), lambda run, cb: train_stage1(None, run, stage1_config, resume=True, verbose=verbose, callbacks=cb)
     )
-    progress(f"{name}: stage 2 (epoch chosen on the validation split)")
+    runs = earlier_runs(earlier)
+    for repeat in range(repeats):
+        config = with_settings(stage1_config, {**stage2_only, "train.seed": base.train.seed + repeat})
+        run_dir = os.path.join(work, "stage2", f"{name}-{config_key(config)}")
+        if repeat < len(runs):
+            if "robustness" not in runs[repeat]:  # scored before the sweep measured attacks
+                runs[repeat]["robustness"] = closed_set_robustness(load_detector(os.path.join(run_dir, "model")), zoo, config.train.eval_batch_size)
+            continue
+        progress(f"{name}: stage 2, run {repeat + 1}/{repeats} (epoch chosen on the validation split)")
+        runs.append(stage2_run(config, stage1, zoo, run_dir, verbose))
+    return point_summary(both, stage2_only, {"run": os.path.abspath(os.path.dirname(stage1)), "settings_key": key, "minutes": stage1_seconds / 60}, runs)
+
+
+def earlier_runs(point) -> list:
+    """The stage-2 runs of a point's record (a record from before repeats held one run in its own fields)."""
+    if not point:
+        return []
+    return point.get("runs") or [{k: point[k] for k in ("stage2_minutes", "selection", "validation", "splits", "robustness") if k in point}]
+
+
+def stage2_run(config: Config, stage1: str, zoo: dict, run_dir: str, verbose: int) -> dict:
     train_csv = os.path.join(zoo["root"], zoo["splits"][TRAIN_SPLIT]["manifest"])
     validation_csv = os.path.join(zoo["root"], zoo["splits"][VALIDATION_SPLIT]["manifest"])
-    stage2, stage2_seconds = trained(
-        os.path.join(work, "stage2", f"{name}-{config_key(config)}"),
-        lambda run, cb: train_stage2(train_csv, run, config, init_model=stage1, resume=True, verbose=verbose, callbacks=cb, val_data=validation_csv),
+    model_dir, seconds = trained(
+        run_dir, lambda run, cb: train_stage2(train_csv, run, config, init_model=stage1, resume=True, verbose=verbose, callbacks=cb, val_data=validation_csv)
     )
-    progress(f"{name}: scoring the validation and test splits")
-    detector = load_detector(stage2)
+    progress(f"{os.path.basename(run_dir)}: scoring the validation and test splits")
+    detector = load_detector(model_dir)
     validation = evaluate_dataset(detector, validation_csv, config.train.eval_batch_size)
-    splits = protocol_summary(evaluate_protocol(detector, zoo["root"], config.train.eval_batch_size))
-    hard = [splits[s]["accuracy"] for s in HARD_SPLITS if s in splits]
     return {
-        "settings": {"both_stages": both, "stage2": stage2_only},
-        "stage1": {"run": os.path.abspath(os.path.dirname(stage1)), "settings_key": key, "minutes": stage1_seconds / 60},
-        "stage2_minutes": stage2_seconds / 60,
-        "train_minutes": (stage1_seconds + stage2_seconds) / 60,
+        "run": os.path.abspath(run_dir),
+        "stage2_minutes": seconds / 60,
         "selection": detector.config.get("selection", {}),
         "validation": {"accuracy": validation["accuracy"], "macro_f1": validation["macro_f1"], "count": validation["count"]},
-        "splits": splits,
-        "hard_mean": sum(hard) / len(hard) if hard else None,
+        "splits": protocol_summary(evaluate_protocol(detector, zoo["root"], config.train.eval_batch_size)),
         "robustness": closed_set_robustness(detector, zoo, config.train.eval_batch_size),
+    }
+
+
+def point_summary(both: dict, stage2_only: dict, stage1: dict, runs: list) -> dict:
+    """A point's record: the mean over its stage-2 runs of every figure, the runs themselves under `runs`."""
+
+    def mean(values) -> float:
+        values = list(values)
+        return sum(values) / len(values)
+
+    splits = {s: {m: mean(r["splits"][s][m] for r in runs) for m in ("accuracy", "macro_f1")} | {"count": runs[0]["splits"][s]["count"]} for s in runs[0]["splits"]}
+    hard = [splits[s]["accuracy"] for s in HARD_SPLITS if s in splits]
+    stage2_minutes = mean(r["stage2_minutes"] for r in runs)
+    return {
+        "settings": {"both_stages": both, "stage2": stage2_only},
+        "stage1": stage1,
+        "stage2_minutes": stage2_minutes,
+        "train_minutes": stage1["minutes"] + stage2_minutes,
+        "validation": {m: mean(r["validation"][m] for r in runs) for m in ("accuracy", "macro_f1")},
+        "splits": splits,
+        "hard_mean": mean(hard) if hard else None,
+        "robustness": {a: mean(r["robustness"][a] for r in runs) for a in runs[0]["robustness"]},
+        "repeats": len(runs),
+        "runs": runs,
     }
 
 
@@ -256,14 +300,13 @@ def main(argv=None) -> dict:
     same_sweep = report.get("zoo") == os.path.abspath(zoo["root"]) and report.get("base_config") == base.to_dict()
     points = report.get("points", {}) if same_sweep else {}
     for number, name in enumerate(names, 1):
-        if name in points and points[name]["settings"] == {"both_stages": POINTS[name][0], "stage2": POINTS[name][1]}:
+        same = name in points and points[name]["settings"] == {"both_stages": POINTS[name][0], "stage2": POINTS[name][1]}
+        earlier = points[name] if same else None
+        if earlier and len(earlier_runs(earlier)) >= args.repeats and "robustness" in earlier:
             progress(f"[{number}/{len(names)}] {name}: finished earlier, kept")
-            if "robustness" not in points[name]:  # a point finished before the sweep measured attacks
-                run_dir = os.path.join(args.work, "stage2", f"{name}-{config_key(with_settings(with_settings(base, POINTS[name][0]), POINTS[name][1]))}")
-                points[name]["robustness"] = closed_set_robustness(load_detector(os.path.join(run_dir, "model")), zoo, base.train.eval_batch_size)
             continue
         progress(f"[{number}/{len(names)}] {name}")
-        points[name] = run_point(name, base, zoo, args.work, args.verbose, stage1_runs)
+        points[name] = run_point(name, base, zoo, args.work, args.verbose, stage1_runs, args.repeats, earlier)
         p = points[name]
         progress(
             f"{name}: {p['train_minutes']:.1f} min, validation {100 * p['validation']['accuracy']:.1f}, "

@@ -37,10 +37,12 @@ def test_sweep_runs_two_points_sharing_stage1_and_resumes(sweep, tiny_zoo, tmp_p
     assert points["bf16"]["stage1"] == points["bf16-frozen"]["stage1"]
     for point in points.values():
         assert sorted(point["splits"]) == sorted(["closed-set", "cross-seed", "cross-loss", "cross-finetune", "cross-dataset"])
-        assert point["validation"]["count"] == tiny_zoo["splits"]["validation"]["images"]
-        assert point["selection"]["select_on"] == "val_models" and 1 <= point["selection"]["epoch"] <= 2
+        (run,) = point["runs"]
+        assert run["validation"]["count"] == tiny_zoo["splits"]["validation"]["images"]
+        assert run["selection"]["select_on"] == "val_models" and 1 <= run["selection"]["epoch"] <= 2
+        assert sorted(point["robustness"]) == sorted(sweep.ATTACKS) and all(0 <= v <= 1 for v in point["robustness"].values())
         assert point["train_minutes"] == pytest.approx(point["stage1"]["minutes"] + point["stage2_minutes"]) and point["stage2_minutes"] > 0
-    assert points["bf16-frozen"]["selection"]["finetune_from_block"] == "frozen"
+    assert points["bf16-frozen"]["runs"][0]["selection"]["finetune_from_block"] == "frozen"
     best = max(points, key=lambda name: (points[name]["validation"]["accuracy"], -points[name]["train_minutes"]))
     assert on_disk["best_on_validation"] == best and on_disk["pareto_front"]
     capsys.readouterr()
@@ -54,6 +56,12 @@ def test_sweep_runs_two_points_sharing_stage1_and_resumes(sweep, tiny_zoo, tmp_p
     assert {k: again["points"][k] for k in points} == points
     assert again["points"]["bf16-top4"]["stage1"] == points["bf16"]["stage1"]
     assert os.listdir(tmp_path / "other") == ["stage2"]
+    # --repeats 2 keeps the finished run and adds one with the next seed; the point's figures are their mean.
+    repeated = sweep.main([*argv, "--points", "bf16", "--repeats", "2"])["points"]["bf16"]
+    first, second = repeated["runs"]
+    assert first == points["bf16"]["runs"][0] and second["run"] != first["run"]
+    for split, scores in repeated["splits"].items():
+        assert scores["accuracy"] == pytest.approx((first["splits"][split]["accuracy"] + second["splits"][split]["accuracy"]) / 2)
     with pytest.raises(SystemExit, match="Unknown point"):
         sweep.main([*argv[:4], "--points", "nope"])
 
