@@ -101,6 +101,14 @@ def with_settings(config: Config, settings: dict) -> Config:
     return config_from_dict(values)
 
 
+def same_config(recorded, config: Config) -> bool:
+    """Whether a recorded config dict is `config`, settings added since it was recorded taking their defaults."""
+    try:
+        return recorded is not None and config_from_dict(recorded).to_dict() == config.to_dict()
+    except TfdnadetError:  # a setting that no longer exists
+        return False
+
+
 def config_key(config: Config) -> str:
     return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
@@ -297,7 +305,7 @@ def main(argv=None) -> dict:
     base = with_settings(load_config(args.config), settings)
     stage1_runs = finished_stage1_runs(args.stage1_from)
     report = read_json(f"{args.out}.json", {})
-    same_sweep = report.get("zoo") == os.path.abspath(zoo["root"]) and report.get("base_config") == base.to_dict()
+    same_sweep = report.get("zoo") == os.path.abspath(zoo["root"]) and same_config(report.get("base_config"), base)
     points = report.get("points", {}) if same_sweep else {}
     for number, name in enumerate(names, 1):
         same = name in points and points[name]["settings"] == {"both_stages": POINTS[name][0], "stage2": POINTS[name][1]}
