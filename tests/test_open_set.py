@@ -17,7 +17,9 @@ from tfdnadet.evaluation.open_set import (
     auroc,
     calibrate_rejection,
     evaluate_open_set,
+    known_images,
     oscr,
+    pooled_features,
     rejecting_threshold,
     write_open_set,
 )
@@ -25,6 +27,7 @@ from tfdnadet.inference import attribute, load_for_detector, predict_loaded
 from tfdnadet.models.detector import MULTICLASS
 from tfdnadet.models.model_dir import REJECTION_FILE, load_detector, save_detector
 from tfdnadet.models.heads import BinaryHead
+from tfdnadet.rejection import fit_gaussian
 from tfdnadet.serving.graph import DetectorServing
 from tfdnadet.verdict import KNOWNNESS, MULTIPLE, REAL, UNKNOWN, verdicts
 
@@ -43,6 +46,30 @@ def test_metrics_against_hand_computed_cases():
     assert rejecting_threshold(np.asarray([1.0, 2.0])) > 2.0  # 95 % of two images is both of them
     assert accepting_threshold(np.arange(20.0)) == 0.5  # accepts 1..19: 95 %, and no score on the boundary
     assert accepting_threshold(np.asarray([3.0, 1.0]), share=0.99) == 0.0  # all accepted, a margin below the lowest
+
+
+def test_gaussian_fit_against_hand_computed_cases():
+    # Two classes, each a cross of four points around its mean: the within-class covariance is 0.5 I, already a
+    # multiple of I, so no shrinkage changes it and the precision is 2 I.
+    cross = np.asarray([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+    features, labels = np.concatenate([cross, cross + [10.0, 20.0]]), np.asarray([0] * 4 + [1] * 4)
+    rule = fit_gaussian(features, labels, ["real", "progan"])
+    np.testing.assert_allclose(rule["means"], [[0.0, 0.0], [10.0, 20.0]])
+    np.testing.assert_allclose(rule["precision"], 2 * np.eye(2), atol=1e-9)
+    # Stretched along one axis: shrunk towards its mean variance by the Ledoit-Wolf share, as scikit-learn's
+    # LedoitWolf estimator (its own code path) computes the covariance of the class-centred features.
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(40, 3)) * [5.0, 1.0, 0.2] + np.repeat([[0.0, 0.0, 0.0], [3.0, 0.0, 0.0]], 20, axis=0)
+    labels = np.repeat([0, 1], 20)
+    rule = fit_gaussian(features, labels, ["real", "progan"])
+    means = np.asarray([features[:20].mean(axis=0), features[20:].mean(axis=0)])
+    expected = LedoitWolf(assume_centered=True).fit(features - means[labels])
+    assert 0 < rule["shrinkage"] < 1 and rule["shrinkage"] == pytest.approx(expected.shrinkage_)
+    np.testing.assert_allclose(rule["precision"], expected.precision_, rtol=1e-6)
+    with pytest.raises(TfdnadetError, match="no images of progan"):
+        fit_gaussian(features[:20], labels[:20], ["real", "progan"])
 
 
 def mixed_detector():
@@ -146,6 +173,29 @@ def test_calibration_is_stored_reloaded_and_predict_rejects_a_planted_class(cali
     assert all((row["knownness"] >= stored["threshold"]) == (row["verdict"] != UNKNOWN) for row in rows)
     known, _ = attribute(detector, [os.path.join(os.path.dirname(open_zoo["zoo"]), "progan")])
     assert sum(r.verdict == UNKNOWN for r in known) <= 0.25 * len(known)
+
+
+def test_gaussian_is_fitted_on_validation_images_of_known_classes_unless_train_only(calibrated, open_zoo, monkeypatch, capsys):
+    root = os.path.dirname(open_zoo["zoo"])
+    detector = load_detector(calibrated)
+    data = {}
+    for split in ("train", "test"):
+        images = known_images(os.path.join(root, f"{split}.csv"), detector.class_names)
+        data[split] = (pooled_features(detector, load_for_detector(detector, images.paths, images.labels)), images.labels)
+
+    def class_means(*splits):
+        features, labels = (np.concatenate(values) for values in zip(*(data[split] for split in splits)))
+        return [features[labels == i].mean(axis=0) for i in range(len(detector.class_names))]
+
+    model = calibrated + "_train_only"
+    shutil.copytree(calibrated, model)
+    for flag, splits in (("--fit-validation", ("train", "test")), ("--train-only", ("train",))):
+        code, out, err = run_cli(["calibrate-rejection", model, "--protocol", open_zoo["zoo"], flag], monkeypatch, capsys)
+        assert code == 0, err
+        stored = json.load(open(os.path.join(model, REJECTION_FILE)))
+        assert json.loads(out)["fit_validation"] is stored["fit_validation"] is (flag == "--fit-validation")
+        np.testing.assert_allclose(stored["means"], class_means(*splits), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(class_means("train"), class_means("train", "test"))  # the two fits differ
 
 
 def test_saved_model_says_what_predict_says(calibrated, open_zoo, tmp_path):

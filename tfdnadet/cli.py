@@ -478,6 +478,9 @@ def calibrate_rejection_command(
     train: Optional[str] = typer.Option(None, "--train", help="Labelled training images of the model's classes (Gaussian fitting)."),
     validation: Optional[str] = typer.Option(None, "--validation", help="Labelled validation images; classes the model lacks are left out."),
     accept: float = typer.Option(0.95, "--accept", help="Share of known validation images the threshold accepts."),
+    fit_validation: bool = typer.Option(
+        False, "--fit-validation/--train-only", help="gaussian: fit on the validation images of known classes too, or on the training images only."
+    ),
     batch_size: Optional[int] = BatchSizeOption,
 ):
     """Fit the open-set rejection rule on known classes and store it in the model (predict then says unknown-generator)."""
@@ -486,7 +489,9 @@ def calibrate_rejection_command(
     if (protocol is None) == (validation is None):
         raise typer.BadParameter("give either --protocol ZOO_DIR/zoo.json or --validation DATA (and --train DATA for gaussian).")
     data = zoo_calibration_data(protocol) if protocol else {"train": train, "validation": validation}
-    rule = calibrate_rejection(_model_dir(model), score, data["validation"], data["train"], accept, **_given(batch_size=batch_size))
+    rule = calibrate_rejection(
+        _model_dir(model), score, data["validation"], data["train"], accept, fit_validation=fit_validation, **_given(batch_size=batch_size)
+    )
     err.print(
         f"rejection score {rule['score']}: threshold {rule['threshold']:.4f} accepts "
         f"{100 * rule['validation_accepted']:.1f}% of {rule['validation_count']} validation images of known classes"

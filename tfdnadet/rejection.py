@@ -5,7 +5,9 @@ Knownness scores (higher = more like a class the model knows):
     heads      the best binary head's score minus its own threshold: below 0 when no head (`real` included) fires
     gaussian   minus the squared Mahalanobis distance of the image's pooled backbone features (the space the
                contrastive loss shapes through the projection) to the nearest class mean, under one covariance
-               shared by the classes: a class-conditional Gaussian fitted on training features [Lee et al. 2018]
+               shared by the classes: a class-conditional Gaussian [Lee et al. 2018], its covariance shrunk by the
+               Ledoit-Wolf estimate; fitted on training features, or on them plus the validation images of known
+               classes (`fit_validation`: their other generator models widen each class towards a new seed)
 
 The rule lives in the model directory as rejection.json: {"score", "threshold", "means", "precision", ...}. An image whose
 knownness is below the threshold has its multiclass answer rejected (tfdnadet.verdict). All scores are tensor
@@ -16,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 import tensorflow as tf
+from sklearn.covariance import ledoit_wolf_shrinkage
 
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.detector import MULTICLASS, Detector
@@ -24,7 +27,6 @@ from tfdnadet.verdict import binary_heads, threshold_of
 
 MSP, HEADS, GAUSSIAN = "msp", "heads", "gaussian"
 SCORES = (MSP, HEADS, GAUSSIAN)
-SHRINKAGE = 0.1  # share of the covariance replaced by its mean variance: few images per class, many features
 
 
 def check_score(detector: Detector, score: str) -> None:
@@ -76,14 +78,16 @@ def stored_gaussian(detector: Detector) -> tuple:
 
 
 def fit_gaussian(features: np.ndarray, labels: np.ndarray, class_names: list) -> dict:
-    """Class means and the precision of the shrunk shared within-class covariance; a class without images is an error."""
+    """Class means and the precision of the shared within-class covariance, shrunk towards its mean variance by
+    the Ledoit-Wolf share (few images per class, many features); a class without images is an error."""
     missing = [name for i, name in enumerate(class_names) if not np.any(labels == i)]
     if missing:
         raise TfdnadetError(f"The training data has no images of {', '.join(missing)}: every class needs a mean.")
     features = features.astype(np.float64)
     means = np.stack([features[labels == i].mean(axis=0) for i in range(len(class_names))])
     centred = features - means[labels]
+    shrinkage = float(ledoit_wolf_shrinkage(centred, assume_centered=True))
     covariance = centred.T @ centred / len(features)
     ridge = max(np.trace(covariance) / len(covariance), 1e-6)
-    covariance = (1 - SHRINKAGE) * covariance + SHRINKAGE * ridge * np.eye(len(covariance))
-    return {"means": means.tolist(), "precision": np.linalg.inv(covariance).tolist()}
+    covariance = (1 - shrinkage) * covariance + shrinkage * ridge * np.eye(len(covariance))
+    return {"means": means.tolist(), "precision": np.linalg.inv(covariance).tolist(), "shrinkage": shrinkage}

@@ -106,29 +106,39 @@ def zoo_calibration_data(zoo_path: str) -> dict:
 
 
 def calibrate_rejection(
-    model_dir: str, score: str, validation: str, train: Optional[str] = None, accept: float = DEFAULT_ACCEPT, batch_size: int = 16
+    model_dir: str,
+    score: str,
+    validation: str,
+    train: Optional[str] = None,
+    accept: float = DEFAULT_ACCEPT,
+    batch_size: int = 16,
+    fit_validation: bool = False,
 ) -> dict:
     """Fit the rejection rule on known classes only and store it as the model's rejection.json; returns the rule.
 
-    `gaussian` fits the class-conditional Gaussian on `train`; the threshold of every score but `heads` (whose threshold is 0:
-    no head positive) accepts `accept` of the validation images of the model's classes.
+    `gaussian` fits the class-conditional Gaussian on `train` and, with `fit_validation`, on the validation images of
+    the model's classes too: there a class has other generator models (seeds, finetunes, data sets) than in training,
+    which widens it towards what a known architecture's new seed looks like (the threshold is then calibrated on
+    images the Gaussian has seen). The threshold of every score but `heads` (whose
+    threshold is 0: no head positive) accepts `accept` of the validation images of the model's classes.
     """
     if not 0 < accept < 1:
         raise TfdnadetError(f"--accept must be in (0, 1). Received: {accept}")
     read_metadata(model_dir)
     detector = load_detector(model_dir)
     check_score(detector, score)
+    if score == GAUSSIAN and train is None:
+        raise TfdnadetError("The gaussian score needs training images (--train DATA or --protocol ZOO).")
     rule = {"score": score, "threshold": 0.0, "backbone_sha256": weights_hash(detector.backbone)}
+    validation_loaded = _load(detector, known_images(validation, detector.class_names), validation)
     if score == GAUSSIAN:
-        if train is None:
-            raise TfdnadetError("The gaussian score needs training images (--train DATA or --protocol ZOO).")
-        images = known_images(train, detector.class_names)
-        loaded = _load(detector, images, train)
-        rule.update(fit_gaussian(pooled_features(detector, loaded, batch_size), loaded.labels, detector.class_names))
-        rule["train_data"] = os.path.abspath(train)
+        train_loaded = _load(detector, known_images(train, detector.class_names), train)
+        fitted = [train_loaded, validation_loaded] if fit_validation else [train_loaded]
+        features = np.concatenate([pooled_features(detector, loaded, batch_size) for loaded in fitted])
+        rule.update(fit_gaussian(features, np.concatenate([loaded.labels for loaded in fitted]), detector.class_names))
+        rule.update(train_data=os.path.abspath(train), fit_validation=fit_validation)
     detector.rejection = rule
-    validation_images = known_images(validation, detector.class_names)
-    scores = predict_loaded(detector, _load(detector, validation_images, validation), batch_size)[KNOWNNESS]
+    scores = predict_loaded(detector, validation_loaded, batch_size)[KNOWNNESS]
     if score != HEADS:
         rule["threshold"] = accepting_threshold(scores, accept)
     rule.update(
