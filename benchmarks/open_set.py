@@ -4,7 +4,7 @@
 Each method (DNA-Det = Base+PT+PCL, Base, AttNet) is trained on the zoo's train split without the --unknown
 architectures; its Gaussian rejection rule is fitted on those training images (`gaussian`, the default) or on them
 plus the validation split's images of known classes (`gaussian +validation`), its threshold calibrated on the
-validation split (known classes only). Then every score is measured per known test split: closed-set accuracy, AUROC known vs unknown, OSCR, and the false-rejection rate at the threshold rejecting
+validation split (known classes only; out of fold for `gaussian +validation`). Then every score is measured per known test split: closed-set accuracy, AUROC known vs unknown, OSCR, and the false-rejection rate at the threshold rejecting
 95 % of the unknowns. Zoo, stage 1 and runs live in --work and are reused when the script runs again.
 
     python benchmarks/open_set.py --preset small [--unknown dcgan,stylegan2] [--config cpu] [--work DIR]

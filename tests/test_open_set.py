@@ -19,6 +19,7 @@ from tfdnadet.evaluation.open_set import (
     evaluate_open_set,
     known_images,
     oscr,
+    out_of_fold_knownness,
     pooled_features,
     rejecting_threshold,
     write_open_set,
@@ -70,6 +71,18 @@ def test_gaussian_fit_against_hand_computed_cases():
     np.testing.assert_allclose(rule["precision"], expected.precision_, rtol=1e-6)
     with pytest.raises(TfdnadetError, match="no images of progan"):
         fit_gaussian(features[:20], labels[:20], ["real", "progan"])
+
+
+def test_out_of_fold_scores_against_a_hand_computed_case():
+    # One feature; training images of class 0 at -1 and 1, of class 1 at 9 and 11; validation images at 2 (class 0)
+    # and 13 (class 1). Holding out class 0's validation image: class 1 is {9, 11, 13} (mean 11), the pooled
+    # within-class variance (1 + 1 + 4 + 0 + 4) / 5 = 2, so 2 scores -(2 - 0)^2 / 2 = -2. Holding out class 1's:
+    # class 0 is {-1, 1, 2} (mean 2/3), variance (25/9 + 1/9 + 16/9 + 1 + 1) / 5 = 4/3, so 13 scores -(13 - 10)^2 * 3/4.
+    # (Fitted on everything, 2 would score -8/7 against the in-sample Gaussian; on training only, -4.)
+    scores = out_of_fold_knownness(
+        np.asarray([[-1.0], [1.0], [9.0], [11.0]]), np.asarray([0, 0, 1, 1]), np.asarray([[2.0], [13.0]]), np.asarray([0, 1]), ["real", "progan"]
+    )
+    np.testing.assert_allclose(scores, [-2.0, -6.75], rtol=1e-6)
 
 
 def mixed_detector():
@@ -187,6 +200,8 @@ def test_gaussian_is_fitted_on_validation_images_of_known_classes_unless_train_o
         features, labels = (np.concatenate(values) for values in zip(*(data[split] for split in splits)))
         return [features[labels == i].mean(axis=0) for i in range(len(detector.class_names))]
 
+    # Fitted on validation too, the threshold comes from the validation images' out-of-fold scores.
+    out_of_fold = out_of_fold_knownness(*data["train"], *data["test"], detector.class_names)
     model = calibrated + "_train_only"
     shutil.copytree(calibrated, model)
     for flag, splits in (("--fit-validation", ("train", "test")), ("--train-only", ("train",))):
@@ -195,6 +210,9 @@ def test_gaussian_is_fitted_on_validation_images_of_known_classes_unless_train_o
         stored = json.load(open(os.path.join(model, REJECTION_FILE)))
         assert json.loads(out)["fit_validation"] is stored["fit_validation"] is (flag == "--fit-validation")
         np.testing.assert_allclose(stored["means"], class_means(*splits), rtol=1e-4, atol=1e-5)
+        if flag == "--fit-validation":
+            assert stored["threshold"] == pytest.approx(accepting_threshold(out_of_fold), rel=1e-4)
+            assert "out of fold" in err
     assert not np.allclose(class_means("train"), class_means("train", "test"))  # the two fits differ
 
 

@@ -479,7 +479,9 @@ def calibrate_rejection_command(
     validation: Optional[str] = typer.Option(None, "--validation", help="Labelled validation images; classes the model lacks are left out."),
     accept: float = typer.Option(0.95, "--accept", help="Share of known validation images the threshold accepts."),
     fit_validation: bool = typer.Option(
-        False, "--fit-validation/--train-only", help="gaussian: fit on the validation images of known classes too, or on the training images only."
+        False,
+        "--fit-validation/--train-only",
+        help="gaussian: fit on the validation images of known classes too (the threshold then from their out-of-fold scores), or on the training images only.",
     ),
     batch_size: Optional[int] = BatchSizeOption,
 ):
@@ -495,6 +497,7 @@ def calibrate_rejection_command(
     err.print(
         f"rejection score {rule['score']}: threshold {rule['threshold']:.4f} accepts "
         f"{100 * rule['validation_accepted']:.1f}% of {rule['validation_count']} validation images of known classes"
+        + (" (out of fold: each scored by a Gaussian that did not see its class's validation images)" if rule.get("fit_validation") else "")
     )
     out.print_json(json.dumps({k: v for k, v in rule.items() if k not in ("means", "precision")}))
 

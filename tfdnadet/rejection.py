@@ -58,8 +58,13 @@ def knownness(detector: Detector, probabilities: dict, features: dict, score: Op
     if score == HEADS:
         margins = [tf.convert_to_tensor(probabilities[n], tf.float32)[:, 0] - threshold_of(detector, n) for n in binary_heads(detector)]
         return tf.reduce_max(tf.stack(margins, axis=1), axis=1)
-    means, precision = (tf.constant(value, tf.float32) for value in stored_gaussian(detector))
-    offsets = pooled_by_image(features[POOL_LAYER])[:, None, :] - means[None]  # [B, C, D]
+    return gaussian_knownness(pooled_by_image(features[POOL_LAYER]), *stored_gaussian(detector))
+
+
+def gaussian_knownness(pooled, means, precision) -> tf.Tensor:
+    """float32 [B]: minus the squared Mahalanobis distance of pooled features [B, D] to the nearest class mean."""
+    means, precision = (tf.constant(value, tf.float32) for value in (means, precision))
+    offsets = tf.convert_to_tensor(pooled, tf.float32)[:, None, :] - means[None]  # [B, C, D]
     distances = tf.einsum("bcd,de,bce->bc", offsets, precision, offsets)
     return -tf.reduce_min(distances, axis=-1)
 

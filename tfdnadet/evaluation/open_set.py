@@ -21,7 +21,16 @@ from tfdnadet.inference import load_for_detector, predict_loaded, predict_loaded
 from tfdnadet.models.detector import MULTICLASS, Detector, weights_hash
 from tfdnadet.models.model_dir import load_detector, read_metadata, write_rejection
 from tfdnadet.plots import plot_score_distributions
-from tfdnadet.rejection import GAUSSIAN, HEADS, check_score, fit_gaussian, pooled_by_image, rejection_layers, stored_score
+from tfdnadet.rejection import (
+    GAUSSIAN,
+    HEADS,
+    check_score,
+    fit_gaussian,
+    gaussian_knownness,
+    pooled_by_image,
+    rejection_layers,
+    stored_score,
+)
 from tfdnadet.verdict import KNOWNNESS, REAL
 from tfdnadet.zoo.build import TEST_SPLITS, TRAIN_SPLIT, VALIDATION_SPLIT, read_zoo
 
@@ -118,9 +127,9 @@ def calibrate_rejection(
 
     `gaussian` fits the class-conditional Gaussian on `train` and, with `fit_validation`, on the validation images of
     the model's classes too: there a class has other generator models (seeds, finetunes, data sets) than in training,
-    which widens it towards what a known architecture's new seed looks like (the threshold is then calibrated on
-    images the Gaussian has seen). The threshold of every score but `heads` (whose
-    threshold is 0: no head positive) accepts `accept` of the validation images of the model's classes.
+    which widens it towards what a known architecture's new seed looks like. The threshold of every score but
+    `heads` (whose threshold is 0: no head positive) accepts `accept` of the validation images of the model's classes:
+    of their out-of-fold scores when the Gaussian has seen them (`out_of_fold_knownness`), else of their scores.
     """
     if not 0 < accept < 1:
         raise TfdnadetError(f"--accept must be in (0, 1). Received: {accept}")
@@ -131,14 +140,14 @@ def calibrate_rejection(
         raise TfdnadetError("The gaussian score needs training images (--train DATA or --protocol ZOO).")
     rule = {"score": score, "threshold": 0.0, "backbone_sha256": weights_hash(detector.backbone)}
     validation_loaded = _load(detector, known_images(validation, detector.class_names), validation)
+    scores = None
     if score == GAUSSIAN:
         train_loaded = _load(detector, known_images(train, detector.class_names), train)
-        fitted = [train_loaded, validation_loaded] if fit_validation else [train_loaded]
-        features = np.concatenate([pooled_features(detector, loaded, batch_size) for loaded in fitted])
-        rule.update(fit_gaussian(features, np.concatenate([loaded.labels for loaded in fitted]), detector.class_names))
-        rule.update(train_data=os.path.abspath(train), fit_validation=fit_validation)
+        fitted, scores = _gaussian_fit(detector, train_loaded, validation_loaded if fit_validation else None, batch_size)
+        rule.update(fitted, train_data=os.path.abspath(train), fit_validation=fit_validation)
     detector.rejection = rule
-    scores = predict_loaded(detector, validation_loaded, batch_size)[KNOWNNESS]
+    if scores is None:
+        scores = predict_loaded(detector, validation_loaded, batch_size)[KNOWNNESS]
     if score != HEADS:
         rule["threshold"] = accepting_threshold(scores, accept)
     rule.update(
@@ -149,6 +158,37 @@ def calibrate_rejection(
     )
     write_rejection(model_dir, rule)
     return rule
+
+
+def _gaussian_fit(detector: Detector, train: LoadedImages, validation: Optional[LoadedImages], batch_size: int) -> tuple:
+    """(the Gaussian fitted on the training images and the validation images if given, the validation images'
+    out-of-fold knownness or None when they are not fitted)."""
+    train_features = pooled_features(detector, train, batch_size)
+    if validation is None:
+        return fit_gaussian(train_features, train.labels, detector.class_names), None
+    features = pooled_features(detector, validation, batch_size)
+    scores = out_of_fold_knownness(train_features, train.labels, features, validation.labels, detector.class_names)
+    fitted = fit_gaussian(np.concatenate([train_features, features]), np.concatenate([train.labels, validation.labels]), detector.class_names)
+    return fitted, scores
+
+
+def out_of_fold_knownness(
+    train_features: np.ndarray, train_labels: np.ndarray, features: np.ndarray, labels: np.ndarray, class_names: list
+) -> np.ndarray:
+    """Gaussian knownness [N] of validation images, each scored by a Gaussian that has not seen its generator model:
+    the validation images of one class are held out together (a finetune with the model it was finetuned from, so
+    none of their models leaks in) and scored by the Gaussian fitted on the training images plus the other classes'
+    validation images. A threshold set on these scores is calibrated on images as new to the Gaussian as a new
+    generator's; one set on the validation images the stored Gaussian was fitted on refuses more new seeds than
+    it promises."""
+    scores = np.empty(len(labels), np.float64)
+    for label in np.unique(labels):
+        held_out = labels == label
+        fitted = fit_gaussian(
+            np.concatenate([train_features, features[~held_out]]), np.concatenate([train_labels, labels[~held_out]]), class_names
+        )
+        scores[held_out] = gaussian_knownness(features[held_out], fitted["means"], fitted["precision"]).numpy()
+    return scores
 
 
 def pooled_features(detector: Detector, loaded: LoadedImages, batch_size: int = 16) -> np.ndarray:
