@@ -4,8 +4,11 @@
 Each method (DNA-Det = Base+PT+PCL, Base, AttNet) is trained on the zoo's train split without the --unknown
 architectures; its Gaussian rejection rule is fitted on those training images (`gaussian`, the default) or on them
 plus the validation split's images of known classes (`gaussian +validation`), its threshold calibrated on the
-validation split (known classes only; out of fold for `gaussian +validation`). Then every score is measured per known test split: closed-set accuracy, AUROC known vs unknown, OSCR, and the false-rejection rate at the threshold rejecting
-95 % of the unknowns. Zoo, stage 1 and runs live in --work and are reused when the script runs again.
+validation split (known classes only; out of fold for `gaussian +validation`). Then every score is measured per known
+test split: closed-set accuracy, AUROC known vs unknown, OSCR, and the false-rejection rate at the threshold rejecting
+95 % of the unknowns; for the Gaussian rules also the share of each split and of the unknowns their own calibrated
+threshold refuses (it promises to accept 95 % of known images). Zoo, stage 1 and runs live in --work and are reused
+when the script runs again.
 
     python benchmarks/open_set.py --preset small [--unknown dcgan,stylegan2] [--config cpu] [--work DIR]
 """
@@ -97,16 +100,27 @@ def main():
 
 
 def markdown_table(rows: dict) -> str:
-    """One line per (method, score, known split): accuracy, AUROC, OSCR, false rejection at 95 % of unknowns rejected."""
-    lines = ["| method | score | known split | images | accuracy (%) | AUROC | OSCR | false rejection (%) |", "|" + "---|" * 8]
+    """One line per (method, score, known split): accuracy, AUROC, OSCR, false rejection at 95 % of unknowns rejected,
+    and the share the rule's own calibrated threshold refuses (- for a score that is not the rule); then the share of
+    the unknowns that threshold refuses."""
+    lines = [
+        "| method | score | split | images | accuracy (%) | AUROC | OSCR | false rejection (%) | refused by the rule (%) |",
+        "|" + "---|" * 9,
+    ]
     for row, result in rows.items():
         for score, summary in result["scores"].items():
             for split, m in [*summary["splits"].items(), ("all known", summary["all_known"])]:
                 lines.append(
                     f"| {row} | {score} | {split} | {m['count']} | {100 * m['accuracy']:.2f} | {m['auroc']:.3f} | {m['oscr']:.3f} | "
-                    f"{100 * m['false_rejection_at_95']:.2f} |"
+                    f"{100 * m['false_rejection_at_95']:.2f} | {_percent(m.get('refused_by_rule'))} |"
                 )
+            refused = _percent(summary["unknown_refused_by_rule"])
+            lines.append(f"| {row} | {score} | unknown | {summary['unknown_count']} | | | | | {refused} |")
     return "\n".join(lines)
+
+
+def _percent(share) -> str:
+    return "-" if share is None else f"{100 * share:.2f}"
 
 
 if __name__ == "__main__":

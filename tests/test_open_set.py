@@ -244,6 +244,12 @@ def test_open_set_evaluation_on_a_zoo(calibrated, open_zoo, tmp_path, monkeypatc
     assert list(results["splits"]) == ["closed-set"]
     closed = results["splits"]["closed-set"]
     assert closed["count"] == 3 * 24 + 12 and 0 <= closed["false_rejection_at_95"] <= 1 and 0 <= closed["oscr"] <= closed["accuracy"]
+    assert results["rejection_threshold"] is results["unknown_refused_by_rule"] is None and "refused_by_rule" not in closed  # msp is not the rule
+    stored = evaluate_open_set(detector, open_zoo["zoo"])  # the calibrated score: what its own threshold refuses
+    threshold = detector.rejection["threshold"]
+    assert stored["unknown_refused_by_rule"] == np.mean(stored["unknown_scores"] < threshold)
+    closed = stored["splits"]["closed-set"]
+    assert closed["refused_by_rule"] == np.mean(closed["scores"] < threshold) == stored["all_known"]["refused_by_rule"]
     code, out, err = run_cli(["evaluate", calibrated, "--protocol", open_zoo["zoo"], "--open-set", "--out", str(tmp_path)], monkeypatch, capsys)
     assert code == 0, err
     assert "AUROC" in out and "closed-set" in out

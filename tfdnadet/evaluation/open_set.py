@@ -3,7 +3,7 @@
 Known = the test splits of the architectures the model was trained on (a new seed, loss, finetune or data set of a
 known architecture must be accepted and named); unknown = every image of the architectures held out of training.
 Per known split: closed-set accuracy, AUROC (known vs unknown), OSCR, and the false-rejection rate at the threshold
-that rejects 95 % of the unknowns.
+that rejects 95 % of the unknowns; for the model's calibrated score, also the share its own threshold refuses.
 """
 
 import datetime
@@ -71,15 +71,19 @@ def accepting_threshold(known: np.ndarray, share: float = DEFAULT_ACCEPT) -> flo
     return float((below + ordered[index]) / 2)
 
 
-def split_metrics(known: np.ndarray, correct: np.ndarray, unknown: np.ndarray) -> dict:
+def split_metrics(known: np.ndarray, correct: np.ndarray, unknown: np.ndarray, rule_threshold: Optional[float] = None) -> dict:
+    """The metrics of one known split; with the model's calibrated threshold, also the share of it the rule refuses."""
     threshold = rejecting_threshold(unknown)
-    return {
+    metrics = {
         "count": int(len(known)),
         "accuracy": float(np.mean(correct)),
         "auroc": auroc(known, unknown),
         "oscr": oscr(known, correct, unknown),
         "false_rejection_at_95": float(np.mean(known < threshold)),
     }
+    if rule_threshold is not None:
+        metrics["refused_by_rule"] = float(np.mean(known < rule_threshold))
+    return metrics
 
 
 def known_images(source: str, class_names: list) -> ImageList:
@@ -228,11 +232,12 @@ def evaluate_open_set(
     check_score(detector, score)
     manifests = {split: os.path.join(zoo["root"], entry["manifest"]) for split, entry in zoo["splits"].items()}
     unknown_scores = _scores(detector, _unknown_images(manifests, names), "unknown images", score, batch_size)[0]
+    rule_threshold = detector.rejection["threshold"] if detector.rejection and detector.rejection["score"] == score else None
     splits, pooled = {}, ([], [])
     for split in (s for s in TEST_SPLITS if s in manifests and _holds_known(manifests[s], detector.class_names)):
         images = known_images(manifests[split], detector.class_names)
         known, correct = _scores(detector, images, manifests[split], score, batch_size)
-        splits[split] = {**split_metrics(known, correct, unknown_scores), "scores": known}
+        splits[split] = {**split_metrics(known, correct, unknown_scores, rule_threshold), "scores": known}
         pooled[0].append(known)
         pooled[1].append(correct)
     return {
@@ -242,10 +247,11 @@ def evaluate_open_set(
         "unknown_classes": names,
         "unknown_count": int(len(unknown_scores)),
         "unknown_scores": unknown_scores,
-        "rejection_threshold": detector.rejection["threshold"] if detector.rejection and detector.rejection["score"] == score else None,
+        "rejection_threshold": rule_threshold,
+        "unknown_refused_by_rule": None if rule_threshold is None else float(np.mean(unknown_scores < rule_threshold)),
         "threshold_at_95": rejecting_threshold(unknown_scores),
         "splits": splits,
-        "all_known": split_metrics(np.concatenate(pooled[0]), np.concatenate(pooled[1]), unknown_scores),
+        "all_known": split_metrics(np.concatenate(pooled[0]), np.concatenate(pooled[1]), unknown_scores, rule_threshold),
     }
 
 
