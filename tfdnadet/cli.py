@@ -625,9 +625,14 @@ def evaluate_command(
 
 def _print_open_set(results: dict) -> None:
     title = f"open set, score {results['score']}: known splits vs {', '.join(results['unknown_classes'])} ({results['unknown_count']} images)"
-    grid = Table("known split", "images", "accuracy (%)", "AUROC", "OSCR", "false rejection at 95% (%)", title=title)
+    columns = ["known split", "images", "accuracy (%)", "AUROC", "OSCR", "false rejection at 95% (%)"]
+    rule = results["rejection_threshold"] is not None
+    if rule:
+        title += f"; the model's threshold refuses {100 * results['unknown_refused_by_rule']:.2f}% of the unknowns"
+    grid = Table(*columns, *(["refused by the model's threshold (%)"] if rule else []), title=title)
     for name, m in [*results["splits"].items(), ("all known", results["all_known"])]:
-        grid.add_row(name, str(m["count"]), f"{100 * m['accuracy']:.2f}", f"{m['auroc']:.3f}", f"{m['oscr']:.3f}", f"{100 * m['false_rejection_at_95']:.2f}")
+        cells = [name, str(m["count"]), f"{100 * m['accuracy']:.2f}", f"{m['auroc']:.3f}", f"{m['oscr']:.3f}", f"{100 * m['false_rejection_at_95']:.2f}"]
+        grid.add_row(*cells, *([f"{100 * m['refused_by_rule']:.2f}"] if rule else []))
     _print_table(grid)
 
 
