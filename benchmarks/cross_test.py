@@ -6,9 +6,11 @@ Table 4 ablations G, G+D, G+C, G+D+C and G+D+C+perceptual (F: the stage-1 encode
 branch alone (Spectral+PT+PCL) and fused with the encoder (Two-domain+PT+PCL) next to DNA-Det (the spatial branch
 alone), each with a stage-1 run of its own backbone. Columns: accuracy (%) on closed-set,
 cross-seed, cross-loss, cross-finetune and cross-dataset (macro-F1 in the JSON). Zoo, stage 1 and every run are
-kept in --work and reused when the script runs again, so an interrupted run resumes.
+kept in --work and reused when the script runs again, so an interrupted run resumes; --zoo and --stage1-from use
+a zoo and a dnadet stage-1 run made elsewhere instead (read, never written).
 
     python benchmarks/cross_test.py --preset small [--config cpu] [--epochs N] [--work DIR]
+    python benchmarks/cross_test.py --zoo ZOO_DIR --stage1-from STAGE1_RUN --rows "GFD G,GFD G+D+C+perceptual" --work DIR
 """
 
 import argparse
@@ -17,6 +19,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from sweep import trained  # noqa: E402  (the script's own folder is on sys.path)
+
 from tfdnadet.atomic import atomic_path, write_json  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
 from tfdnadet.evaluation.protocol import evaluate_protocol, protocol_summary  # noqa: E402
@@ -24,7 +28,7 @@ from tfdnadet.methods import METHODS, apply_method  # noqa: E402
 from tfdnadet.models.model_dir import load_detector  # noqa: E402
 from tfdnadet.training.stage1 import train_stage1  # noqa: E402
 from tfdnadet.training.stage2 import train_stage2  # noqa: E402
-from tfdnadet.zoo.build import TEST_SPLITS, build_zoo  # noqa: E402
+from tfdnadet.zoo.build import TEST_SPLITS, build_zoo, read_zoo  # noqa: E402
 
 # (row, --method, initialised from stage 1)
 ROWS = (
@@ -61,31 +65,27 @@ def parse_args():
     parser.add_argument("--config", default="cpu", help="config of stage 1 and of every method")
     parser.add_argument("--epochs", type=int, default=None, help="train.epochs of every stage-2 run (default: the config's)")
     parser.add_argument("--steps-per-epoch", type=int, default=None, help="train.steps_per_epoch of every run")
+    parser.add_argument("--gfd-epochs", type=int, default=None, help="train.epochs of the GFD rows (default: --epochs)")
+    parser.add_argument("--gfd-steps-per-epoch", type=int, default=None, help="train.steps_per_epoch of the GFD rows (default: --steps-per-epoch)")
     parser.add_argument("--stage1-epochs", type=int, default=None, help="stage1.epochs (default: the config's)")
     parser.add_argument("--work", default=None, help="zoo, stage 1 and runs (default: ./cross_test_<preset>)")
+    parser.add_argument("--zoo", default=None, help="an existing zoo directory to use instead of building WORK/zoo (--preset is then ignored)")
+    parser.add_argument("--stage1-from", default=None, help="a finished dnadet stage-1 run directory to use instead of training WORK/stage1")
     parser.add_argument("--rows", default=",".join(row for row, _, _ in ROWS), help="comma-separated rows to run")
     parser.add_argument("--out", default=os.path.join(RESULTS, "cross_test"), help="writes OUT.json and OUT.md")
     return parser.parse_args()
-
-
-def trained(run_dir, train):
-    """(model directory, training seconds): a finished run is reused, otherwise trained (or resumed) now."""
-    model_dir = os.path.join(run_dir, "model")
-    started = time.time()
-    if not os.path.isfile(os.path.join(model_dir, "detector.json")):
-        train(run_dir)
-    return model_dir, round(time.time() - started, 1)
 
 
 def main():
     args = parse_args()
     work = args.work or f"cross_test_{args.preset}"
     started = time.time()
-    zoo = build_zoo(os.path.join(work, "zoo"), args.preset)
+    zoo = read_zoo(args.zoo) if args.zoo else build_zoo(os.path.join(work, "zoo"), args.preset)
     zoo_seconds = round(time.time() - started, 1)
     overrides = {"data.base_size": zoo["image_size"], "train.epochs": args.epochs, "train.steps_per_epoch": args.steps_per_epoch}
     config = load_config(args.config, overrides)
-    stage1_runs = {}  # backbone -> {"model": stage-1 model directory, "train_seconds": ...}, trained when first needed
+    # backbone -> {"model": stage-1 model directory, "train_seconds": ...}, trained when first needed
+    stage1_runs = {"dnadet": finished_stage1(args.stage1_from)} if args.stage1_from else {}
     train_csv = os.path.join(zoo["root"], "train.csv")
     rows = {}
     for row, method, pretrained in ROWS:
@@ -95,15 +95,20 @@ def main():
         init = stage1_model(stage1_runs, METHODS[method][0], work, args, zoo["image_size"]) if pretrained else None
         method_config = apply_method(config, method)
         if row in GFD_ABLATIONS:
+            # A GFD step runs G, D, C and F: several DNA-Det steps' time, so the same minutes hold fewer steps.
+            method_config.train.epochs = args.gfd_epochs or method_config.train.epochs
+            method_config.train.steps_per_epoch = args.gfd_steps_per_epoch or method_config.train.steps_per_epoch
             method_config = gfd_ablation(method_config, GFD_ABLATIONS[row], lambda: stage1_model(stage1_runs, "dnadet", work, args, zoo["image_size"]))
         model_dir, seconds = trained(
-            run_dir, lambda run: train_stage2(train_csv, run, method_config, init_model=init, resume=True, verbose=2)
+            run_dir, lambda run, cb: train_stage2(train_csv, run, method_config, init_model=init, resume=True, verbose=2, callbacks=cb)
         )
         results = evaluate_protocol(load_detector(model_dir), zoo["root"])
-        rows[row] = {"method": method, "init": init, "train_seconds": seconds, "splits": protocol_summary(results)}
+        t = method_config.train
+        rows[row] = {"method": method, "init": init, "train_seconds": round(seconds, 1), "epochs": t.epochs, "steps_per_epoch": t.steps_per_epoch}
+        rows[row]["splits"] = protocol_summary(results)
         print(f"{row}: " + ", ".join(f"{s} {100 * m['accuracy']:.1f}" for s, m in rows[row]["splits"].items()), flush=True)
     report = {
-        "preset": args.preset,
+        "preset": zoo["preset"]["name"],
         "config": args.config,
         "overrides": overrides,
         "zoo": {"root": os.path.abspath(zoo["root"]), "build_seconds": zoo_seconds, "images": {s: v["images"] for s, v in zoo["splits"].items()}},
@@ -114,7 +119,7 @@ def main():
     print(table)
     write_json(f"{args.out}.json", report)
     with atomic_path(f"{args.out}.md") as temporary, open(temporary, "w") as f:
-        f.write(f"Cross-test protocol (Table 2 layout), zoo preset `{args.preset}`, config `{args.config}`: accuracy (%) / macro-F1 (%)\n\n{table}\n")
+        f.write(f"Cross-test protocol (Table 2 layout), zoo preset `{report['preset']}`, config `{args.config}`: accuracy (%) / macro-F1 (%)\n\n{table}\n")
     print(f"wrote {args.out}.json and {args.out}.md")
 
 
@@ -127,23 +132,31 @@ def gfd_ablation(config, dropped: tuple, perceptual_model):
     return config
 
 
+def finished_stage1(run_dir: str) -> dict:
+    """A stage-1 run made elsewhere (--stage1-from): its model directory; its training time is not ours to count."""
+    model_dir = os.path.abspath(os.path.join(run_dir, "model"))
+    if not os.path.isfile(os.path.join(model_dir, "detector.json")):
+        raise SystemExit(f"--stage1-from {run_dir}: not a finished stage-1 run (no model/detector.json)")
+    return {"model": model_dir, "train_seconds": None}
+
+
 def stage1_model(runs: dict, backbone: str, work: str, args, base_size: int) -> str:
     """The stage-1 model of `backbone` (WORK/stage1 for dnadet, WORK/stage1_BACKBONE otherwise), trained once."""
     if backbone not in runs:
         overrides = {"data.base_size": base_size, "stage1.epochs": args.stage1_epochs, "model.backbone": backbone}
         config = load_config(args.config, overrides)
         run_dir = os.path.join(work, "stage1" if backbone == "dnadet" else f"stage1_{backbone}")
-        model, seconds = trained(run_dir, lambda run: train_stage1(None, run, config, resume=True, verbose=2))
+        model, seconds = trained(run_dir, lambda run, cb: train_stage1(None, run, config, resume=True, verbose=2, callbacks=cb))
         runs[backbone] = {"model": os.path.abspath(model), "train_seconds": seconds}
     return runs[backbone]["model"]
 
 
 def markdown_table(rows: dict) -> str:
-    header = "| method | " + " | ".join(TEST_SPLITS) + " |"
-    lines = [header, "|" + "---|" * (len(TEST_SPLITS) + 1)]
+    header = "| method | " + " | ".join(TEST_SPLITS) + " | stage-2 minutes |"
+    lines = [header, "|" + "---|" * (len(TEST_SPLITS) + 2)]
     for row, result in rows.items():
         cells = [f"{100 * result['splits'][s]['accuracy']:.2f} / {100 * result['splits'][s]['macro_f1']:.2f}" for s in TEST_SPLITS if s in result["splits"]]
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {result['train_seconds'] / 60:.1f} |")
     return "\n".join(lines)
 
 

@@ -79,3 +79,27 @@ def test_add_head_benchmark_tests_other_seeds_and_other_content(tiny_zoo, tmp_pa
     with open(add_head.base_manifest(tiny_zoo, "progan", str(tmp_path / "base.csv"))) as f:
         labels = {line.rsplit(",", 1)[1].strip() for line in f.readlines()[1:]}
     assert labels == {"real", "mmdgan", "infomaxgan"}
+
+
+def test_fake_vs_real_manifests_leave_the_zoo_untouched_and_metrics_per_unseen_architecture(tiny_zoo, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(BENCHMARKS)  # the script imports its neighbours, as when run from its folder
+    fake_vs_real = load_benchmark("fake_vs_real")
+    before = sorted(os.listdir(tiny_zoo["root"]))
+    manifests = fake_vs_real.seen_manifests(tiny_zoo, ["infomaxgan"], str(tmp_path / "manifests"))
+    assert sorted(os.listdir(tiny_zoo["root"])) == before  # a read-only zoo works: manifests live in --work
+    multiclass, binary = (manifests[kind] for kind in ("multiclass", "binary"))
+    for (train, validation), labels in ((multiclass, {"real", "progan", "mmdgan"}), (binary, {"real", "fake"})):
+        for manifest, split in ((train, "train"), (validation, "validation")):
+            with open(manifest) as f:
+                rows = [line.strip().rsplit(",", 1) for line in f.readlines()[1:]]
+            assert {label for _, label in rows} == labels
+            assert all(os.path.isabs(path) and os.path.isfile(path) for path, _ in rows)
+            kept = [row for row in fake_vs_real.read_rows(tiny_zoo, split) if row[1] != "infomaxgan"]
+            assert len(rows) == len(kept) > 0
+
+    labels = fake_vs_real.np.array(["real", "real", "dcgan", "dcgan", "stylegan2", "stylegan2"])
+    scores = fake_vs_real.np.array([0.1, 0.6, 0.9, 0.4, 0.7, 0.8])
+    metrics = fake_vs_real.detection_metrics(scores, labels, ["dcgan", "stylegan2"])
+    assert metrics["accuracy"] == pytest.approx(4 / 6) and metrics["reals_passed"] == 0.5
+    assert metrics["unseen_fakes_caught"] == 0.75 and metrics["auc"] == pytest.approx(7 / 8)
+    assert metrics["dcgan"] == {"caught": 0.5, "auc": 0.75} and metrics["stylegan2"] == {"caught": 1.0, "auc": 1.0}

@@ -225,6 +225,10 @@ def test_fingerprint_files_from_a_model_directory(trained, gan_images, tmp_path)
     assert failures == [(str(tmp_path / "missing.png"), "no such file or folder")]
     assert len(result.fingerprints) == len(os.listdir(tmp_path / "out" / "fingerprints")) > 0
     assert os.path.isfile(result.contact_sheet) and set(result.classes) <= set(CLASSES)
+    by_folder, _ = fingerprint_files(load_detector(path), path, [folder], str(tmp_path / "by_folder"), group_by="folder")
+    assert set(by_folder.classes) == {os.path.basename(os.path.dirname(item["path"])) for item in by_folder.fingerprints} == set(os.listdir(folder))
+    with pytest.raises(TfdnadetError, match="Unknown fingerprint grouping.*Known: predicted, folder"):
+        fingerprint_files(load_detector(path), path, [folder], str(tmp_path / "out"), group_by="truth")
 
 
 def test_bad_setups_are_clear_errors(perceptual_dir, tmp_path):

@@ -700,6 +700,7 @@ def gradcam_command(
 def fingerprint_command(
     arguments: List[str] = ModelAndInputs,
     out_dir: str = typer.Option("fingerprints", "--out", "-o", help="Folder for fingerprints/, classes/ (means, spectra), contact_sheet.png."),
+    group_by: str = typer.Option("predicted", "--group-by", help="Means per class the model predicts (predicted) or per folder the images are in (folder)."),
     batch_size: Optional[int] = BatchSizeOption,
 ):
     """GFD-Net fingerprints (models trained with --method gfd): G(x) per image, each class's mean and its spectrum."""
@@ -707,7 +708,7 @@ def fingerprint_command(
     from tfdnadet.models.model_dir import load_detector
 
     model, paths = _model_and_inputs(arguments)
-    result, failures = fingerprint_files(load_detector(model), model, paths, out_dir, **_given(batch_size=batch_size))
+    result, failures = fingerprint_files(load_detector(model), model, paths, out_dir, group_by=group_by, **_given(batch_size=batch_size))
     print(json.dumps(result.to_dict()))
     err.print(f"wrote {len(result.fingerprints)} fingerprint(s) to {out_dir}")
     _failed(failures)

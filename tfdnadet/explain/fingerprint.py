@@ -15,12 +15,14 @@ from PIL import Image
 from tfdnadet.atomic import atomic_path
 from tfdnadet.plots import plt, save_figure
 from tfdnadet.data.pipeline import LoadedImages, make_image_dataset
+from tfdnadet.errors import TfdnadetError
 from tfdnadet.inference import expand_inputs, load_for_detector
 from tfdnadet.models.detector import MULTICLASS, Detector
 from tfdnadet.models.gfd import check_unet_size, load_fingerprint_generator
 from tfdnadet.models.model_dir import DECODER_FILE
 
 SHEET_EXAMPLES = 6  # fingerprints shown per class row of the contact sheet, beside its mean and spectrum
+GROUP_BY = ("predicted", "folder")  # images are grouped by the class the model names, or by the folder they are in
 
 
 @dataclass
@@ -33,15 +35,22 @@ class FingerprintFiles:
         return dict(self.__dict__)
 
 
-def fingerprint_files(detector: Detector, model_dir: str, inputs: list, out_dir: str, batch_size: int = 16) -> tuple:
-    """Fingerprints of image files/folders, grouped by the class the model predicts -> (FingerprintFiles, failures)."""
+def fingerprint_files(detector: Detector, model_dir: str, inputs: list, out_dir: str, batch_size: int = 16, group_by: str = "predicted") -> tuple:
+    """Fingerprints of image files/folders -> (FingerprintFiles, failures).
+
+    `group_by` predicted: each class's mean is over the images the model names that class; folder: over the images
+    of one folder (the folder's name is the group), so a mistaken answer does not mix the means of known sources.
+    """
+    if group_by not in GROUP_BY:
+        raise TfdnadetError(f"Unknown fingerprint grouping. Received: group_by={group_by!r}. Known: {', '.join(GROUP_BY)}")
     generator = load_generator(detector, model_dir)
     files, failures = expand_inputs(inputs)
     loaded = load_for_detector(detector, files)
     failures += loaded.failures
     if not loaded.paths:
         return FingerprintFiles([]), failures
-    return fingerprint_loaded(detector, generator, loaded, out_dir, batch_size), failures
+    folders = [os.path.basename(os.path.dirname(os.path.abspath(path))) for path in loaded.paths] if group_by == "folder" else None
+    return fingerprint_loaded(detector, generator, loaded, out_dir, batch_size, folders), failures
 
 
 def fingerprint_loaded(detector: Detector, generator, loaded: LoadedImages, out_dir: str, batch_size: int = 16, groups=None) -> FingerprintFiles:
