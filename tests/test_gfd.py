@@ -207,7 +207,15 @@ def test_write_fingerprints_one_png_per_image_plus_classes_and_sheet(tmp_path):
     assert len(pngs) == 5 and pngs[0] == "0000_x.png" and pngs[1] == "0001_x.png"
     assert Image.open(result.fingerprints[0]["png"]).size == (32, 32)
     assert sorted(result.classes) == ["progan", "real", "sngan"] and result.classes["real"]["images"] == 2
-    assert sorted(os.listdir(tmp_path / "out" / "classes")) == sorted(f"{g}_{kind}.png" for g in ("progan", "real", "sngan") for kind in ("mean", "spectrum"))
+    kinds = ("mean", "spectrum", "own", "own_spectrum")
+    assert sorted(os.listdir(tmp_path / "out" / "classes")) == sorted(f"{g}_{kind}.png" for g in ("progan", "real", "sngan") for kind in kinds)
+    # A class's own part is its mean minus the mean of all images: a pattern every fingerprint shares cancels.
+    shared = np.broadcast_to(np.sin(np.arange(32) * np.pi / 2)[None, None, :, None], fingerprints.shape).astype("float32")
+    again = write_fingerprints(fingerprints + shared, paths, groups, str(tmp_path / "again"))
+    for group, files in result.classes.items():
+        own, own_again = (np.asarray(Image.open(f), np.float32) for f in (files["own"], again.classes[group]["own"]))
+        assert np.abs(own - own_again).max() <= 1  # the same picture, up to rounding
+        assert np.abs(np.asarray(Image.open(files["mean"]), np.float32) - np.asarray(Image.open(again.classes[group]["mean"]), np.float32)).max() > 50
     assert os.path.getsize(result.contact_sheet) > 0 and not [n for n in os.listdir(tmp_path / "out") if n.startswith(".")]
 
 
@@ -290,7 +298,7 @@ def test_train_stage2_gfd_resume_predict_fingerprint_and_export(gan_images, perc
     assert code == 0, err
     assert "## GFD-Net fingerprints" in (tmp_path / "report" / "report.md").read_text()
     assert sorted(os.listdir(tmp_path / "report" / "fingerprints" / "classes")) == sorted(
-        f"{name}_{kind}.png" for name in ("dcgan", "mmdgan", "progan", "real") for kind in ("mean", "spectrum")
+        f"{name}_{kind}.png" for name in ("dcgan", "mmdgan", "progan", "real") for kind in ("mean", "spectrum", "own", "own_spectrum")
     )
 
     detector = load_detector(model_dir)

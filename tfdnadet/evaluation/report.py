@@ -219,7 +219,10 @@ def _fingerprint_section(detector: Detector, model_dir: str, loaded: LoadedImage
     """GFD-Net's fingerprints [4.5, Fig. 4] grouped by true class: mean, its spectrum and examples per class."""
     groups = [detector.class_names[label] for label in loaded.labels]
     result = fingerprint_loaded(detector, load_generator(detector, model_dir), loaded, os.path.join(out_dir, "fingerprints"), batch_size, groups)
-    text = "G(x) per true class: the mean fingerprint, the amplitude spectrum of that mean, then examples (each scaled to its own range)."
+    text = (
+        "G(x) per true class: the mean fingerprint and the amplitude spectrum of that mean, the class's own part (its mean minus the"
+        " mean of all images, which removes the pattern G adds to every image) and its spectrum, then examples (each scaled to its own range)."
+    )
     return Section("GFD-Net fingerprints", text, None, [os.path.relpath(result.contact_sheet, out_dir)])
 
 

@@ -2,7 +2,9 @@
 
 A fingerprint f = G(x) is small and signed, so each picture is scaled by its own largest |f| around mid-grey
 (0 is grey). The amplitude spectrum of a class's mean fingerprint (mean over colour channels, its own mean
-removed, log(1 + |FFT|), centred) shows periodic upsampling patterns as bright off-centre peaks.
+removed, log(1 + |FFT|), centred) shows periodic upsampling patterns as bright off-centre peaks. G's own decoder
+adds a pattern of its own to every fingerprint (its transposed convolutions' checkerboard, the same for every
+class), so each class also gets its "own" part: its mean minus the mean over all images, and that part's spectrum.
 """
 
 import os
@@ -28,7 +30,7 @@ GROUP_BY = ("predicted", "folder")  # images are grouped by the class the model 
 @dataclass
 class FingerprintFiles:
     fingerprints: list  # [{"path": source image, "png": its fingerprint, "group": class}]
-    classes: dict = field(default_factory=dict)  # class -> {"images": n, "mean": png, "spectrum": png}
+    classes: dict = field(default_factory=dict)  # class -> {"images": n, "mean", "spectrum", "own", "own_spectrum": png}
     contact_sheet: str = ""
 
     def to_dict(self) -> dict:
@@ -89,41 +91,48 @@ def amplitude_spectrum(fingerprint: np.ndarray) -> np.ndarray:
 
 
 def write_fingerprints(fingerprints: np.ndarray, paths: list, groups: list, out_dir: str) -> FingerprintFiles:
-    """Write fingerprints/<image>.png, classes/<class>_mean.png and _spectrum.png, and contact_sheet.png."""
+    """Write fingerprints/<image>.png, classes/<class>_{mean,spectrum,own,own_spectrum}.png and contact_sheet.png."""
     result = FingerprintFiles([])
     for index, (fingerprint, path, group) in enumerate(zip(fingerprints, paths, groups)):
         stem = _safe(os.path.splitext(os.path.basename(path))[0])
         png = os.path.join(out_dir, "fingerprints", f"{index:04d}_{stem}.png")  # numbered: two folders may hold the same name
         write_png(png, fingerprint_picture(fingerprint))
         result.fingerprints.append({"path": path, "png": png, "group": group})
+    overall = fingerprints.mean(axis=0)
     rows = []
     for group in sorted(set(groups)):
         members = np.asarray([g == group for g in groups])
         mean = fingerprints[members].mean(axis=0)
-        spectrum = amplitude_spectrum(mean)
+        pictures = {"mean": mean, "spectrum": amplitude_spectrum(mean), "own": mean - overall, "own_spectrum": amplitude_spectrum(mean - overall)}
         stem = os.path.join(out_dir, "classes", _safe(group))
-        write_png(f"{stem}_mean.png", fingerprint_picture(mean))
-        write_png(f"{stem}_spectrum.png", np.round(255 * spectrum).astype(np.uint8))
-        result.classes[group] = {"images": int(members.sum()), "mean": f"{stem}_mean.png", "spectrum": f"{stem}_spectrum.png"}
+        result.classes[group] = {"images": int(members.sum())}
+        for kind, picture in pictures.items():
+            pixels = np.round(255 * picture).astype(np.uint8) if kind.endswith("spectrum") else fingerprint_picture(picture)
+            write_png(f"{stem}_{kind}.png", pixels)
+            result.classes[group][kind] = f"{stem}_{kind}.png"
         names = [p for p, m in zip(paths, members) if m]
-        rows.append((f"{group}: mean of {len(names)}", mean, spectrum, fingerprints[members][:SHEET_EXAMPLES], names[:SHEET_EXAMPLES]))
+        rows.append((f"{group}: mean of {len(names)}", pictures, fingerprints[members][:SHEET_EXAMPLES], names[:SHEET_EXAMPLES]))
     result.contact_sheet = os.path.join(out_dir, "contact_sheet.png")
     plot_contact_sheet(rows, result.contact_sheet)
     return result
 
 
 def plot_contact_sheet(rows: list, path: str) -> None:
-    """One row per class (title, mean, spectrum, examples, their paths): its mean fingerprint, the mean's amplitude spectrum, then some of its fingerprints."""
-    columns = 2 + max(len(examples) for *_, examples, _ in rows)
+    """One row per class (title, pictures, examples, their paths): its mean fingerprint and the mean's amplitude
+    spectrum, its own part (mean minus the mean of all images) and that part's spectrum, then some of its fingerprints."""
+    titles = {"mean": None, "spectrum": "|FFT| of mean", "own": "own: mean - all", "own_spectrum": "|FFT| of own"}
+    columns = len(titles) + max(len(examples) for *_, examples, _ in rows)
     fig, axes = plt.subplots(len(rows), columns, figsize=(1.9 * columns, 2.1 * len(rows) + 0.4), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
-    for row, (title, mean, spectrum, examples, names) in zip(axes, rows):
-        row[0].imshow(fingerprint_picture(mean))
-        row[0].set_title(title, fontsize=8)
-        row[1].imshow(spectrum, cmap="magma", vmin=0, vmax=1)
-        row[1].set_title("|FFT| of mean", fontsize=8)
-        for ax, example, name in zip(row[2:], examples, names):
+    for row, (title, pictures, examples, names) in zip(axes, rows):
+        for ax, (kind, kind_title) in zip(row, titles.items()):
+            if kind.endswith("spectrum"):
+                ax.imshow(pictures[kind], cmap="magma", vmin=0, vmax=1)
+            else:
+                ax.imshow(fingerprint_picture(pictures[kind]))
+            ax.set_title(kind_title or title, fontsize=8)
+        for ax, example, name in zip(row[len(titles):], examples, names):
             ax.imshow(fingerprint_picture(example))
             ax.set_title(os.path.basename(name)[:22], fontsize=7)
     fig.suptitle("GFD-Net fingerprints (each scaled to its own range, grey = 0)", fontsize=10)
