@@ -2,7 +2,8 @@
 
 Rows: the baselines PRNU, LeveFreq (DCT-spectrum CNN) and AttNet, and the ablations Base, Base+PT, Base+PCL and
 Base+PT+PCL (DNA-Det); +PT initialises the encoder from one stage-1 run. GFD-Net (Yang et al. 2021) adds its
-Table 4 ablations G, G+D, G+C, G+D+C and G+D+C+perceptual (F: the stage-1 encoder). The two-domain ablation adds the spectral
+Table 4 ablations G, G+D, G+C, G+D+C and G+D+C+perceptual (F: the stage-1 encoder), and G and G+D+C+perceptual
+with G_enc initialised from stage 1 (+PT). The two-domain ablation adds the spectral
 branch alone (Spectral+PT+PCL) and fused with the encoder (Two-domain+PT+PCL) next to DNA-Det (the spatial branch
 alone), each with a stage-1 run of its own backbone. Columns: accuracy (%) on closed-set,
 cross-seed, cross-loss, cross-finetune and cross-dataset (macro-F1 in the JSON). Zoo, stage 1 and every run are
@@ -46,15 +47,20 @@ ROWS = (
     ("GFD G+C", "gfd", False),
     ("GFD G+D+C", "gfd", False),
     ("GFD G+D+C+perceptual", "gfd", False),
+    ("GFD G+PT", "gfd", True),
+    ("GFD G+D+C+perceptual+PT", "gfd", True),
 )
-# GFD-Net's Table 4 ablations: the loss weights (paper Eq. 7: 10, 0.1, 1, 1) a row sets to 0. The perceptual row's F
-# is the dnadet stage-1 encoder (the VGG-16 substitute); its G_enc starts at random, as in every other GFD row.
+# GFD-Net's Table 4 ablations: the loss weights (paper Eq. 7: 10, 0.1, 1, 1) a row sets to 0. The perceptual rows' F
+# is the dnadet stage-1 encoder (the VGG-16 substitute). G_enc starts at random, except in the +PT rows, which start
+# it from that stage-1 encoder as DNA-Det does (and fine-tune the same blocks).
 GFD_ABLATIONS = {
     "GFD G": ("adversarial", "auxiliary", "perceptual"),
     "GFD G+D": ("auxiliary", "perceptual"),
     "GFD G+C": ("adversarial", "perceptual"),
     "GFD G+D+C": ("perceptual",),
     "GFD G+D+C+perceptual": (),
+    "GFD G+PT": ("adversarial", "auxiliary", "perceptual"),
+    "GFD G+D+C+perceptual+PT": (),
 }
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
