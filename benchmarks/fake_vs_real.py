@@ -1,4 +1,4 @@
-"""Fake-vs-real detection of unseen architectures (GFD-Net [4.4]): train on real and some architectures, test on others.
+"""Fake-vs-real detection of unseen architectures (GFD-Net [4.3]): train on real and some architectures, test on others.
 
 Rows: GFD-Net trained on two classes (real, fake = every seen architecture; adversarial weight 0.01 as the paper
 uses for detection), and DNA-Det trained as usual on real + the seen architectures, judged real-vs-rest
