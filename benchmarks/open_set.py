@@ -20,7 +20,8 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from cross_test import RESULTS, trained  # noqa: E402  (the script's own folder is on sys.path)
+from cross_test import RESULTS  # noqa: E402  (the script's own folder is on sys.path)
+from sweep import trained  # noqa: E402
 
 from tfdnadet.atomic import atomic_path, write_json  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
