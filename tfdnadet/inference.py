@@ -84,6 +84,9 @@ def predict_loaded_with_features(detector: Detector, loaded: LoadedImages, layer
     return _predict_batches(detector, (transform(batch) if transform else batch for batch in batches), layers)
 
 
+LOOKAHEAD_BYTES = 64 << 20
+
+
 def predict_files(detector: Detector, files: list, batch_size: int = 16) -> tuple:
     """Decode, resize and predict image files in one stream, the next batches decoding while the model runs on
     this one -> ({head: probabilities [N, ...]} (and KNOWNNESS with a rejection rule), the N usable paths,
@@ -94,7 +97,8 @@ def predict_files(detector: Detector, files: list, batch_size: int = 16) -> tupl
         decoded.filter(lambda index, image, ok: ok)
         .batch(batch_size)
         .map(lambda index, images, ok: (index, to_model_input(images, p.input_size)), num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
+        .prefetch(_lookahead_batches(batch_size, p.input_size))
+        .with_options(_decoding_options(batch_size, p.input_size))
     )
     indices = []
 
@@ -108,6 +112,23 @@ def predict_files(detector: Detector, files: list, batch_size: int = 16) -> tupl
         outputs = _with_knownness(detector, outputs, features)
     paths = [files[i] for i in np.concatenate(indices)] if indices else []
     return outputs, paths, [failures[i] for i in sorted(failures)]
+
+
+def _lookahead_batches(batch_size: int, input_size: int) -> int:
+    """How many batches are decoded ahead of the model: about LOOKAHEAD_BYTES of float32 model inputs."""
+    return max(1, LOOKAHEAD_BYTES // (batch_size * input_size * input_size * 3 * 4))
+
+
+def _decoding_options(batch_size: int, input_size: int) -> tf.data.Options:
+    """Small inputs: decoding threads as tf.data likes, decoding is the slow part. Large inputs (one batch ahead):
+    one decoding thread, as a pool of them beside the model's own threads stalls the forward pass on a CPU
+    (benchmarks/predict_e2e.py, paper width: 14.6 images/s end to end with tf.data's pool, 20.7-21.1 with one
+    thread, 22.5 for the model alone)."""
+    options = tf.data.Options()
+    if _lookahead_batches(batch_size, input_size) == 1:
+        options.threading.private_threadpool_size = 1
+        options.threading.max_intra_op_parallelism = 1
+    return options
 
 
 def _predict_batches(detector: Detector, batches, layers) -> tuple:
