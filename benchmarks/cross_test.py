@@ -123,10 +123,15 @@ def main():
     }
     table = markdown_table(rows)
     print(table)
-    write_json(f"{args.out}.json", report)
-    with atomic_path(f"{args.out}.md") as temporary, open(temporary, "w") as f:
-        f.write(f"Cross-test protocol (Table 2 layout), zoo preset `{report['preset']}`, config `{args.config}`: accuracy (%) / macro-F1 (%)\n\n{table}\n")
-    print(f"wrote {args.out}.json and {args.out}.md")
+    write_results(args.out, report, f"Cross-test protocol (Table 2 layout), zoo preset `{report['preset']}`, config `{args.config}`: accuracy (%) / macro-F1 (%)", table)
+
+
+def write_results(out: str, report: dict, heading: str, table: str) -> None:
+    """OUT.json (the report) and OUT.md (heading and markdown table), each written atomically."""
+    write_json(f"{out}.json", report)
+    with atomic_path(f"{out}.md") as temporary, open(temporary, "w") as f:
+        f.write(f"{heading}\n\n{table}\n")
+    print(f"wrote {out}.json and {out}.md")
 
 
 def gfd_ablation(config, dropped: tuple, perceptual_model):

@@ -21,11 +21,11 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-from cross_test import finished_stage1  # noqa: E402  (the script's own folder is on sys.path)
+from cross_test import finished_stage1, write_results  # noqa: E402  (the script's own folder is on sys.path)
 from sklearn.metrics import roc_auc_score  # noqa: E402
 from sweep import trained  # noqa: E402
 
-from tfdnadet.atomic import atomic_path, write_json  # noqa: E402
+from tfdnadet.atomic import atomic_path  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
 from tfdnadet.inference import load_for_detector, predict_loaded  # noqa: E402
 from tfdnadet.methods import apply_method  # noqa: E402
@@ -163,10 +163,7 @@ def main():
         "test_images": {name: int(np.sum(labels == name)) for name in (REAL, *unseen)},
         "rows": rows,
     }
-    write_json(f"{args.out}.json", report)
-    with atomic_path(f"{args.out}.md") as temporary, open(temporary, "w") as f:
-        f.write(f"Fake vs real on unseen {', '.join(unseen)} (zoo `{preset}`, config `{args.config}`, {len(test)} closed-set test images): %\n\n{table}\n")
-    print(f"wrote {args.out}.json and {args.out}.md")
+    write_results(args.out, report, f"Fake vs real on unseen {', '.join(unseen)} (zoo `{preset}`, config `{args.config}`, {len(test)} closed-set test images): %", table)
 
 
 def markdown_table(rows: dict, unseen: list) -> str:

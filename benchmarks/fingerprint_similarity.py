@@ -16,9 +16,8 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
-from cross_test import RESULTS  # noqa: E402  (the script's own folder is on sys.path)
+from cross_test import RESULTS, write_results  # noqa: E402  (the script's own folder is on sys.path)
 
-from tfdnadet.atomic import atomic_path, write_json  # noqa: E402
 from tfdnadet.data.pipeline import make_image_dataset  # noqa: E402
 from tfdnadet.explain.fingerprint import amplitude_spectrum, load_generator  # noqa: E402
 from tfdnadet.inference import expand_inputs, load_for_detector  # noqa: E402
@@ -95,10 +94,7 @@ def main():
     }
     table = markdown_table(report)
     print(table)
-    write_json(f"{args.out}.json", report)
-    with atomic_path(f"{args.out}.md") as temporary, open(temporary, "w") as f:
-        f.write(f"GFD-Net fingerprint cosine similarity, model `{report['model']}`\n\n{table}\n")
-    print(f"wrote {args.out}.json and {args.out}.md")
+    write_results(args.out, report, f"GFD-Net fingerprint cosine similarity, model `{report['model']}`", table)
 
 
 def markdown_table(report: dict) -> str:

@@ -20,10 +20,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from cross_test import RESULTS  # noqa: E402  (the script's own folder is on sys.path)
+from cross_test import RESULTS, write_results  # noqa: E402  (the script's own folder is on sys.path)
 from sweep import trained  # noqa: E402
 
-from tfdnadet.atomic import atomic_path, write_json  # noqa: E402
+from tfdnadet.atomic import atomic_path  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
 from tfdnadet.evaluation.open_set import calibrate_rejection, evaluate_open_set, open_set_summary, zoo_calibration_data  # noqa: E402
 from tfdnadet.methods import apply_method  # noqa: E402
@@ -94,10 +94,7 @@ def main():
     report = {"preset": args.preset, "config": args.config, "overrides": overrides, "unknown": unknown, "zoo": os.path.abspath(zoo["root"]), "rows": rows}
     table = markdown_table(rows)
     print(table)
-    write_json(f"{args.out}.json", report)
-    with atomic_path(f"{args.out}.md") as temporary, open(temporary, "w") as f:
-        f.write(f"Open-set attribution, zoo preset `{args.preset}`, config `{args.config}`, unknown: {', '.join(unknown)}\n\n{table}\n")
-    print(f"wrote {args.out}.json and {args.out}.md")
+    write_results(args.out, report, f"Open-set attribution, zoo preset `{args.preset}`, config `{args.config}`, unknown: {', '.join(unknown)}", table)
 
 
 def markdown_table(rows: dict) -> str:
