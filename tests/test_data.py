@@ -98,7 +98,7 @@ def test_load_images_skips_and_counts_unusable_files(tmp_path):
 
 def test_random_patches_copy_exact_pixels():
     images = np.arange(2 * 16 * 16 * 3, dtype=np.float32).reshape(2, 16, 16, 3)
-    patches = random_patches(images, 5, 4).numpy()
+    patches = random_patches(images, 5, 4, seed=[0, 7]).numpy()
     assert patches.shape == (10, 4, 4, 3)
     for index, patch in enumerate(patches):
         source = images[index // 5]
@@ -116,6 +116,9 @@ def test_patch_dataset_is_class_balanced():
         assert patches.shape == (3 * k * p, config.patch_size, config.patch_size, 3)
         assert np.bincount(patch_labels.numpy(), minlength=3).tolist() == [k * p] * 3
         assert -1.0 <= float(np.min(patches)) and float(np.max(patches)) <= 1.0
+    # Draws are keyed by (seed, batch index): a second pass repeats the first, another seed does not.
+    first, again, other = ([p.numpy() for p, _ in make_patch_dataset(images, labels, 3, config, seed=s).take(4)] for s in (0, 0, 1))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again)) and not np.array_equal(first[0], other[0])
     full = next(iter(make_image_dataset(images, labels, config.input_size, 8)))
     assert full[0].shape == (8, config.input_size, config.input_size, 3)
 

@@ -125,6 +125,8 @@ def test_transform_batches_hold_every_class_k_times():
     assert patches.shape == (len(bank) * 3 * d.patches_per_image, d.patch_size, d.patch_size, 3)
     assert Counter(labels.numpy().tolist()) == {label: 3 * d.patches_per_image for label in range(len(bank))}
     assert -1.0 <= float(tf.reduce_min(patches)) and float(tf.reduce_max(patches)) <= 1.0
+    again, _ = next(iter(make_transform_dataset(crops, bank, config.data, images_per_class=3)))
+    np.testing.assert_array_equal(patches, again)  # noise and patch positions repeat with the seed
 
 
 def test_crops_from_a_folder_skip_broken_files_and_repeat_with_the_seed(photo_folder):

@@ -24,6 +24,19 @@ def test_stage2_learns_architectures_that_hold_on_unseen_seeds(trained_run, gan_
     assert metrics["count"] == 3 * 24 + 12
 
 
+def test_the_same_config_and_data_train_the_same_weights_in_one_process(gan_images, tmp_path):
+    """Random draws are keyed by the seed alone: a second run repeats the first, whatever ran before it."""
+    from tfdnadet.config import load_config
+
+    config = load_config("tiny", {"train.epochs": 1, "train.steps_per_epoch": 3, "train.precision": "float32"})
+    first, second = (load_detector(train_stage2(gan_images["train"], str(tmp_path / name), config, verbose=0).model_dir) for name in ("a", "b"))
+    for a, b in zip(first.backbone.get_weights(), second.backbone.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    other = load_config("tiny", {"train.epochs": 1, "train.steps_per_epoch": 3, "train.precision": "float32", "train.seed": 1})
+    third = load_detector(train_stage2(gan_images["train"], str(tmp_path / "c"), other, verbose=0).model_dir)
+    assert not np.array_equal(first.backbone.get_weights()[0], third.backbone.get_weights()[0])
+
+
 def test_run_directory_holds_history_curves_checkpoint_and_model(trained_run, tiny_config):
     run = trained_run.run_dir
     for name in ("config.yaml", "history.csv", "curves.png", "run.json", "checkpoint/state.json", "model/detector.json"):

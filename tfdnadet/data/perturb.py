@@ -185,13 +185,12 @@ def perturb(images, steps: list, seed) -> tf.Tensor:
     return images
 
 
-def make_augment(entries, seed: int = 0):
-    """The training augmentation of `data.augment` for `make_patch_dataset`: a new random draw per batch."""
+def make_augment(entries):
+    """The training augmentation of `data.augment` for `make_patch_dataset`: `augment(batch, seed)`, seed a stateless pair."""
     steps = parse_augment(entries)
 
-    def augment(batch):
-        batch_seed = tf.random.uniform([2], 0, np.iinfo(np.int32).max, dtype=tf.int32, seed=seed)
-        return perturb(batch, steps, batch_seed)
+    def augment(batch, seed):
+        return perturb(batch, steps, seed)
 
     return augment
 

@@ -76,12 +76,31 @@ def check_classes_present(loaded: LoadedImages, class_names: list, what: str) ->
         raise TfdnadetError(f"No usable {what} images for class(es): {', '.join(empty)}.")
 
 
-def random_patches(images: tf.Tensor, count: int, patch_size: int, seed=None) -> tf.Tensor:
-    """`count` random patch_size crops of each image in [B, S, S, C] -> [B * count, p, p, C]."""
+def batch_seeds(seed: int, index: tf.Tensor, count: int) -> tf.Tensor:
+    """`count` stateless seed pairs [count, 2] for the batch numbered `index` of a run seeded `seed`."""
+    return tf.random.experimental.stateless_split(tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)]), count)
+
+
+def shuffled_forever(elements: np.ndarray, seed: int) -> tf.data.Dataset:
+    """`elements` in a new order every pass, endlessly; pass e's order is keyed by (seed, e) alone.
+
+    Unlike `Dataset.shuffle`, whose op seeds mix with TF's global seed, a second run in the same process repeats the first.
+    """
+    elements = tf.constant(elements)
+
+    def one_pass(epoch):
+        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(elements)[0]), tf.stack([tf.constant(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(order)
+
+    return tf.data.Dataset.counter().flat_map(one_pass).map(lambda index: tf.gather(elements, index))
+
+
+def random_patches(images: tf.Tensor, count: int, patch_size: int, seed) -> tf.Tensor:
+    """`count` random patch_size crops of each image in [B, S, S, C] -> [B * count, p, p, C]; `seed` a stateless pair."""
     batch = tf.shape(images)[0]
     size = tf.shape(images)[1]
     span = tf.cast(size - 1, tf.float32)
-    offsets = tf.random.uniform([batch * count, 2], 0, size - patch_size + 1, dtype=tf.int32, seed=seed)
+    offsets = tf.random.stateless_uniform([batch * count, 2], seed, 0, size - patch_size + 1, dtype=tf.int32)
     starts = tf.cast(offsets, tf.float32)
     # Boxes on exact pixel positions and nearest sampling: crop_and_resize copies pixels, it never interpolates.
     boxes = tf.concat([starts, starts + float(patch_size - 1)], axis=1) / span  # [y1, x1, y2, x2]
@@ -89,10 +108,10 @@ def random_patches(images: tf.Tensor, count: int, patch_size: int, seed=None) ->
     return tf.image.crop_and_resize(images, boxes, owners, [patch_size, patch_size], method="nearest")
 
 
-def to_patch_batch(batch: tf.Tensor, labels: tf.Tensor, data_config) -> tuple:
+def to_patch_batch(batch: tf.Tensor, labels: tf.Tensor, data_config, seed) -> tuple:
     """uint8 base-size images [B, s, s, 3] and labels -> model-input patches [B * P, p, p, 3] and their labels."""
     full = to_model_input(batch, data_config.input_size)
-    patches = random_patches(full, data_config.patches_per_image, data_config.patch_size)
+    patches = random_patches(full, data_config.patches_per_image, data_config.patch_size, seed)
     return patches, tf.repeat(labels, data_config.patches_per_image)
 
 
@@ -104,31 +123,30 @@ def make_patch_dataset(
     seed: int = 0,
     augment=None,
 ) -> tf.data.Dataset:
-    """Endless class-balanced batches: k images per class -> patches [k*C*P, p, p, 3] and their labels."""
+    """Endless class-balanced batches: k images per class -> patches [k*C*P, p, p, 3] and their labels.
+
+    Every random draw is keyed by (seed, batch index), so a run repeats exactly however tf.data schedules its maps.
+    """
     k = data_config.images_per_class
     per_class = []
     for label in range(num_classes):
         members = images[labels == label]
-        per_class.append(
-            tf.data.Dataset.from_tensor_slices(members)
-            .shuffle(len(members), seed=seed + label, reshuffle_each_iteration=True)
-            .repeat()
-            .batch(k)
-        )
+        per_class.append(shuffled_forever(members, seed + label).batch(k))
 
     def merge(*batches):
         merged = tf.concat(batches, axis=0)
         class_labels = tf.repeat(tf.range(num_classes, dtype=tf.int32), k)
         return merged, class_labels
 
-    def to_patches(batch, batch_labels):
-        if augment is not None:
-            batch = augment(batch)
-        return to_patch_batch(batch, batch_labels, data_config)
+    def to_patches(index, batch_and_labels):
+        augment_seed, patch_seed = tf.unstack(batch_seeds(seed, index, 2))
+        batch = batch_and_labels[0] if augment is None else augment(batch_and_labels[0], augment_seed)
+        return to_patch_batch(batch, batch_and_labels[1], data_config, patch_seed)
 
     return (
         tf.data.Dataset.zip(tuple(per_class))
         .map(merge)
+        .enumerate()
         .map(to_patches, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfdnadet.data import perturb
-from tfdnadet.data.pipeline import to_patch_batch
+from tfdnadet.data.pipeline import batch_seeds, shuffled_forever, to_patch_batch
 from tfdnadet.errors import TfdnadetError
 
 JPEG_QUALITIES = tuple(range(30, 100, 3))  # 30, 33, ..., 99: 24 values
@@ -94,8 +94,8 @@ def resample(image: tf.Tensor, factor: float, method: str) -> tf.Tensor:
     return _to_uint8(tf.image.resize(down, size, method=method))
 
 
-def gaussian_noise(image: tf.Tensor, variance: float) -> tf.Tensor:
-    noise = tf.random.normal(tf.shape(image), stddev=float(np.sqrt(variance)))
+def gaussian_noise(image: tf.Tensor, variance: float, seed) -> tf.Tensor:
+    noise = tf.random.stateless_normal(tf.shape(image), seed, stddev=float(np.sqrt(variance)))
     return _to_uint8(tf.cast(image, tf.float32) + noise)
 
 
@@ -113,6 +113,7 @@ class Operation:
     function: Callable
     params: tuple  # names of the parameters, in the order `function` takes them
     name: str  # class name pattern
+    random: bool = False  # `function` also takes a stateless seed pair
 
 
 OPERATIONS = {
@@ -121,7 +122,7 @@ OPERATIONS = {
     "gaussian_blur": Operation(gaussian_blur, ("kernel",), "gaussian_blur_k{kernel}"),
     "median_blur": Operation(median_blur, ("kernel",), "median_blur_k{kernel}"),
     "resample": Operation(resample, ("factor", "method"), "resample_{method}_x{factor:g}"),
-    "noise": Operation(gaussian_noise, ("variance",), "noise_var{variance:g}"),
+    "noise": Operation(gaussian_noise, ("variance",), "noise_var{variance:g}", random=True),
 }
 
 
@@ -154,12 +155,13 @@ class Transform:
     def name(self) -> str:
         return OPERATIONS[self.op].name.format(**dict(zip(OPERATIONS[self.op].params, self.params)))
 
-    def __call__(self, image: tf.Tensor) -> tf.Tensor:
-        return OPERATIONS[self.op].function(image, *self.params)
+    def __call__(self, image: tf.Tensor, seed) -> tf.Tensor:
+        operation = OPERATIONS[self.op]
+        return operation.function(image, *self.params, seed) if operation.random else operation.function(image, *self.params)
 
 
 class TransformBank:
-    """The classes of stage 1, read from a table; `apply(image, label)` transforms one image by its class."""
+    """The classes of stage 1, read from a table; `apply(image, label, seed)` transforms one image by its class."""
 
     def __init__(self, table: Optional[dict] = None, image_size: Optional[int] = None):
         self.transforms = parse_table(PAPER_BANK if table is None else table)
@@ -173,9 +175,9 @@ class TransformBank:
     def __len__(self) -> int:
         return len(self.transforms)
 
-    def apply(self, image: tf.Tensor, label: tf.Tensor) -> tf.Tensor:
-        """uint8 [H, W, 3] -> the same image transformed by class `label` (runs only that class's branch)."""
-        branches = [lambda t=t: t(image) for t in self.transforms]
+    def apply(self, image: tf.Tensor, label: tf.Tensor, seed) -> tf.Tensor:
+        """uint8 [H, W, 3] -> the same image transformed by class `label` (runs only that class's branch); `seed` a stateless pair."""
+        branches = [lambda t=t: t(image, seed) for t in self.transforms]
         return tf.ensure_shape(tf.switch_case(label, branches), image.shape)
 
 
@@ -215,11 +217,12 @@ def _check_image_size(transforms: list, size: int) -> None:
         raise TfdnadetError(f"stage1.transforms: blur kernel {largest} is too large for {size} px images (data.base_size).")
 
 
-def transform_images(images: np.ndarray, labels: np.ndarray, bank: TransformBank, batch_size: int = 64) -> np.ndarray:
-    """Apply class labels[i] to images[i] (uint8 [N, S, S, 3]) in one tf.data pass."""
+def transform_images(images: np.ndarray, labels: np.ndarray, bank: TransformBank, batch_size: int = 64, seed: int = 0) -> np.ndarray:
+    """Apply class labels[i] to images[i] (uint8 [N, S, S, 3]) in one tf.data pass; the same seed, the same pixels."""
     dataset = (
         tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
-        .map(bank.apply, num_parallel_calls=tf.data.AUTOTUNE)
+        .enumerate()
+        .map(lambda i, pair: bank.apply(*pair, batch_seeds(seed, i, 1)[0]), num_parallel_calls=tf.data.AUTOTUNE)
         .batch(batch_size)
     )
     return np.concatenate(list(dataset.as_numpy_iterator()))
@@ -228,15 +231,18 @@ def transform_images(images: np.ndarray, labels: np.ndarray, bank: TransformBank
 def make_transform_dataset(crops: np.ndarray, bank: TransformBank, data_config, images_per_class: int, seed: int = 0) -> tf.data.Dataset:
     """Endless class-balanced batches [4.1]: every class transforms k random crops -> patches and labels.
 
-    Random crops meet the classes in a fixed order, so each batch holds each class exactly k times.
+    Random crops meet the classes in a fixed order, so each batch holds each class exactly k times. Draws are keyed
+    by (seed, image or batch index), as in `make_patch_dataset`.
     """
     labels = np.repeat(np.arange(len(bank), dtype=np.int32), images_per_class)
-    images = tf.data.Dataset.from_tensor_slices(crops).shuffle(len(crops), seed=seed, reshuffle_each_iteration=True).repeat()
+    images = shuffled_forever(crops, seed)
     classes = tf.data.Dataset.from_tensor_slices(labels).repeat()
     return (
         tf.data.Dataset.zip((images, classes))
-        .map(lambda image, label: (bank.apply(image, label), label), num_parallel_calls=tf.data.AUTOTUNE)
+        .enumerate()
+        .map(lambda i, pair: (bank.apply(*pair, batch_seeds(seed, i, 2)[0]), pair[1]), num_parallel_calls=tf.data.AUTOTUNE)
         .batch(len(labels), drop_remainder=True)
-        .map(lambda batch, batch_labels: to_patch_batch(batch, batch_labels, data_config), num_parallel_calls=tf.data.AUTOTUNE)
+        .enumerate()
+        .map(lambda j, batch: to_patch_batch(*batch, data_config, batch_seeds(seed, j, 2)[1]), num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )

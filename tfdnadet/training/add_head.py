@@ -103,7 +103,7 @@ def fit_binary_head(
     model = _training_model(backbone, head, input_layer, config)
     num_classes = int(train.labels.max()) + 1
     steps = h.steps_per_epoch or max(1, math.ceil(len(train.labels) / (config.data.images_per_class * num_classes)))
-    augment = make_augment(config.data.augment, t.seed) if config.data.augment else None
+    augment = make_augment(config.data.augment) if config.data.augment else None
     dataset = make_patch_dataset(train.images, train.labels, num_classes, config.data, seed=t.seed, augment=augment)
     model.fit(dataset, steps_per_epoch=steps, epochs=h.epochs, verbose=verbose, shuffle=False)  # the data set shuffles
     positives = int(np.sum(train.labels == POSITIVE))

@@ -58,7 +58,7 @@ def train_stage2(
     check_classes_present(train, images.class_names, "training")
     k_times_c = d.images_per_class * len(images.class_names)
     steps = config.train.steps_per_epoch or max(1, math.ceil(len(train.labels) / k_times_c))
-    augment = make_augment(d.augment, config.train.seed) if d.augment else None
+    augment = make_augment(d.augment) if d.augment else None
     train_dataset = make_patch_dataset(
         train.images, train.labels, len(images.class_names), d, seed=config.train.seed, augment=augment
     )
