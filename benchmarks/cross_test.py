@@ -18,7 +18,9 @@ import argparse
 import os
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from tfdnadet.quiet import quiet_startup  # noqa: E402
+
+quiet_startup()  # before TensorFlow is imported
 
 from sweep import trained  # noqa: E402  (the script's own folder is on sys.path)
 

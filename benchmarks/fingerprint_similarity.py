@@ -13,7 +13,9 @@ are listed as (cycles per image down, across).
 import argparse
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from tfdnadet.quiet import quiet_startup  # noqa: E402
+
+quiet_startup()  # before TensorFlow is imported
 
 import numpy as np  # noqa: E402
 from cross_test import RESULTS, write_results  # noqa: E402  (the script's own folder is on sys.path)

@@ -13,10 +13,11 @@ import os
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from tfdnadet.quiet import quiet_startup  # noqa: E402
+
+quiet_startup()  # before TensorFlow is imported
 
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tfdnadet.atomic import write_json  # noqa: E402

@@ -14,7 +14,9 @@ import statistics
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from tfdnadet.quiet import quiet_startup  # noqa: E402
+
+quiet_startup()  # before TensorFlow is imported
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

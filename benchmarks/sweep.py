@@ -20,7 +20,9 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from tfdnadet.quiet import quiet_startup  # noqa: E402
+
+quiet_startup()  # before TensorFlow is imported
 
 import keras  # noqa: E402
 import yaml  # noqa: E402
@@ -65,6 +67,8 @@ POINTS = {
     "bf16-augment-epochs16": (BF16, {"data.augment": AUGMENT, "train.epochs": 16}),
     "bf16-augment-epochs24": (BF16, {"data.augment": AUGMENT, "train.epochs": 24}),
     "bf16-patches16": (BF16, {"data.patches_per_image": 16}),
+    "bf16-stage2-patches16": (BF16, {"data.patches_per_image": 16}),  # stage 2 only: stage 1 as the default's
+    "bf16-stage2-k16": (BF16, {"data.images_per_class": 16}),
     "bf16-k16": (BF16, {"data.images_per_class": 16}),
     "bf16-width0.5": ({**BF16, "model.width": 0.5}, {}),
     "bf16-x1": ({**BF16, "data.input_size": 64}, {}),  # no upsampling: a 2x2 grid of 32 px patches

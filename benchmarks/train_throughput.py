@@ -10,7 +10,9 @@ import argparse
 import os
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from tfdnadet.quiet import quiet_startup  # noqa: E402
+
+quiet_startup()  # before TensorFlow is imported
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

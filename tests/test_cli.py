@@ -157,8 +157,8 @@ def test_tensorflow_startup_lines_of_child_processes_are_dropped_and_the_rest_ke
     )
     script = (
         "import subprocess, sys\n"
-        "from tfdnadet import cli\n"
-        "cli._filter_tensorflow_startup_lines()\n"
+        "from tfdnadet.quiet import filter_tensorflow_startup_lines\n"
+        "filter_tensorflow_startup_lines()\n"
         f"subprocess.run([sys.executable, '-c', {child!r}])\n"
         "print('from python', file=sys.stderr)\n"
     )

@@ -5,22 +5,18 @@ code 1, usage errors 2, "some inputs failed" 3. Every command that uses a model 
 argument, MODEL, which may be left out when $TFDNADET_MODEL (else ./model) is the model to use.
 """
 
-import atexit
 import contextlib
 import json
 import os
-import re
 import sys
-import threading
 from typing import List, Optional
 
-# Before TensorFlow is imported anywhere (also in the zoo's worker processes, which inherit the environment).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
 
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-from typer.core import TyperGroup  # noqa: E402
+from tfdnadet.quiet import quiet_startup
 
 PIPELINE_ORDER = (
     "train-stage1", "train-stage2", "add-head", "heads", "calibrate-rejection", "predict", "evaluate", "gradcam", "fingerprint", "export", "import-torch", "zoo", "quickstart"
@@ -40,39 +36,6 @@ err = Console(stderr=True, soft_wrap=True)
 
 EXIT_ERROR, EXIT_SOME_FAILED = 1, 3
 MODEL_HELP = "Model directory; may be left out when $TFDNADET_MODEL (else ./model) is the model."
-# TensorFlow's C++ start-up lines (absl logging before its initialisation ignores TF_CPP_MIN_LOG_LEVEL).
-TF_STARTUP_LINE = re.compile(
-    rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
-    rb"|[IW]\d{4} [\d:. ]+\d+ \w+\.cc:\d+\] .*"
-    rb"|To enable the following instructions: .* in other operations, rebuild TensorFlow with the appropriate compiler flags\.)\s*$"
-)
-
-
-def _filter_tensorflow_startup_lines() -> None:
-    """Route file descriptor 2 (where C++ code, and child processes, write) through a thread that drops
-    TensorFlow's start-up lines; Python's sys.stderr keeps writing to the terminal itself, so progress bars
-    still see a terminal."""
-    terminal = os.dup(2)
-    sys.stderr = os.fdopen(os.dup(terminal), "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
-    read_end, write_end = os.pipe()
-    os.dup2(write_end, 2)
-    os.close(write_end)
-
-    def forward() -> None:
-        with os.fdopen(read_end, "rb") as lines:
-            for line in lines:
-                if not TF_STARTUP_LINE.match(line):
-                    os.write(terminal, line)
-
-    forwarding = threading.Thread(target=forward, name="stderr-filter", daemon=True)
-    forwarding.start()
-
-    @atexit.register
-    def flush() -> None:  # pass on what C++ wrote last (a child process may still hold the pipe: wait briefly)
-        os.close(2)
-        forwarding.join(timeout=1.0)
-
-
 def _config(config: Optional[str], options: dict, settings: Optional[List[str]]):
     from tfdnadet.config import load_config, parse_settings
 
@@ -885,8 +848,7 @@ def _model_progress_bars():
 def main() -> None:
     from tfdnadet.errors import TfdnadetError
 
-    if sys.stderr is sys.__stderr__:  # a real process, not a test capturing sys.stderr
-        _filter_tensorflow_startup_lines()
+    quiet_startup()
     try:
         app()
     except TfdnadetError as exc:
