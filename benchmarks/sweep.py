@@ -1,8 +1,9 @@
 """The Table 2 protocol over the knobs that decide generalization, chosen on validation generator models.
 
 Each point is `--config` (default cpu) with a few settings changed: stage 1 on the built-in photos, stage 2 on the
-zoo's train split with its epoch chosen on the zoo's `validation` split (generator models of their own), then
-accuracy on the five test splits, which choose nothing. Points with the same stage-1 settings share one stage-1
+zoo's train split with its epoch chosen on one half of the zoo's `validation` split (generator models of their own,
+split by model) and its validation figure from the other half (run 1 chooses on A, run 2 on B, ...), then accuracy
+on the five test splits, which choose nothing. Points with the same stage-1 settings share one stage-1
 run; train minutes count stage 1 + stage 2 (validation included) on this machine. Runs live in --work and finished
 points in OUT.json, so a stopped sweep resumes where it was; `--points` runs a subset; `--repeats N` trains N
 stage-2 runs per point (seeds train.seed, +1, ...) and reports their mean, as one run's figures swing by several points. The best point is the one
@@ -14,6 +15,7 @@ cross-finetune and cross-dataset against train minutes (Pareto front drawn, best
 """
 
 import argparse
+import csv
 import hashlib
 import json
 import os
@@ -69,6 +71,8 @@ POINTS = {
     "bf16-patches16": (BF16, {"data.patches_per_image": 16}),
     "bf16-stage2-patches16": (BF16, {"data.patches_per_image": 16}),  # stage 2 only: stage 1 as the default's
     "bf16-stage2-k16": (BF16, {"data.images_per_class": 16}),
+    # the learning rate x0.6 each epoch of small's 34 steps (1e-3 -> 3e-5 by epoch 8), so late epochs settle
+    "bf16-decay-per-epoch": (BF16, {"train.decay_steps": 34, "train.decay_rate": 0.6}),
     "bf16-k16": (BF16, {"data.images_per_class": 16}),
     "bf16-width0.5": ({**BF16, "model.width": 0.5}, {}),
     "bf16-x1": ({**BF16, "data.input_size": 64}, {}),  # no upsampling: a 2x2 grid of 32 px patches
@@ -78,6 +82,7 @@ POINTS = {
     "bf16-stage1-48ep": ({**BF16, "stage1.epochs": 48}, {}),
     "bf16-stage1-48ep-augment": ({**BF16, "stage1.epochs": 48}, {"data.augment": AUGMENT}),
 }
+VALIDATION_HALVES = ("A", "B")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -193,8 +198,8 @@ def run_point(name: str, base: Config, zoo: dict, work: str, verbose: int, stage
             if "robustness" not in runs[repeat]:  # scored before the sweep measured attacks
                 runs[repeat]["robustness"] = closed_set_robustness(load_detector(os.path.join(run_dir, "model")), zoo, config.train.eval_batch_size)
             continue
-        progress(f"{name}: stage 2, run {repeat + 1}/{repeats} (epoch chosen on the validation split)")
-        runs.append(stage2_run(config, stage1, zoo, run_dir, verbose))
+        progress(f"{name}: stage 2, run {repeat + 1}/{repeats} (epoch chosen on one half of the validation split)")
+        runs.append(stage2_run(config, stage1, zoo, run_dir, verbose, validation_halves(zoo, work), repeat))
     return point_summary(both, stage2_only, {"run": os.path.abspath(os.path.dirname(stage1)), "settings_key": key, "minutes": stage1_seconds / 60}, runs)
 
 
@@ -205,20 +210,56 @@ def earlier_runs(point) -> list:
     return point.get("runs") or [{k: point[k] for k in ("stage2_minutes", "selection", "validation", "splits", "robustness") if k in point}]
 
 
-def stage2_run(config: Config, stage1: str, zoo: dict, run_dir: str, verbose: int) -> dict:
+def validation_halves(zoo: dict, work: str) -> list:
+    """Two manifests (absolute paths) that split the zoo's validation split by generator model: within each class
+    its models alternate between the halves (a class of one model alternates its images)."""
+    with open(os.path.join(zoo["root"], zoo["splits"][VALIDATION_SPLIT]["manifest"]), newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    models = {}
+    for row in rows:
+        models.setdefault(row["label"], {}).setdefault(row["group"], []).append(row)
+    halves = [[], []]
+    for groups in models.values():
+        members = [[row] for rows_of in groups.values() for row in rows_of] if len(groups) == 1 else [groups[g] for g in sorted(groups)]
+        for index, member in enumerate(members):
+            halves[index % 2] += member
+    paths = []
+    for name, half in zip(VALIDATION_HALVES, halves):
+        path = os.path.join(work, f"validation_{name}.csv")
+        os.makedirs(work, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows({**row, "path": os.path.join(zoo["root"], row["path"])} for row in half)
+        paths.append(path)
+    return paths
+
+
+def stage2_run(config: Config, stage1: str, zoo: dict, run_dir: str, verbose: int, halves: list, repeat: int) -> dict:
+    """Train and score one stage-2 run: its epoch chosen on validation half `repeat` % 2, its validation figure from
+    the other half, so the choice does not flatter it (the best epoch of a noisy curve scores high by luck)."""
     train_csv = os.path.join(zoo["root"], zoo["splits"][TRAIN_SPLIT]["manifest"])
-    validation_csv = os.path.join(zoo["root"], zoo["splits"][VALIDATION_SPLIT]["manifest"])
+    chosen_on, scored_on = halves[repeat % 2], halves[1 - repeat % 2]
     model_dir, seconds = trained(
-        run_dir, lambda run, cb: train_stage2(train_csv, run, config, init_model=stage1, resume=True, verbose=verbose, callbacks=cb, val_data=validation_csv)
+        run_dir,
+        lambda run, cb: train_stage2(
+            train_csv, run, config, init_model=stage1, resume=True, verbose=verbose, callbacks=cb, val_data=chosen_on, allow_outside_root=True
+        ),
     )
     progress(f"{os.path.basename(run_dir)}: scoring the validation and test splits")
     detector = load_detector(model_dir)
-    validation = evaluate_dataset(detector, validation_csv, config.train.eval_batch_size)
+    validation = evaluate_dataset(detector, scored_on, config.train.eval_batch_size, allow_outside_root=True)
     return {
         "run": os.path.abspath(run_dir),
         "stage2_minutes": seconds / 60,
         "selection": detector.config.get("selection", {}),
-        "validation": {"accuracy": validation["accuracy"], "macro_f1": validation["macro_f1"], "count": validation["count"]},
+        "validation": {
+            "accuracy": validation["accuracy"],
+            "macro_f1": validation["macro_f1"],
+            "count": validation["count"],
+            "chosen_on": os.path.basename(chosen_on),
+            "scored_on": os.path.basename(scored_on),
+        },
         "splits": protocol_summary(evaluate_protocol(detector, zoo["root"], config.train.eval_batch_size)),
         "robustness": closed_set_robustness(detector, zoo, config.train.eval_batch_size),
     }
@@ -309,7 +350,8 @@ def main(argv=None) -> dict:
     base = with_settings(load_config(args.config), settings)
     stage1_runs = finished_stage1_runs(args.stage1_from)
     report = read_json(f"{args.out}.json", {})
-    same_sweep = report.get("zoo") == os.path.abspath(zoo["root"]) and same_config(report.get("base_config"), base)
+    # points chosen and scored on the whole validation split (before the halves) are not comparable: dropped
+    same_sweep = report.get("zoo") == os.path.abspath(zoo["root"]) and same_config(report.get("base_config"), base) and report.get("validation") == "halves"
     points = report.get("points", {}) if same_sweep else {}
     for number, name in enumerate(names, 1):
         same = name in points and points[name]["settings"] == {"both_stages": POINTS[name][0], "stage2": POINTS[name][1]}
@@ -324,7 +366,7 @@ def main(argv=None) -> dict:
             f"{name}: {p['train_minutes']:.1f} min, validation {100 * p['validation']['accuracy']:.1f}, "
             + ", ".join(f"{s} {100 * m['accuracy']:.1f}" for s, m in p["splits"].items())
         )
-        report = {"zoo": os.path.abspath(zoo["root"]), "config": args.config, "settings": settings, "base_config": base.to_dict(), "budget_minutes": args.budget, "points": points}
+        report = {"zoo": os.path.abspath(zoo["root"]), "validation": "halves", "config": args.config, "settings": settings, "base_config": base.to_dict(), "budget_minutes": args.budget, "points": points}
         write_json(f"{args.out}.json", report)
     best = best_on_validation(points, args.budget)
     front = pareto_front(points)

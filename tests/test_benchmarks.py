@@ -1,6 +1,7 @@
 """The generalization benchmarks on the tiny zoo: sweep.py (two points sharing stage 1, resumed, JSON and Pareto PNG
 written) and the test sets of add_head.py."""
 
+import csv
 import importlib.util
 import json
 import os
@@ -38,11 +39,16 @@ def test_sweep_runs_two_points_sharing_stage1_and_resumes(sweep, tiny_zoo, tmp_p
     for point in points.values():
         assert sorted(point["splits"]) == sorted(["closed-set", "cross-seed", "cross-loss", "cross-finetune", "cross-dataset"])
         (run,) = point["runs"]
-        assert run["validation"]["count"] == tiny_zoo["splits"]["validation"]["images"]
+        # the epoch is chosen on one half of the validation models, the point scored on the other
+        assert (run["validation"]["chosen_on"], run["validation"]["scored_on"]) == ("validation_A.csv", "validation_B.csv")
+        assert 0 < run["validation"]["count"] < tiny_zoo["splits"]["validation"]["images"]
         assert run["selection"]["select_on"] == "val_models" and 1 <= run["selection"]["epoch"] <= 2
         assert sorted(point["robustness"]) == sorted(sweep.ATTACKS) and all(0 <= v <= 1 for v in point["robustness"].values())
         assert point["train_minutes"] == pytest.approx(point["stage1"]["minutes"] + point["stage2_minutes"]) and point["stage2_minutes"] > 0
     assert points["bf16-frozen"]["runs"][0]["selection"]["finetune_from_block"] == "frozen"
+    halves = [{row["path"] for row in csv.DictReader(open(os.path.join(work, f"validation_{h}.csv")))} for h in "AB"]
+    assert not halves[0] & halves[1] and len(halves[0] | halves[1]) == tiny_zoo["splits"]["validation"]["images"]
+    assert run["validation"]["count"] == len(halves[1])
     best = max(points, key=lambda name: (points[name]["validation"]["accuracy"], -points[name]["train_minutes"]))
     assert on_disk["best_on_validation"] == best and on_disk["pareto_front"]
     capsys.readouterr()
@@ -55,11 +61,12 @@ def test_sweep_runs_two_points_sharing_stage1_and_resumes(sweep, tiny_zoo, tmp_p
     assert capsys.readouterr().out.count("finished earlier, kept") == 2
     assert {k: again["points"][k] for k in points} == points
     assert again["points"]["bf16-top4"]["stage1"] == points["bf16"]["stage1"]
-    assert os.listdir(tmp_path / "other") == ["stage2"]
+    assert sorted(os.listdir(tmp_path / "other")) == ["stage2", "validation_A.csv", "validation_B.csv"]
     # --repeats 2 keeps the finished run and adds one with the next seed; the point's figures are their mean.
     repeated = sweep.main([*argv, "--points", "bf16", "--repeats", "2"])["points"]["bf16"]
     first, second = repeated["runs"]
     assert first == points["bf16"]["runs"][0] and second["run"] != first["run"]
+    assert second["validation"]["chosen_on"] == "validation_B.csv"
     for split, scores in repeated["splits"].items():
         assert scores["accuracy"] == pytest.approx((first["splits"][split]["accuracy"] + second["splits"][split]["accuracy"]) / 2)
     with pytest.raises(SystemExit, match="Unknown point"):
