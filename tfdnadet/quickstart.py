@@ -22,7 +22,7 @@ ZOO_PRESET = "tiny"
 # A short version of the cpu config for the tiny zoo's 32 px images: x2 upsampling to 64 px, 16 px patches
 # (a 1/4 crop ratio, App. E), and short runs of both stages.
 _STAGE1_SETTINGS = {"stage1.epochs": 4, "train.steps_per_epoch": 25, "stage1.crops": 1024}
-_STAGE2_SETTINGS = {"train.epochs": 8, "train.steps_per_epoch": 30}
+_STAGE2_SETTINGS = {"train.epochs": 8, "train.steps_per_epoch": 15}  # 15 steps of k = 16 images per class
 _SIZES = {"data.base_size": 32, "data.input_size": 64, "data.patch_size": 16}
 ADDED_HEAD = "progan"  # a one-vs-all head trained on the frozen backbone, beside the multiclass head
 EXPORT_NAME = "tfdnadet"
