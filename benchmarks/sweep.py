@@ -71,6 +71,7 @@ POINTS = {
     "bf16-patches16": (BF16, {"data.patches_per_image": 16}),
     "bf16-stage2-patches16": (BF16, {"data.patches_per_image": 16}),  # stage 2 only: stage 1 as the default's
     "bf16-stage2-k16": (BF16, {"data.images_per_class": 16}),
+    "bf16-stage2-k32": (BF16, {"data.images_per_class": 32}),  # the paper's k
     # the learning rate x0.6 each epoch of small's 34 steps (1e-3 -> 3e-5 by epoch 8), so late epochs settle
     "bf16-decay-per-epoch": (BF16, {"train.decay_steps": 34, "train.decay_rate": 0.6}),
     "bf16-k16": (BF16, {"data.images_per_class": 16}),
@@ -125,7 +126,8 @@ def config_key(config: Config) -> str:
 def stage1_key(config: Config) -> str:
     """The key of the config a stage-1 run records in its config.yaml (its train.epochs is stage1.epochs), with the
     settings stage 1 does not use left out (it always trains the whole encoder)."""
-    settings = {"train.finetune_from_block": 0, **({"train.epochs": config.stage1.epochs} if config.stage1.epochs else {})}
+    # data.images_per_class is stage 2's k; stage 1 batches stage1.images_per_class
+    settings = {"train.finetune_from_block": 0, "data.images_per_class": 1, **({"train.epochs": config.stage1.epochs} if config.stage1.epochs else {})}
     return config_key(with_settings(config, settings))
 
 
