@@ -69,12 +69,10 @@ POINTS = {
     "bf16-augment-epochs16": (BF16, {"data.augment": AUGMENT, "train.epochs": 16}),
     "bf16-augment-epochs24": (BF16, {"data.augment": AUGMENT, "train.epochs": 24}),
     "bf16-patches16": (BF16, {"data.patches_per_image": 16}),
-    "bf16-stage2-patches16": (BF16, {"data.patches_per_image": 16}),  # stage 2 only: stage 1 as the default's
-    "bf16-stage2-k16": (BF16, {"data.images_per_class": 16}),
-    "bf16-stage2-k32": (BF16, {"data.images_per_class": 32}),  # the paper's k
-    # the learning rate x0.6 each epoch of small's 34 steps (1e-3 -> 3e-5 by epoch 8), so late epochs settle
-    "bf16-decay-per-epoch": (BF16, {"train.decay_steps": 34, "train.decay_rate": 0.6}),
     "bf16-k16": (BF16, {"data.images_per_class": 16}),
+    "bf16-k32": (BF16, {"data.images_per_class": 32}),  # the paper's k
+    # the learning rate x0.6 every 34 steps (an epoch of small at k = 8: 1e-3 -> 3e-5 by epoch 8), so late epochs settle
+    "bf16-decay-per-epoch": (BF16, {"train.decay_steps": 34, "train.decay_rate": 0.6}),
     "bf16-width0.5": ({**BF16, "model.width": 0.5}, {}),
     "bf16-x1": ({**BF16, "data.input_size": 64}, {}),  # no upsampling: a 2x2 grid of 32 px patches
     "bf16-x4-p64": ({**BF16, "data.input_size": 256, "data.patch_size": 64}, {}),  # the paper's x4, crop ratio 1/4
@@ -182,9 +180,9 @@ def read_json(path: str, default):
         return json.load(f)
 
 
-def run_point(name: str, base: Config, zoo: dict, work: str, verbose: int, stage1_runs: dict, repeats: int, earlier=None) -> dict:
-    """Stage 1 (shared) and `repeats` stage-2 runs (train.seed, +1, ...) of a point, scored; the runs of an earlier
-    record of the point are kept and only the missing ones trained."""
+def run_point(name: str, base: Config, zoo: dict, work: str, verbose: int, stage1_runs: dict, repeats: int, halves: list, earlier=None) -> dict:
+    """Stage 1 (shared) and `repeats` stage-2 runs (train.seed, +1, ...) of a point, scored (`halves`: the validation
+    manifests of `validation_halves`); the runs of an earlier record of the point are kept and only the missing ones trained."""
     both, stage2_only = POINTS[name]
     stage1_config = with_settings(base, both)
     key = stage1_key(stage1_config)
@@ -201,7 +199,7 @@ def run_point(name: str, base: Config, zoo: dict, work: str, verbose: int, stage
                 runs[repeat]["robustness"] = closed_set_robustness(load_detector(os.path.join(run_dir, "model")), zoo, config.train.eval_batch_size)
             continue
         progress(f"{name}: stage 2, run {repeat + 1}/{repeats} (epoch chosen on one half of the validation split)")
-        runs.append(stage2_run(config, stage1, zoo, run_dir, verbose, validation_halves(zoo, work), repeat))
+        runs.append(stage2_run(config, stage1, zoo, run_dir, verbose, halves, repeat))
     return point_summary(both, stage2_only, {"run": os.path.abspath(os.path.dirname(stage1)), "settings_key": key, "minutes": stage1_seconds / 60}, runs)
 
 
@@ -221,6 +219,7 @@ def validation_halves(zoo: dict, work: str) -> list:
     for row in rows:
         models.setdefault(row["label"], {}).setdefault(row["group"], []).append(row)
     halves = [[], []]
+    os.makedirs(work, exist_ok=True)
     for groups in models.values():
         members = [[row] for rows_of in groups.values() for row in rows_of] if len(groups) == 1 else [groups[g] for g in sorted(groups)]
         for index, member in enumerate(members):
@@ -228,7 +227,6 @@ def validation_halves(zoo: dict, work: str) -> list:
     paths = []
     for name, half in zip(VALIDATION_HALVES, halves):
         path = os.path.join(work, f"validation_{name}.csv")
-        os.makedirs(work, exist_ok=True)
         with open(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
@@ -355,6 +353,7 @@ def main(argv=None) -> dict:
     # points chosen and scored on the whole validation split (before the halves) are not comparable: dropped
     same_sweep = report.get("zoo") == os.path.abspath(zoo["root"]) and same_config(report.get("base_config"), base) and report.get("validation") == "halves"
     points = report.get("points", {}) if same_sweep else {}
+    halves = validation_halves(zoo, args.work)
     for number, name in enumerate(names, 1):
         same = name in points and points[name]["settings"] == {"both_stages": POINTS[name][0], "stage2": POINTS[name][1]}
         earlier = points[name] if same else None
@@ -362,7 +361,7 @@ def main(argv=None) -> dict:
             progress(f"[{number}/{len(names)}] {name}: finished earlier, kept")
             continue
         progress(f"[{number}/{len(names)}] {name}")
-        points[name] = run_point(name, base, zoo, args.work, args.verbose, stage1_runs, args.repeats, earlier)
+        points[name] = run_point(name, base, zoo, args.work, args.verbose, stage1_runs, args.repeats, halves, earlier)
         p = points[name]
         progress(
             f"{name}: {p['train_minutes']:.1f} min, validation {100 * p['validation']['accuracy']:.1f}, "
