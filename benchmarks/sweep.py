@@ -73,6 +73,9 @@ POINTS = {
     "bf16-k32": (BF16, {"data.images_per_class": 32}),  # the paper's k
     # the learning rate x0.6 every 34 steps (an epoch of small at k = 8: 1e-3 -> 3e-5 by epoch 8), so late epochs settle
     "bf16-decay-per-epoch": (BF16, {"train.decay_steps": 34, "train.decay_rate": 0.6}),
+    # ensembles (tfdnadet.models.ensemble): 4 stage-2 runs of one stage-1 encoder, or 2 runs of each of 2
+    "bf16-ensemble1x4": (BF16, {"train.runs_per_encoder": 4}),
+    "bf16-ensemble2x2": ({**BF16, "stage1.encoders": 2}, {"train.runs_per_encoder": 2}),
     "bf16-width0.5": ({**BF16, "model.width": 0.5}, {}),
     "bf16-x1": ({**BF16, "data.input_size": 64}, {}),  # no upsampling: a 2x2 grid of 32 px patches
     "bf16-x4-p64": ({**BF16, "data.input_size": 256, "data.patch_size": 64}, {}),  # the paper's x4, crop ratio 1/4
@@ -124,8 +127,8 @@ def config_key(config: Config) -> str:
 def stage1_key(config: Config) -> str:
     """The key of the config a stage-1 run records in its config.yaml (its train.epochs is stage1.epochs), with the
     settings stage 1 does not use left out (it always trains the whole encoder)."""
-    # data.images_per_class is stage 2's k; stage 1 batches stage1.images_per_class
-    settings = {"train.finetune_from_block": 0, "data.images_per_class": 1, **({"train.epochs": config.stage1.epochs} if config.stage1.epochs else {})}
+    # data.images_per_class is stage 2's k (stage 1 batches stage1.images_per_class); runs_per_encoder is stage 2's
+    settings = {"train.finetune_from_block": 0, "data.images_per_class": 1, "train.runs_per_encoder": 1, **({"train.epochs": config.stage1.epochs} if config.stage1.epochs else {})}
     return config_key(with_settings(config, settings))
 
 

@@ -70,9 +70,7 @@ class _TrainingBar:
         return ProgressReport(self.update)
 
     def update(self, p) -> None:
-        if self._header:
-            err.print(self._header, highlight=False)
-            self._header = ""
+        self._print_header()
         if p.epoch_done:
             self.close()
             err.print(f"epoch {p.epoch}/{p.epochs}  {self._metrics(p.logs)}", highlight=False)
@@ -80,6 +78,17 @@ class _TrainingBar:
             if self._progress is None:
                 self._open()
             self._progress.update(self._task, completed=p.step, total=p.steps, epoch=f"{p.epoch}/{p.epochs}", metrics=self._metrics(p.logs))
+
+    def member(self, index: int, count: int) -> None:
+        """A line as each run of an ensemble starts (stage1.encoders, train.runs_per_encoder)."""
+        self.close()
+        self._print_header()
+        err.print(f"run {index + 1}/{count} of an ensemble (the model averages all {count})", highlight=False)
+
+    def _print_header(self) -> None:
+        if self._header:
+            err.print(self._header, highlight=False)
+            self._header = ""
 
     def close(self) -> None:
         if self._progress is not None:
@@ -100,10 +109,10 @@ class _TrainingBar:
 
 @contextlib.contextmanager
 def _training_progress(header: str = ""):
-    """Yields the callbacks that draw a training run's progress, `header` first."""
+    """Yields (the callbacks that draw a training run's progress, `header` first; the ensemble-run notice)."""
     bar = _TrainingBar(header)
     try:
-        yield (bar.callback(),)
+        yield (bar.callback(),), bar.member
     finally:
         bar.close()
 
@@ -191,7 +200,11 @@ def _precision_line(cfg) -> str:
 
 
 def _print_trained(result) -> None:
-    kept = f" (kept epoch {result.selection['epoch']}, chosen on {result.selection['select_on']})" if result.selection else ""
+    s = result.selection
+    if s and "members" in s:
+        kept = f" (the mean of {s['members']} runs, kept epochs {', '.join(map(str, s['epochs']))}, chosen on {s['select_on']})"
+    else:
+        kept = f" (kept epoch {s['epoch']}, chosen on {s['select_on']})" if s else ""
     err.print(f"trained {result.epochs_completed} epoch(s), {result.steps} steps; model written to {result.model_dir}{kept}")
     out.print_json(json.dumps({"model": result.model_dir, "epochs": result.epochs_completed, "steps": result.steps, "selection": result.selection}))
 
@@ -223,8 +236,8 @@ def train_stage1_command(
         },
         settings,
     )
-    with _training_progress(_precision_line(cfg)) as callbacks:
-        result = train_stage1(data, out_dir, cfg, resume=resume, verbose=0, callbacks=callbacks, on_skipped=_warn)
+    with _training_progress(_precision_line(cfg)) as (callbacks, on_member):
+        result = train_stage1(data, out_dir, cfg, resume=resume, verbose=0, callbacks=callbacks, on_skipped=_warn, on_member=on_member)
     _print_trained(result)
 
 
@@ -293,7 +306,7 @@ def train_stage2_command(
     from tfdnadet.methods import apply_method
 
     cfg = apply_method(cfg, method)
-    with _training_progress(_precision_line(cfg)) as callbacks:
+    with _training_progress(_precision_line(cfg)) as (callbacks, on_member):
         result = train_stage2(
             data,
             out_dir,
@@ -305,6 +318,7 @@ def train_stage2_command(
             on_skipped=_warn,
             allow_outside_root=allow_outside_root,
             val_data=val_data,
+            on_member=on_member,
         )
     _print_trained(result)
 

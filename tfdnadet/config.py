@@ -82,6 +82,9 @@ class TrainConfig:
     # the saved model use the average. Averaged weights sit in a flatter region that holds better on generators
     # never seen (weight averaging for domain generalization, Cha et al. 2021, SWAD). None: the raw weights.
     ema_momentum: Optional[float] = None
+    # Stage-2 runs per stage-1 encoder (seeds train.seed x runs + 0, 1, ...), averaged into one model
+    # (tfdnadet.models.ensemble): runs that differ only in their seed disagree most on generators never seen.
+    runs_per_encoder: int = 1
 
 
 @dataclass
@@ -91,6 +94,7 @@ class Stage1Config:
     crops: int = 20_000  # [4.1] random base-size crops of natural photos that the transformations are applied to
     images_per_class: int = 2  # class-balanced batches as in stage 2 [5.1], but k x 170 classes must fit a step
     epochs: Optional[int] = None  # passes of stage 1 (None: train.epochs); its many classes need more than stage 2
+    encoders: int = 1  # stage-1 encoders trained (seeds train.seed x encoders + 0, 1, ...); stage 2 fine-tunes each
 
 
 @dataclass
@@ -178,12 +182,19 @@ def validate(config: Config) -> None:
         (t.patience is None or (isinstance(t.patience, int) and t.patience >= 1), f"train.patience must be >= 1 or null. Received: {t.patience!r}"),
         (t.ema_momentum is None or 0 < t.ema_momentum < 1, f"train.ema_momentum must be in (0, 1) or null. Received: {t.ema_momentum!r}"),
         (t.ema_momentum is None or t.loss != "gfd", "train.ema_momentum averages the patch model's weights: leave it null for train.loss gfd"),
+        (t.runs_per_encoder == 1 or t.loss != "gfd", "train.runs_per_encoder above 1 ensembles the patch model's runs: leave it 1 for train.loss gfd"),
         (t.gradcam_images >= 0, f"train.gradcam_images must be >= 0. Received: {t.gradcam_images}"),
         (config.heads.layout in HEAD_LAYOUTS, f"heads.layout must be one of {HEAD_LAYOUTS}. Received: {config.heads.layout!r}"),
         (0 < config.heads.threshold < 1, f"heads.threshold must be in (0, 1). Received: {config.heads.threshold}"),
         (config.heads.epochs >= 1, f"heads.epochs must be >= 1. Received: {config.heads.epochs}"),
         (s.crops >= 1 and s.images_per_class >= 1, "stage1.crops and stage1.images_per_class must be >= 1"),
         (s.epochs is None or s.epochs >= 1, f"stage1.epochs must be >= 1 (or null: train.epochs). Received: {s.epochs}"),
+        (_positive_int(s.encoders), f"stage1.encoders must be an integer >= 1. Received: {s.encoders!r}"),
+        (_positive_int(t.runs_per_encoder), f"train.runs_per_encoder must be an integer >= 1. Received: {t.runs_per_encoder!r}"),
+        (
+            (s.encoders == 1 and t.runs_per_encoder == 1) or config.model.backbone == "dnadet",
+            f"stage1.encoders and train.runs_per_encoder above 1 ensemble DNA-Det encoders: model.backbone must be dnadet. Received: {config.model.backbone!r}",
+        ),
         (config.gfd.latent_weight > 0, f"gfd.latent_weight must be > 0 (it trains the head). Received: {config.gfd.latent_weight}"),
         (
             min(config.gfd.adversarial_weight, config.gfd.auxiliary_weight, config.gfd.perceptual_weight) >= 0,
@@ -195,6 +206,10 @@ def validate(config: Config) -> None:
             raise TfdnadetError(message)
     parse_augment(d.augment)
     Preprocessing.from_data_config(d)  # checks aggregation and the grid
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _valid_finetune_from_block(value) -> bool:

@@ -30,6 +30,8 @@ def apply_method(config: Config, method: str) -> Config:
     config = copy.deepcopy(config)
     config.model.backbone = backbone
     config.train.loss = loss
+    if backbone != "dnadet" or loss == "gfd":  # only the DNA-Det encoder's runs are averaged into one model
+        config.train.runs_per_encoder = 1
     if whole_images:
         config.data.patch_size = config.data.input_size
         config.data.patches_per_image = 1

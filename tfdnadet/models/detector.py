@@ -250,7 +250,9 @@ class Detector:
             self._inference.copy_weights_from(self)  # the twin follows this detector (e.g. while a head trains)
         if key not in self._compiled:
             runner = self._inference
-            self._compiled[key] = tf.function(lambda x: runner.forward(x, key), reduce_retracing=True)
+            # Any batch and image size in one trace: each detector traces once (an ensemble's runs make several).
+            images_spec = tf.TensorSpec([None, None, None, 3], tf.float32)
+            self._compiled[key] = tf.function(lambda x: runner.forward(x, key), input_signature=[images_spec])
         probabilities, features = self._compiled[key](tf.convert_to_tensor(images, tf.float32))
         return {n: v.numpy() for n, v in probabilities.items()}, {n: v.numpy() for n, v in features.items()}
 

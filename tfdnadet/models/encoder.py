@@ -55,15 +55,14 @@ class Encoder(keras.Model):
         return {"width": self.width, "name": self.name, "trainable": self.trainable, "dtype": self.layer_dtype}
 
 
-def encoder_block(x, index: int, width: float, dtype=None):
-    """Block `index` (1-based) of Table 7 on tensor x: pad 1, conv, BN, LeakyReLU; layers named block{index}_*."""
+def encoder_block(x, index: int, width: float, dtype=None, prefix: str = ""):
+    """Block `index` (1-based) of Table 7 on tensor x: pad 1, conv, BN, LeakyReLU; layers named {prefix}block{index}_*."""
     filters, kernel, stride = ENCODER_BLOCKS[index - 1]
-    x = keras.layers.ZeroPadding2D(1, name=f"block{index}_pad", dtype=dtype)(x)
-    x = keras.layers.Conv2D(
-        channels(filters, width), kernel, strides=stride, padding="valid", name=f"block{index}_conv", dtype=dtype
-    )(x)
-    x = batch_norm(f"block{index}_bn", dtype)(x)
-    return keras.layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=block_layer_name(index), dtype=dtype)(x)
+    name = prefix + block_layer_name(index)
+    x = keras.layers.ZeroPadding2D(1, name=f"{name}_pad", dtype=dtype)(x)
+    x = keras.layers.Conv2D(channels(filters, width), kernel, strides=stride, padding="valid", name=f"{name}_conv", dtype=dtype)(x)
+    x = batch_norm(f"{name}_bn", dtype)(x)
+    return keras.layers.LeakyReLU(negative_slope=LEAKY_SLOPE, name=name, dtype=dtype)(x)
 
 
 def batch_norm(name: str, dtype=None) -> keras.layers.BatchNormalization:

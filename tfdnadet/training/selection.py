@@ -126,8 +126,13 @@ class GeneratorValidation(keras.callbacks.Callback):
             head = self.model.classifier
             info = {MULTICLASS: {"kind": head.kind, "class_names": self.class_names}}
             self._detector = Detector(self.model.backbone, {MULTICLASS: head}, info, self.preprocessing, {})
-        probabilities = predict_loaded(self._detector, loaded, self.batch_size)[MULTICLASS]
-        return float(np.mean(np.argmax(probabilities, axis=1) == loaded.labels))
+        return image_accuracy(self._detector, loaded, self.batch_size)
+
+
+def image_accuracy(detector: Detector, loaded: LoadedImages, batch_size: int) -> float:
+    """Share of decoded, labelled images whose multiclass answer is their label."""
+    probabilities = predict_loaded(detector, loaded, batch_size)[MULTICLASS]
+    return float(np.mean(np.argmax(probabilities, axis=1) == loaded.labels))
 
 
 @contextlib.contextmanager

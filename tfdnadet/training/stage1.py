@@ -15,6 +15,7 @@ from tfdnadet.data.transforms import TransformBank, make_transform_dataset, tran
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.training.callbacks import read_checkpoint_state
 from tfdnadet.training.distribute import make_strategy
+from tfdnadet.training.ensemble import member_config, member_run_dir, write_ensemble
 from tfdnadet.training.trainer import TrainResult, fit_patch_model
 from tfdnadet.zoo.photos import load_photos, random_crops
 
@@ -31,8 +32,25 @@ def train_stage1(
     verbose: int = 1,
     callbacks: tuple = (),
     on_skipped=None,
+    on_member=None,
 ) -> TrainResult:
-    """Pretrain on transformed crops of the photos in `data` (None: the built-in photos); writes RUN_DIR/model."""
+    """Pretrain on transformed crops of the photos in `data` (None: the built-in photos); writes RUN_DIR/model.
+
+    With stage1.encoders > 1 each encoder is a run of its own in RUN_DIR/members/ and RUN_DIR/model holds them all
+    (tfdnadet.training.ensemble); `on_member(index, count)` hears as each starts.
+    """
+    count = config.stage1.encoders
+    if count == 1:
+        return _train_encoder(data, run_dir, config, resume, verbose, callbacks, on_skipped)
+    results = []
+    for member in range(count):
+        if on_member:
+            on_member(member, count)
+        results.append(_train_encoder(data, member_run_dir(run_dir, member), member_config(config, member, count), resume, verbose, callbacks, on_skipped))
+    return write_ensemble(run_dir, results, list(range(count)), 0, config, {"stage": 1}, {})
+
+
+def _train_encoder(data: Optional[str], run_dir: str, config: Config, resume: bool, verbose: int, callbacks: tuple, on_skipped) -> TrainResult:
     make_strategy(config.train.distribution, config.train.devices)  # before any TF op (multi-worker)
     d, s = config.data, config.stage1
     # The pretraining trains the whole encoder; train.finetune_from_block is about fine-tuning it in stage 2.

@@ -1,24 +1,27 @@
 """Stage 2 [4.2]: architecture classification (real + N architectures) with patchwise contrastive learning."""
 
+import functools
 import math
 import os
 from typing import Optional
 
 import numpy as np
 
-from tfdnadet.config import Config, config_with_overrides, load_config
+from tfdnadet.config import FROZEN_ENCODER, Config, config_with_overrides, load_config
 from tfdnadet.data.perturb import make_augment
 from tfdnadet.data.pipeline import LoadedImages, check_classes_present, load_images, make_patch_dataset
 from tfdnadet.data.preprocess import min_image_side
 from tfdnadet.data.sources import ImageList, read_dataset, split_train_val
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.backbones import CLOSED_FORM, backbone_spec
+from tfdnadet.models.encoder import ENCODER_BLOCKS
 from tfdnadet.training.add_head import train_one_vs_all
 from tfdnadet.training.callbacks import read_checkpoint_state
 from tfdnadet.training.closed_form import fit_closed_form
-from tfdnadet.training.gfd import with_perceptual_init
+from tfdnadet.training.gfd import GFD_LOSS, with_perceptual_init
 from tfdnadet.training.distribute import make_strategy
-from tfdnadet.training.selection import validation_data
+from tfdnadet.training.ensemble import member_config, member_run_dir, split_init, write_ensemble
+from tfdnadet.training.selection import HELDOUT_IMAGES, VAL_MODELS, validation_data
 from tfdnadet.training.trainer import TrainResult, fit_patch_model
 
 
@@ -34,11 +37,14 @@ def train_stage2(
     on_skipped=None,
     allow_outside_root: bool = False,
     val_data: Optional[str] = None,
+    on_member=None,
 ) -> TrainResult:
     """Train the architecture classifier on a folder/manifest; `on_skipped(message)` hears about bad files.
 
     `val_data` holds generator models not in training (a zoo: its validation split; None: the validation split
-    of the zoo that `data` belongs to, if any): the kept epoch is chosen on them (train.select_on).
+    of the zoo that `data` belongs to, if any): the kept epoch is chosen on them (train.select_on). With more than
+    one run per model (train.runs_per_encoder, or an ensemble --init) each is a run of its own in RUN_DIR/members/
+    and RUN_DIR/model averages them (tfdnadet.training.ensemble); `on_member(index, count)` hears as each starts.
     """
     if backbone_spec(config.model.backbone).fit == CLOSED_FORM:
         return fit_closed_form(data, run_dir, config, on_skipped, allow_outside_root)
@@ -56,29 +62,54 @@ def train_stage2(
         if loaded is not None and loaded.failures and on_skipped:
             on_skipped(loaded.failure_summary())
     check_classes_present(train, images.class_names, "training")
-    k_times_c = d.images_per_class * len(images.class_names)
-    steps = config.train.steps_per_epoch or max(1, math.ceil(len(train.labels) / k_times_c))
-    augment = make_augment(d.augment) if d.augment else None
-    train_dataset = make_patch_dataset(
-        train.images, train.labels, len(images.class_names), d, seed=config.train.seed, augment=augment
-    )
-    result = fit_patch_model(
-        train_dataset,
-        steps,
-        (val.images, val.labels),
-        images.class_names,
-        with_perceptual_init(config, init_model),
-        run_dir,
-        init_model=init_model,
-        resume=resume,
-        verbose=verbose,
-        callbacks=callbacks,
-        model_info={"data_source": os.path.abspath(data), "stage": 2, "init_model": init_model, "val_data": val_source and os.path.abspath(val_source)},
-        val_models=val_models and (val_models.images, val_models.labels),
-    )
+    info = {"data_source": os.path.abspath(data), "stage": 2, "init_model": init_model, "val_data": val_source and os.path.abspath(val_source)}
+    inits = split_init(init_model, run_dir)
+    count = len(inits) * config.train.runs_per_encoder
+    if count > 1 and config.train.loss == GFD_LOSS:
+        raise TfdnadetError(f"--init {init_model} holds {len(inits)} stage-1 encoders and GFD-Net trains one model: give it one of them ({inits[0]}).")
+    fit = functools.partial(_fit_classifier, train, (val.images, val.labels), val_models, images.class_names, resume=resume, verbose=verbose, callbacks=callbacks)
+    if count == 1:
+        result = fit(run_dir, config, init_model, info)
+    else:
+        stems = [member // config.train.runs_per_encoder for member in range(count)]
+        results = []
+        for member, stem in enumerate(stems):
+            if on_member:
+                on_member(member, count)
+            results.append(fit(member_run_dir(run_dir, member), member_config(config, member, count), inits[stem], {**info, "init_model": inits[stem]}))
+        judged = {HELDOUT_IMAGES: val, **({VAL_MODELS: val_models} if val_models else {})}
+        result = write_ensemble(run_dir, results, stems, _shared_blocks(config, init_model), config, info, judged)
     if config.heads.layout == "one-vs-all":
         train_one_vs_all(result.model_dir, train, val, images.class_names, config, verbose)
     return result
+
+
+def _fit_classifier(train: LoadedImages, val: tuple, val_models, class_names: list, run_dir: str, config: Config, init_model, info: dict, **fit_options) -> TrainResult:
+    """One stage-2 run on decoded images."""
+    d = config.data
+    steps = config.train.steps_per_epoch or max(1, math.ceil(len(train.labels) / (d.images_per_class * len(class_names))))
+    augment = make_augment(d.augment) if d.augment else None
+    dataset = make_patch_dataset(train.images, train.labels, len(class_names), d, seed=config.train.seed, augment=augment)
+    return fit_patch_model(
+        dataset,
+        steps,
+        val,
+        class_names,
+        with_perceptual_init(config, init_model),
+        run_dir,
+        init_model=init_model,
+        model_info=info,
+        val_models=val_models and (val_models.images, val_models.labels),
+        **fit_options,
+    )
+
+
+def _shared_blocks(config: Config, init_model: Optional[str]) -> int:
+    """Blocks the members of one stage-1 encoder keep as it is (none without --init)."""
+    frozen_below = config.train.finetune_from_block
+    if not init_model:
+        return 0
+    return len(ENCODER_BLOCKS) if frozen_below in FROZEN_ENCODER else max(0, frozen_below - 1)
 
 
 def _finetune_from_block(config: Config, init_model: Optional[str], run_dir: str):

@@ -1,0 +1,134 @@
+"""Ensembles: several stage-1 encoders and stage-2 runs averaged into one model (tfdnadet.models.ensemble)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import run_cli
+from tfdnadet.config import load_config
+from tfdnadet.errors import TfdnadetError
+from tfdnadet.explain.gradcam import GradCAM
+from tfdnadet.export import export_model
+from tfdnadet.models.detector import MULTICLASS, POOL_LAYER
+from tfdnadet.models.encoder import Encoder
+from tfdnadet.models.ensemble import EnsembleEncoder
+from tfdnadet.models.model_dir import load_detector
+from tfdnadet.training.stage1 import train_stage1
+from tfdnadet.training.stage2 import train_stage2
+
+SETTINGS = {"train.precision": "float32", "train.gradcam_images": 0, "stage1.epochs": 1, "stage1.crops": 32}
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(gan_images, tmp_path_factory):
+    """Two stage-1 encoders, each fine-tuned twice from block 3 (blocks 1-2 shared): a model of four runs."""
+    work = tmp_path_factory.mktemp("ensemble")
+    config = load_config("tiny", {**SETTINGS, "stage1.encoders": 2, "train.runs_per_encoder": 2, "train.finetune_from_block": 3})
+    stage1 = train_stage1(None, str(work / "stage1"), config, verbose=0)
+    started = []
+    stage2 = train_stage2(
+        gan_images["train"], str(work / "stage2"), config, init_model=stage1.model_dir, verbose=0, on_member=lambda i, n: started.append((i, n))
+    )
+    return {"stage1": stage1, "stage2": stage2, "config": config, "started": started}
+
+
+def test_runs_are_written_as_members_and_averaged_into_one_model(ensemble_run):
+    stage1, stage2 = ensemble_run["stage1"], ensemble_run["stage2"]
+    assert type(load_detector(stage1.model_dir).backbone) is EnsembleEncoder
+    assert ensemble_run["started"] == [(0, 4), (1, 4), (2, 4), (3, 4)]
+    detector = load_detector(stage2.model_dir)
+    backbone = detector.backbone
+    assert (backbone.stems, backbone.shared_blocks) == ([0, 0, 1, 1], 2)
+    assert backbone.feature_dim == 4 * backbone.member_dim
+    seeds = [load_detector(os.path.join(stage2.run_dir, "members", f"run{k}", "model")).config["train"]["seed"] for k in range(4)]
+    assert seeds == [0, 1, 2, 3]
+    with open(os.path.join(stage2.run_dir, "run.json")) as f:
+        record = json.load(f)
+    assert record["members"] == [os.path.join("members", f"run{k}") for k in range(4)]
+    assert stage2.selection["members"] == 4 and len(stage2.selection["epochs"]) == 4
+    assert 0 <= stage2.selection["heldout_images_accuracy"] <= 1
+    assert detector.config["ensemble"]["stems"] == [0, 0, 1, 1]
+
+
+def test_the_ensemble_answers_with_the_mean_of_its_members_logits(ensemble_run):
+    stage2 = ensemble_run["stage2"]
+    ensemble = load_detector(stage2.model_dir)
+    members = [load_detector(os.path.join(stage2.run_dir, "members", f"run{k}", "model")) for k in range(4)]
+    images = tf.random.uniform([3, 64, 64, 3], -1, 1, seed=1)
+    logits = ensemble.logits(ensemble.features(images, {POOL_LAYER}))[MULTICLASS]
+    member_logits = [m.logits(m.features(images, {POOL_LAYER}))[MULTICLASS] for m in members]
+    np.testing.assert_allclose(logits, np.mean(member_logits, axis=0), atol=1e-4)
+    # each member comes back out of the ensemble as the encoder it was
+    for k, member in enumerate(members):
+        np.testing.assert_allclose(ensemble.backbone.member_encoder(k)(images), member.backbone(images), atol=1e-5)
+
+
+def test_the_shared_blocks_are_the_stage1_encoders(ensemble_run):
+    stage1 = load_detector(ensemble_run["stage1"].model_dir).backbone
+    ensemble = load_detector(ensemble_run["stage2"].model_dir).backbone
+    for member, stem in enumerate(ensemble.stems):
+        for index in (1, 2):
+            kept = ensemble.get_layer(f"{ensemble.block_name(member, index)}_conv").get_weights()
+            pretrained = stage1.get_layer(f"{stage1.block_name(stem, index)}_conv").get_weights()
+            assert all(np.array_equal(a, b) for a, b in zip(kept, pretrained))
+
+
+def test_an_ensemble_exports_and_explains_like_one_model(ensemble_run, tmp_path):
+    detector = load_detector(ensemble_run["stage2"].model_dir)
+    images = np.random.default_rng(0).uniform(-1, 1, [2, 64, 64, 3]).astype(np.float32)
+    exported = tf.saved_model.load(export_model(ensemble_run["stage2"].model_dir, "detector", str(tmp_path)).path)
+    served = exported.signatures["predict_images"](images=tf.constant(images))["multiclass_probabilities"]
+    np.testing.assert_allclose(served, detector.predict(images)[MULTICLASS], atol=1e-5)
+    maps = GradCAM(detector)(images).heatmaps
+    assert maps.shape == (2, 64, 64) and np.all((maps >= 0) & (maps <= 1)) and maps.max() > 0
+
+
+def test_a_finished_ensemble_resumes_to_the_same_model_and_is_not_overwritten(ensemble_run, gan_images):
+    stage2, config = ensemble_run["stage2"], ensemble_run["config"]
+    init = load_detector(stage2.model_dir).config["init_model"]
+    with open(os.path.join(stage2.model_dir, "detector.json")) as f:
+        before = json.load(f)["backbone_sha256"]
+    with pytest.raises(TfdnadetError, match="already holds a training run"):
+        train_stage2(gan_images["train"], stage2.run_dir, config, init_model=init, verbose=0)
+    resumed = train_stage2(gan_images["train"], stage2.run_dir, config, init_model=init, resume=True, verbose=0)
+    with open(os.path.join(resumed.model_dir, "detector.json")) as f:
+        assert json.load(f)["backbone_sha256"] == before
+    assert resumed.selection["epochs"] == stage2.selection["epochs"]
+
+
+def test_members_must_agree_on_what_they_share():
+    first, second = Encoder(0.125, name="a"), Encoder(0.125, name="b")  # two random encoders: block 1 differs
+    with pytest.raises(TfdnadetError, match="differs from its stage-1 encoder's other members in block 1"):
+        EnsembleEncoder.from_members([first, second], [0, 0], shared_blocks=1)
+    assert EnsembleEncoder.from_members([first, second], [0, 1]).feature_dim == 2 * first.feature_dim
+    with pytest.raises(TfdnadetError, match="Only DNA-Det encoders can be ensembled"):
+        EnsembleEncoder.from_members([first, tf.keras.Sequential()], [0, 1])
+    with pytest.raises(TfdnadetError, match="needs >= 2 members"):
+        EnsembleEncoder([0], 0, 0.125)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"stage1.encoders": 0}, "stage1.encoders must be an integer >= 1"),
+        ({"train.runs_per_encoder": 1.5}, "train.runs_per_encoder must be an integer >= 1"),
+        ({"train.runs_per_encoder": 2, "model.backbone": "attnet"}, "model.backbone must be dnadet"),
+        ({"train.runs_per_encoder": 2, "train.loss": "gfd"}, "leave it 1 for train.loss gfd"),
+    ],
+)
+def test_bad_ensemble_settings_are_errors(settings, message):
+    with pytest.raises(TfdnadetError, match=message):
+        load_config("tiny", settings)
+
+
+def test_cli_says_which_run_of_the_ensemble_trains(gan_images, tmp_path, monkeypatch, capsys):
+    args = ["train-stage2", "--data", gan_images["train"], "--out", tmp_path / "run", "--config", "tiny", "--epochs", "1"]
+    settings = ["--set", "train.runs_per_encoder=2", "--set", "train.gradcam_images=0", "--set", "train.precision=float32"]
+    code, out, err = run_cli([*args, *settings], monkeypatch, capsys)
+    assert code == 0, err
+    assert "run 1/2 of an ensemble" in err and "run 2/2 of an ensemble" in err
+    assert "the mean of 2 runs, kept epochs 1, 1" in err
+    assert json.loads(out)["selection"]["members"] == 2

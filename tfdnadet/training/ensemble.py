@@ -1,0 +1,63 @@
+"""Training an ensemble: member runs in RUN_DIR/members/, each an ordinary run, averaged into RUN_DIR/model.
+
+Member k trains with seed train.seed x count + k, so ensembles of different train.seed values share no member.
+A stopped ensemble resumes like a run: finished members are kept, the stopped one continues from its checkpoint.
+"""
+
+import os
+from typing import Optional
+
+from tfdnadet.atomic import write_json
+from tfdnadet.config import Config, config_with_overrides, save_config
+from tfdnadet.models.ensemble import EnsembleEncoder, assemble
+from tfdnadet.models.detector import Detector
+from tfdnadet.models.model_dir import is_model_dir, load_backbone, load_detector, save_detector
+from tfdnadet.training.selection import image_accuracy
+from tfdnadet.training.trainer import TrainResult
+
+MEMBERS_DIR = "members"
+ENSEMBLE_KNOBS = {"stage1.encoders": 1, "train.runs_per_encoder": 1}
+
+
+def member_run_dir(run_dir: str, member: int) -> str:
+    return os.path.join(run_dir, MEMBERS_DIR, f"run{member}")
+
+
+def member_config(config: Config, member: int, count: int) -> Config:
+    """The config of member `member` of `count`: a single run with its own seed."""
+    return config_with_overrides(config.to_dict(), {**ENSEMBLE_KNOBS, "train.seed": config.train.seed * count + member})
+
+
+def split_init(init_model: Optional[str], run_dir: str) -> list:
+    """The stage-1 encoders to fine-tune: an ensemble model's members, each written once as a model directory
+    under RUN_DIR/members/ (their runs start from a path), or [init_model] (None: one random encoder)."""
+    if init_model is None or not isinstance(load_backbone(init_model), EnsembleEncoder):
+        return [init_model]
+    source = load_detector(init_model)
+    paths = []
+    for member in range(len(source.backbone.stems)):
+        path = os.path.join(run_dir, MEMBERS_DIR, f"init{member}")
+        if not is_model_dir(path):
+            save_detector(Detector(source.backbone.member_encoder(member), {}, {}, source.preprocessing, source.config), path)
+        paths.append(path)
+    return paths
+
+
+def write_ensemble(run_dir: str, results: list, stems: list, shared_blocks: int, config: Config, info: dict, judged: dict) -> TrainResult:
+    """Average the member runs `results` into RUN_DIR/model; the ensemble is judged on `judged` ({name: LoadedImages})."""
+    detector = assemble([load_detector(result.model_dir) for result in results], stems, shared_blocks)
+    selection = {
+        "select_on": results[0].selection.get("select_on"),
+        "members": len(results),
+        "epochs": [result.selection.get("epoch") for result in results],
+        **{f"{name}_accuracy": image_accuracy(detector, loaded, config.train.eval_batch_size) for name, loaded in judged.items() if len(loaded.labels)},
+    }
+    detector.config = {**detector.config, **config.to_dict(), **info, "selection": selection}
+    model_dir = os.path.join(run_dir, "model")
+    save_detector(detector, model_dir)
+    save_config(config, os.path.join(run_dir, "config.yaml"))
+    runs = [os.path.relpath(result.run_dir, run_dir) for result in results]
+    write_json(os.path.join(run_dir, "run.json"), {"class_names": detector.class_names, "members": runs, **info, "selection": selection})
+    epochs = max(result.epochs_completed for result in results)
+    return TrainResult(run_dir, model_dir, epochs, sum(result.steps for result in results), {}, selection)
+
