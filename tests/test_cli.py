@@ -176,8 +176,8 @@ def test_training_progress_is_one_line_per_epoch_in_a_log(capsys):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
     model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     x, y = np.random.default_rng(0).normal(size=(12, 3)), np.arange(12) % 2
-    with cli._training_progress() as callbacks:
-        model.fit(x, y, batch_size=4, epochs=2, validation_data=(x, y), verbose=0, callbacks=list(callbacks))
+    with cli._training_progress() as bar:
+        model.fit(x, y, batch_size=4, epochs=2, validation_data=(x, y), verbose=0, callbacks=[bar.callback()])
     lines = capsys.readouterr().err.splitlines()
     assert [line.split("  ")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
     assert all(re.search(r"loss \d\.\d+  accuracy [\d.]+  val_loss [\d.]+  val_accuracy [\d.]+$", line) for line in lines)

@@ -109,10 +109,10 @@ class _TrainingBar:
 
 @contextlib.contextmanager
 def _training_progress(header: str = ""):
-    """Yields (the callbacks that draw a training run's progress, `header` first; the ensemble-run notice)."""
+    """Yields the bar that draws a training run's progress, `header` first (its callback() goes to the trainer)."""
     bar = _TrainingBar(header)
     try:
-        yield (bar.callback(),), bar.member
+        yield bar
     finally:
         bar.close()
 
@@ -236,8 +236,8 @@ def train_stage1_command(
         },
         settings,
     )
-    with _training_progress(_precision_line(cfg)) as (callbacks, on_member):
-        result = train_stage1(data, out_dir, cfg, resume=resume, verbose=0, callbacks=callbacks, on_skipped=_warn, on_member=on_member)
+    with _training_progress(_precision_line(cfg)) as bar:
+        result = train_stage1(data, out_dir, cfg, resume=resume, verbose=0, callbacks=(bar.callback(),), on_skipped=_warn, on_member=bar.member)
     _print_trained(result)
 
 
@@ -306,7 +306,7 @@ def train_stage2_command(
     from tfdnadet.methods import apply_method
 
     cfg = apply_method(cfg, method)
-    with _training_progress(_precision_line(cfg)) as (callbacks, on_member):
+    with _training_progress(_precision_line(cfg)) as bar:
         result = train_stage2(
             data,
             out_dir,
@@ -314,11 +314,11 @@ def train_stage2_command(
             init_model=init,
             resume=resume,
             verbose=0,
-            callbacks=callbacks,
+            callbacks=(bar.callback(),),
             on_skipped=_warn,
             allow_outside_root=allow_outside_root,
             val_data=val_data,
-            on_member=on_member,
+            on_member=bar.member,
         )
     _print_trained(result)
 

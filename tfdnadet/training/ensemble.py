@@ -8,9 +8,10 @@ import os
 from typing import Optional
 
 from tfdnadet.atomic import write_json
-from tfdnadet.config import Config, config_with_overrides, save_config
+from tfdnadet.config import FROZEN_ENCODER, Config, config_with_overrides, save_config
 from tfdnadet.models.ensemble import EnsembleEncoder, assemble
 from tfdnadet.models.detector import Detector
+from tfdnadet.models.encoder import ENCODER_BLOCKS
 from tfdnadet.models.model_dir import is_model_dir, load_backbone, load_detector, save_detector
 from tfdnadet.training.selection import image_accuracy
 from tfdnadet.training.trainer import TrainResult
@@ -26,6 +27,14 @@ def member_run_dir(run_dir: str, member: int) -> str:
 def member_config(config: Config, member: int, count: int) -> Config:
     """The config of member `member` of `count`: a single run with its own seed."""
     return config_with_overrides(config.to_dict(), {**ENSEMBLE_KNOBS, "train.seed": config.train.seed * count + member})
+
+
+def shared_blocks(config: Config, pretrained: bool) -> int:
+    """Blocks the runs of one stage-1 encoder keep as it is: those below train.finetune_from_block (none without one)."""
+    frozen_below = config.train.finetune_from_block
+    if not pretrained:
+        return 0
+    return len(ENCODER_BLOCKS) if frozen_below in FROZEN_ENCODER else max(0, frozen_below - 1)
 
 
 def split_init(init_model: Optional[str], run_dir: str) -> list:

@@ -7,20 +7,19 @@ from typing import Optional
 
 import numpy as np
 
-from tfdnadet.config import FROZEN_ENCODER, Config, config_with_overrides, load_config
+from tfdnadet.config import Config, config_with_overrides, load_config
 from tfdnadet.data.perturb import make_augment
 from tfdnadet.data.pipeline import LoadedImages, check_classes_present, load_images, make_patch_dataset
 from tfdnadet.data.preprocess import min_image_side
 from tfdnadet.data.sources import ImageList, read_dataset, split_train_val
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.backbones import CLOSED_FORM, backbone_spec
-from tfdnadet.models.encoder import ENCODER_BLOCKS
 from tfdnadet.training.add_head import train_one_vs_all
 from tfdnadet.training.callbacks import read_checkpoint_state
 from tfdnadet.training.closed_form import fit_closed_form
 from tfdnadet.training.gfd import GFD_LOSS, with_perceptual_init
 from tfdnadet.training.distribute import make_strategy
-from tfdnadet.training.ensemble import member_config, member_run_dir, split_init, write_ensemble
+from tfdnadet.training.ensemble import member_config, member_run_dir, shared_blocks, split_init, write_ensemble
 from tfdnadet.training.selection import HELDOUT_IMAGES, VAL_MODELS, validation_data
 from tfdnadet.training.trainer import TrainResult, fit_patch_model
 
@@ -78,7 +77,7 @@ def train_stage2(
                 on_member(member, count)
             results.append(fit(member_run_dir(run_dir, member), member_config(config, member, count), inits[stem], {**info, "init_model": inits[stem]}))
         judged = {HELDOUT_IMAGES: val, **({VAL_MODELS: val_models} if val_models else {})}
-        result = write_ensemble(run_dir, results, stems, _shared_blocks(config, init_model), config, info, judged)
+        result = write_ensemble(run_dir, results, stems, shared_blocks(config, bool(init_model)), config, info, judged)
     if config.heads.layout == "one-vs-all":
         train_one_vs_all(result.model_dir, train, val, images.class_names, config, verbose)
     return result
@@ -102,14 +101,6 @@ def _fit_classifier(train: LoadedImages, val: tuple, val_models, class_names: li
         val_models=val_models and (val_models.images, val_models.labels),
         **fit_options,
     )
-
-
-def _shared_blocks(config: Config, init_model: Optional[str]) -> int:
-    """Blocks the members of one stage-1 encoder keep as it is (none without --init)."""
-    frozen_below = config.train.finetune_from_block
-    if not init_model:
-        return 0
-    return len(ENCODER_BLOCKS) if frozen_below in FROZEN_ENCODER else max(0, frozen_below - 1)
 
 
 def _finetune_from_block(config: Config, init_model: Optional[str], run_dir: str):
