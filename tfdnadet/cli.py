@@ -202,7 +202,8 @@ def _precision_line(cfg) -> str:
 def _print_trained(result) -> None:
     s = result.selection
     if s and "members" in s:
-        kept = f" (the mean of {s['members']} runs, kept epochs {', '.join(map(str, s['epochs']))}, chosen on {s['select_on']})"
+        judged = f"; accuracy on the validation models {s['val_models_accuracy']:.3f}" if "val_models_accuracy" in s else ""
+        kept = f" (the mean of {s['members']} runs, kept epochs {', '.join(map(str, s['epochs']))}, chosen on {s['select_on']}{judged})"
     else:
         kept = f" (kept epoch {s['epoch']}, chosen on {s['select_on']})" if s else ""
     err.print(f"trained {result.epochs_completed} epoch(s), {result.steps} steps; model written to {result.model_dir}{kept}")
