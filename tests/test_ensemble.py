@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from tfdnadet.models.detector import MULTICLASS, POOL_LAYER
 from tfdnadet.models.encoder import Encoder
 from tfdnadet.models.ensemble import EnsembleEncoder
 from tfdnadet.models.model_dir import load_detector
+from tfdnadet.training.add_head import add_head
 from tfdnadet.training.stage1 import train_stage1
 from tfdnadet.training.stage2 import train_stage2
 
@@ -84,6 +86,16 @@ def test_an_ensemble_exports_and_explains_like_one_model(ensemble_run, tmp_path)
     np.testing.assert_allclose(served, detector.predict(images)[MULTICLASS], atol=1e-5)
     maps = GradCAM(detector)(images).heatmaps
     assert maps.shape == (2, 64, 64) and np.all((maps >= 0) & (maps <= 1)) and maps.max() > 0
+
+
+def test_a_head_added_to_an_ensemble_reads_every_run(ensemble_run, gan_images, tmp_path):
+    model = str(shutil.copytree(ensemble_run["stage2"].model_dir, tmp_path / "model"))
+    positives = os.path.join(gan_images["root"], "progan")
+    add_head(model, "progan", positives, epochs=1, steps_per_epoch=2)
+    detector = load_detector(model)
+    assert detector.heads["progan"].inputs[0].shape[-1] == detector.backbone.feature_dim == 4 * detector.backbone.member_dim
+    with pytest.raises(TfdnadetError, match="cannot read 'block6' of this model's EnsembleEncoder backbone"):
+        add_head(model, "mmdgan", os.path.join(gan_images["root"], "mmdgan"), finetune_top=2, epochs=1, steps_per_epoch=2)
 
 
 def test_a_finished_ensemble_resumes_to_the_same_model_and_is_not_overwritten(ensemble_run, gan_images):

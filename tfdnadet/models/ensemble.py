@@ -27,7 +27,7 @@ class EnsembleEncoder(keras.Model):
     def __init__(self, stems, shared_blocks: int = 0, width: float = 1.0, dtype=None, **kwargs):
         stems = [int(stem) for stem in stems]
         if len(stems) < 2 or stems[0] != 0 or sorted(set(stems)) != list(range(max(stems) + 1)):
-            raise TfdnadetError(f"An ensemble needs >= 2 members and stages numbered 0, 1, ... from member 0. Received: stems={stems}")
+            raise TfdnadetError(f"An ensemble needs >= 2 members and stage-1 encoders numbered 0, 1, ... from member 0. Received: stems={stems}")
         if not 0 <= shared_blocks <= len(ENCODER_BLOCKS):
             raise TfdnadetError(f"shared_blocks must be 0..{len(ENCODER_BLOCKS)}. Received: shared_blocks={shared_blocks}")
 
