@@ -73,7 +73,9 @@ POINTS = {
     "bf16-k32": (BF16, {"data.images_per_class": 32}),  # the paper's k
     # the learning rate x0.6 every 34 steps (an epoch of small at k = 8: 1e-3 -> 3e-5 by epoch 8), so late epochs settle
     "bf16-decay-per-epoch": (BF16, {"train.decay_steps": 34, "train.decay_rate": 0.6}),
-    # ensembles (tfdnadet.models.ensemble): 4 stage-2 runs of one stage-1 encoder, or 2 runs of each of 2
+    # one run, as before ensembles; ensembles (tfdnadet.models.ensemble): 4 stage-2 runs of one stage-1 encoder, or 2
+    # runs of each of 2
+    "bf16-one-run": ({**BF16, "stage1.encoders": 1}, {"train.runs_per_encoder": 1}),
     "bf16-ensemble1x4": (BF16, {"train.runs_per_encoder": 4}),
     "bf16-ensemble2x2": ({**BF16, "stage1.encoders": 2}, {"train.runs_per_encoder": 2}),
     "bf16-ensemble2x2-augment0.2": ({**BF16, "stage1.encoders": 2}, {"train.runs_per_encoder": 2, "data.augment": AUGMENT_LIGHT}),
