@@ -167,6 +167,17 @@ def test_tensorflow_startup_lines_of_child_processes_are_dropped_and_the_rest_ke
     assert sorted(done.stderr.splitlines()) == ["E0000 a real C++ error", "from python"]  # the two paths need not keep order
 
 
+def test_zoo_progress_is_one_line_per_model_in_a_log(capsys):
+    """Off a terminal the zoo's per-model bars print nothing; each finished model is one line."""
+    from tfdnadet import cli
+
+    with cli._model_progress_bars() as on_progress:
+        for model in ("progan-seed0", "mmdgan-seed0"):
+            for step in range(1, 4):
+                on_progress(model, step, 3)
+    assert capsys.readouterr().err.splitlines() == ["progan-seed0: 3/3 steps", "mmdgan-seed0: 3/3 steps"]
+
+
 def test_training_progress_is_one_line_per_epoch_in_a_log(capsys):
     """Off a terminal the trainers' progress is one line per finished epoch with its metrics, never a step line."""
     import keras

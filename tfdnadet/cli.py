@@ -844,11 +844,12 @@ def _print_quickstart(result) -> None:
 
 @contextlib.contextmanager
 def _model_progress_bars():
-    """A progress bar per model on stderr; yields on_progress(model_id, step, total)."""
+    """A progress bar per model on stderr (off a terminal one line per finished model); yields on_progress(model_id,
+    step, total)."""
     from rich.progress import Progress
 
     tasks = {}
-    with Progress(console=err) as progress:
+    with Progress(console=err, disable=not err.is_terminal) as progress:  # a log file gets no final render of the bars
 
         def on_progress(model_id: str, step: int, total: int) -> None:
             if model_id not in tasks:
