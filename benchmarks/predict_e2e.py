@@ -27,7 +27,7 @@ from tfdnadet.inference import attribute, load_for_detector  # noqa: E402
 from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing  # noqa: E402
 from tfdnadet.models.backbones import create_backbone  # noqa: E402
 from tfdnadet.models.ensemble import EnsembleEncoder  # noqa: E402
-from tfdnadet.training.ensemble import shared_blocks  # noqa: E402
+from tfdnadet.training.ensemble import ensemble_stems, shared_blocks  # noqa: E402
 from tfdnadet.models.heads import BinaryHead, MulticlassHead  # noqa: E402
 from tfdnadet.precision import resolve_precision  # noqa: E402
 
@@ -38,8 +38,7 @@ def make_backbone(config, dtype, one_run: bool = False):
     encoders, runs = config.stage1.encoders, config.train.runs_per_encoder
     if one_run or encoders * runs == 1:
         return create_backbone(config.model.backbone, width=config.model.width, dtype=dtype, name="encoder")
-    stems = [encoder for encoder in range(encoders) for _ in range(runs)]
-    return EnsembleEncoder(stems, shared_blocks(config, pretrained=True), config.model.width, dtype=dtype, name="encoder")
+    return EnsembleEncoder(ensemble_stems(encoders, runs), shared_blocks(config, pretrained=True), config.model.width, dtype=dtype, name="encoder")
 
 
 def make_detector(config, binary_heads: int, multiclass: bool, one_run: bool = False) -> Detector:

@@ -111,6 +111,13 @@ def test_a_finished_ensemble_resumes_to_the_same_model_and_is_not_overwritten(en
     assert resumed.selection["epochs"] == stage2.selection["epochs"]
 
 
+def test_a_method_that_trains_one_model_refuses_an_ensemble_init_before_writing(ensemble_run, gan_images, tmp_path):
+    config = load_config("tiny", {**SETTINGS, "train.loss": "gfd"})
+    with pytest.raises(TfdnadetError, match="holds 2 stage-1 encoders and this method trains one model"):
+        train_stage2(gan_images["train"], str(tmp_path / "gfd"), config, init_model=ensemble_run["stage1"].model_dir, verbose=0)
+    assert not os.path.exists(tmp_path / "gfd" / "members")
+
+
 def test_members_must_agree_on_what_they_share():
     first, second = Encoder(0.125, name="a"), Encoder(0.125, name="b")  # two random encoders: block 1 differs
     with pytest.raises(TfdnadetError, match="differs from its stage-1 encoder's other members in block 1"):

@@ -9,10 +9,11 @@ from typing import Optional
 
 from tfdnadet.atomic import write_json
 from tfdnadet.config import FROZEN_ENCODER, Config, config_with_overrides, save_config
+from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.ensemble import EnsembleEncoder, assemble
 from tfdnadet.models.detector import Detector
 from tfdnadet.models.encoder import ENCODER_BLOCKS
-from tfdnadet.models.model_dir import is_model_dir, load_backbone, load_detector, save_detector
+from tfdnadet.models.model_dir import is_model_dir, load_detector, save_detector
 from tfdnadet.training.selection import image_accuracy
 from tfdnadet.training.trainer import TrainResult
 
@@ -20,13 +21,22 @@ MEMBERS_DIR = "members"
 ENSEMBLE_KNOBS = {"stage1.encoders": 1, "train.runs_per_encoder": 1}
 
 
-def member_run_dir(run_dir: str, member: int) -> str:
-    return os.path.join(run_dir, MEMBERS_DIR, f"run{member}")
+def ensemble_stems(encoders: int, runs_per_encoder: int) -> list:
+    """The stage-1 encoder of each run: runs_per_encoder runs of encoder 0, then of encoder 1, ..."""
+    return [encoder for encoder in range(encoders) for _ in range(runs_per_encoder)]
 
 
-def member_config(config: Config, member: int, count: int) -> Config:
-    """The config of member `member` of `count`: a single run with its own seed."""
-    return config_with_overrides(config.to_dict(), {**ENSEMBLE_KNOBS, "train.seed": config.train.seed * count + member})
+def train_members(run_dir: str, config: Config, stems: list, train_member, on_member=None) -> list:
+    """One run per entry of `stems` in RUN_DIR/members/run{k}, each a single run with seed train.seed x count + k:
+    `train_member(member_run_dir, member_config, stem)` trains it; `on_member(index, count)` hears as each starts."""
+    results = []
+    for member, stem in enumerate(stems):
+        if on_member:
+            on_member(member, len(stems))
+        seed = config.train.seed * len(stems) + member
+        member_config = config_with_overrides(config.to_dict(), {**ENSEMBLE_KNOBS, "train.seed": seed})
+        results.append(train_member(os.path.join(run_dir, MEMBERS_DIR, f"run{member}"), member_config, stem))
+    return results
 
 
 def shared_blocks(config: Config, pretrained: bool) -> int:
@@ -37,12 +47,20 @@ def shared_blocks(config: Config, pretrained: bool) -> int:
     return len(ENCODER_BLOCKS) if frozen_below in FROZEN_ENCODER else max(0, frozen_below - 1)
 
 
-def split_init(init_model: Optional[str], run_dir: str) -> list:
+def split_init(init_model: Optional[str], run_dir: str, only_one: bool = False) -> list:
     """The stage-1 encoders to fine-tune: an ensemble model's members, each written once as a model directory
-    under RUN_DIR/members/ (their runs start from a path), or [init_model] (None: one random encoder)."""
-    if init_model is None or not isinstance(load_backbone(init_model), EnsembleEncoder):
-        return [init_model]
+    under RUN_DIR/members/ (their runs start from a path), or [init_model] (None: one random encoder). `only_one`
+    refuses an ensemble (a method that trains one model)."""
+    if init_model is None:
+        return [None]
     source = load_detector(init_model)
+    if not isinstance(source.backbone, EnsembleEncoder):
+        return [init_model]
+    if only_one:
+        raise TfdnadetError(
+            f"--init {init_model} holds {len(source.backbone.stems)} stage-1 encoders and this method trains one model: "
+            "give it one of them (train-stage1 writes each encoder's run under RUN/members/)."
+        )
     paths = []
     for member in range(len(source.backbone.stems)):
         path = os.path.join(run_dir, MEMBERS_DIR, f"init{member}")

@@ -15,7 +15,7 @@ from tfdnadet.data.transforms import TransformBank, make_transform_dataset, tran
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.training.callbacks import read_checkpoint_state
 from tfdnadet.training.distribute import make_strategy
-from tfdnadet.training.ensemble import member_config, member_run_dir, write_ensemble
+from tfdnadet.training.ensemble import train_members, write_ensemble
 from tfdnadet.training.trainer import TrainResult, fit_patch_model
 from tfdnadet.zoo.photos import load_photos, random_crops
 
@@ -42,12 +42,11 @@ def train_stage1(
     count = config.stage1.encoders
     if count == 1:
         return _train_encoder(data, run_dir, config, resume, verbose, callbacks, on_skipped)
-    results = []
-    for member in range(count):
-        if on_member:
-            on_member(member, count)
-        results.append(_train_encoder(data, member_run_dir(run_dir, member), member_config(config, member, count), resume, verbose, callbacks, on_skipped))
-    return write_ensemble(run_dir, results, list(range(count)), 0, config, {"stage": 1}, {})
+    def train_encoder(member_dir: str, member_config: Config, stem: int) -> TrainResult:
+        return _train_encoder(data, member_dir, member_config, resume, verbose, callbacks, on_skipped)
+
+    stems = list(range(count))  # each run is a stage-1 encoder of its own
+    return write_ensemble(run_dir, train_members(run_dir, config, stems, train_encoder, on_member), stems, 0, config, {"stage": 1}, {})
 
 
 def _train_encoder(data: Optional[str], run_dir: str, config: Config, resume: bool, verbose: int, callbacks: tuple, on_skipped) -> TrainResult:

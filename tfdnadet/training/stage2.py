@@ -19,7 +19,7 @@ from tfdnadet.training.callbacks import read_checkpoint_state
 from tfdnadet.training.closed_form import fit_closed_form
 from tfdnadet.training.gfd import GFD_LOSS, with_perceptual_init
 from tfdnadet.training.distribute import make_strategy
-from tfdnadet.training.ensemble import member_config, member_run_dir, shared_blocks, split_init, write_ensemble
+from tfdnadet.training.ensemble import ensemble_stems, shared_blocks, split_init, train_members, write_ensemble
 from tfdnadet.training.selection import HELDOUT_IMAGES, VAL_MODELS, validation_data
 from tfdnadet.training.trainer import TrainResult, fit_patch_model
 
@@ -62,20 +62,17 @@ def train_stage2(
             on_skipped(loaded.failure_summary())
     check_classes_present(train, images.class_names, "training")
     info = {"data_source": os.path.abspath(data), "stage": 2, "init_model": init_model, "val_data": val_source and os.path.abspath(val_source)}
-    inits = split_init(init_model, run_dir)
-    count = len(inits) * config.train.runs_per_encoder
-    if count > 1 and config.train.loss == GFD_LOSS:
-        raise TfdnadetError(f"--init {init_model} holds {len(inits)} stage-1 encoders and GFD-Net trains one model: give it one of them ({inits[0]}).")
+    inits = split_init(init_model, run_dir, only_one=config.train.loss == GFD_LOSS)  # GFD-Net keeps its own decoder
+    stems = ensemble_stems(len(inits), config.train.runs_per_encoder)
     fit = functools.partial(_fit_classifier, train, (val.images, val.labels), val_models, images.class_names, resume=resume, verbose=verbose, callbacks=callbacks)
-    if count == 1:
+    if len(stems) == 1:
         result = fit(run_dir, config, init_model, info)
     else:
-        stems = [member // config.train.runs_per_encoder for member in range(count)]
-        results = []
-        for member, stem in enumerate(stems):
-            if on_member:
-                on_member(member, count)
-            results.append(fit(member_run_dir(run_dir, member), member_config(config, member, count), inits[stem], {**info, "init_model": inits[stem]}))
+
+        def train_run(member_dir: str, member_config: Config, stem: int) -> TrainResult:
+            return fit(member_dir, member_config, inits[stem], {**info, "init_model": inits[stem]})
+
+        results = train_members(run_dir, config, stems, train_run, on_member)
         judged = {HELDOUT_IMAGES: val, **({VAL_MODELS: val_models} if val_models else {})}
         result = write_ensemble(run_dir, results, stems, shared_blocks(config, bool(init_model)), config, info, judged)
     if config.heads.layout == "one-vs-all":
