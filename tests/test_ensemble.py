@@ -19,7 +19,9 @@ from tfdnadet.models.ensemble import EnsembleEncoder
 from tfdnadet.models.model_dir import load_detector
 from tfdnadet.training.add_head import add_head
 from tfdnadet.training.stage1 import train_stage1
+from tfdnadet.training.ensemble import write_ensemble
 from tfdnadet.training.stage2 import train_stage2
+from tfdnadet.training.trainer import TrainResult
 
 SETTINGS = {"train.precision": "float32", "train.gradcam_images": 0, "stage1.epochs": 1, "stage1.crops": 32}
 
@@ -109,6 +111,19 @@ def test_a_finished_ensemble_resumes_to_the_same_model_and_is_not_overwritten(en
     with open(os.path.join(resumed.model_dir, "detector.json")) as f:
         assert json.load(f)["backbone_sha256"] == before
     assert resumed.selection["epochs"] == stage2.selection["epochs"]
+
+
+def test_an_ensemble_records_the_precision_its_runs_trained_in_not_auto(ensemble_run, tmp_path):
+    stage2 = ensemble_run["stage2"]
+    results = []
+    for k in range(4):
+        run_dir = os.path.join(stage2.run_dir, "members", f"run{k}")
+        with open(os.path.join(run_dir, "run.json")) as f:
+            results.append(TrainResult(run_dir, os.path.join(run_dir, "model"), 1, 1, {}, json.load(f)["selection"]))
+    config = load_config("tiny", {**SETTINGS, "train.precision": "auto"})
+    result = write_ensemble(str(tmp_path), results, [0, 0, 1, 1], 2, config, {"stage": 2}, {})
+    assert load_config(str(tmp_path / "config.yaml")).train.precision == "float32"  # the runs', not this machine's choice
+    assert load_detector(result.model_dir).config["train"]["precision"] == "float32"
 
 
 def test_a_method_that_trains_one_model_refuses_an_ensemble_init_before_writing(ensemble_run, gan_images, tmp_path):

@@ -4,6 +4,7 @@ Member k trains with seed train.seed x count + k, so ensembles of different trai
 A stopped ensemble resumes like a run: finished members are kept, the stopped one continues from its checkpoint.
 """
 
+import dataclasses
 import os
 from typing import Optional
 
@@ -73,6 +74,7 @@ def split_init(init_model: Optional[str], run_dir: str, only_one: bool = False) 
 def write_ensemble(run_dir: str, results: list, stems: list, shared_blocks: int, config: Config, info: dict, judged: dict) -> TrainResult:
     """Average the member runs `results` into RUN_DIR/model; the ensemble is judged on `judged` ({name: LoadedImages})."""
     detector = assemble([load_detector(result.model_dir) for result in results], stems, shared_blocks)
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, precision=detector.precision))  # not "auto"
     selection = {
         "select_on": results[0].selection.get("select_on"),
         "members": len(results),
