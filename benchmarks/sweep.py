@@ -79,9 +79,9 @@ POINTS = {
     "bf16-ensemble1x4": (BF16, {"train.runs_per_encoder": 4}),
     "bf16-ensemble2x2": ({**BF16, "stage1.encoders": 2}, {"train.runs_per_encoder": 2}),
     "bf16-ensemble2x2-augment0.2": ({**BF16, "stage1.encoders": 2}, {"train.runs_per_encoder": 2, "data.augment": AUGMENT_LIGHT}),
-    # more stage-1 encoders for the same stage-1 minutes: 4 or 5 of 24 epochs, one stage-2 run each
-    "bf16-ensemble4x1-stage1-24ep": ({**BF16, "stage1.encoders": 4, "stage1.epochs": 24}, {"train.runs_per_encoder": 1}),
+    # more stage-1 encoders of half the epochs: 5 of 24 epochs, one or two stage-2 runs each
     "bf16-ensemble5x1-stage1-24ep": ({**BF16, "stage1.encoders": 5, "stage1.epochs": 24}, {"train.runs_per_encoder": 1}),
+    "bf16-ensemble5x2-stage1-24ep": ({**BF16, "stage1.encoders": 5, "stage1.epochs": 24}, {"train.runs_per_encoder": 2}),
     "bf16-width0.5": ({**BF16, "model.width": 0.5}, {}),
     "bf16-x1": ({**BF16, "data.input_size": 64}, {}),  # no upsampling: a 2x2 grid of 32 px patches
     "bf16-x4-p64": ({**BF16, "data.input_size": 256, "data.patch_size": 64}, {}),  # the paper's x4, crop ratio 1/4
