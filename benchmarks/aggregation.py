@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 
 from tfdnadet.atomic import write_json  # noqa: E402
 from tfdnadet.errors import TfdnadetError  # noqa: E402
-from tfdnadet.evaluation.evaluate import evaluate_loaded, load_labelled  # noqa: E402
+from tfdnadet.evaluation.evaluate import load_labelled, loaded_metrics  # noqa: E402
 from tfdnadet.evaluation.protocol import zoo_test_splits  # noqa: E402
 from tfdnadet.models.model_dir import load_detector  # noqa: E402
 from tfdnadet.zoo.build import VALIDATION_SPLIT, read_zoo  # noqa: E402
@@ -50,7 +50,7 @@ def score_model(model: str, validation: str, test_splits: dict, variants: dict) 
     scores = {}
     for name, changes in variants.items():
         variant = detector.with_preprocessing(**changes)
-        scores[name] = {split: 100 * evaluate_loaded(variant, images, data[split])["accuracy"] for split, images in loaded.items()}
+        scores[name] = {split: 100 * loaded_metrics(variant, images)["accuracy"] for split, images in loaded.items()}
     return scores
 
 
