@@ -91,7 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zoo", required=True)
     parser.add_argument("--work", required=True, help="a benchmarks/sweep.py --work directory")
-    parser.add_argument("--shapes", default="1x1,2x2,3x1,3x2,4x1,4x2,5x1,5x2", help="E x R: E stage-1 encoders, R runs each")
+    parser.add_argument("--shapes", default="1x1,2x2,3x2,4x2,5x1,5x2,6x1,6x2,7x1,7x2", help="E x R: E stage-1 encoders, R runs each")
     parser.add_argument("--samples", type=int, default=300, help="ensembles drawn per shape and validation half")
     parser.add_argument("--out", default="benchmarks/results/recombine")
     args = parser.parse_args()
