@@ -11,7 +11,7 @@ from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.backbones import CLOSED_FORM, GRADIENT, backbone_names, backbone_spec, create_backbone
 from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing, patch_grid
 from tfdnadet.models.model_dir import load_detector, save_detector
-from tfdnadet.models.encoder import Encoder
+from tfdnadet.models.encoder import Encoder, FusedBatchNorm
 from tfdnadet.models.heads import MulticlassHead, ProjectionHead
 
 
@@ -36,6 +36,25 @@ def test_encoder_follows_table_7():
     assert Encoder(width=0.25)(np.zeros((1, 64, 64, 3), np.float32)).shape == (1, 128)
     with pytest.raises(TfdnadetError, match="layer"):
         encoder.feature_model(9)
+
+
+def test_fused_batch_norm_matches_keras_batch_norm(tmp_path):
+    maps = tf.random.stateless_normal([6, 5, 5, 4], [1, 2]) * 3.0 + 1.5
+    fused, plain = FusedBatchNorm(momentum=0.9, epsilon=1e-5), keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    fused.build(maps.shape), plain.build(maps.shape)
+    weights = [np.linspace(0.5, 2.0, 4), np.linspace(-1.0, 1.0, 4), np.linspace(-0.5, 0.5, 4), np.linspace(0.5, 1.5, 4)]
+    fused.set_weights(weights), plain.set_weights(weights)
+    np.testing.assert_allclose(fused(maps, training=False), plain(maps, training=False), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fused(maps, training=True), plain(maps, training=True), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(fused.moving_mean, plain.moving_mean, rtol=1e-6, atol=1e-6)
+    # The moving variance averages the unbiased batch variance (n = 6 x 5 x 5 values per channel), as PyTorch's does.
+    n = 150
+    batch_variance = tf.math.reduce_variance(maps, axis=[0, 1, 2]).numpy()
+    np.testing.assert_allclose(fused.moving_variance, 0.9 * weights[3] + 0.1 * batch_variance * n / (n - 1), rtol=1e-5)
+    bfloat16 = FusedBatchNorm(dtype="mixed_bfloat16")
+    assert bfloat16(maps, training=True).dtype == tf.bfloat16 and bfloat16.moving_mean.dtype == tf.float32
+    model = keras.Sequential([keras.Input((5, 5, 4)), FusedBatchNorm(name="bn")], name="fused_bn")
+    check_keras_round_trip(model, maps, tmp_path)
 
 
 @pytest.mark.parametrize("backbone", backbone_names(GRADIENT))
