@@ -84,6 +84,7 @@ POINTS = {
     "bf16-ensemble5x2-stage1-24ep": ({**BF16, "stage1.encoders": 5, "stage1.epochs": 24}, {"train.runs_per_encoder": 2}),
     "bf16-ensemble7x1-stage1-24ep": ({**BF16, "stage1.encoders": 7, "stage1.epochs": 24}, {"train.runs_per_encoder": 1}),
     "bf16-ensemble7x2-stage1-24ep": ({**BF16, "stage1.encoders": 7, "stage1.epochs": 24}, {"train.runs_per_encoder": 2}),
+    "bf16-ensemble8x2-stage1-24ep": ({**BF16, "stage1.encoders": 8, "stage1.epochs": 24}, {"train.runs_per_encoder": 2}),
     "bf16-width0.5": ({**BF16, "model.width": 0.5}, {}),
     "bf16-x1": ({**BF16, "data.input_size": 64}, {}),  # no upsampling: a 2x2 grid of 32 px patches
     "bf16-x4-p64": ({**BF16, "data.input_size": 256, "data.patch_size": 64}, {}),  # the paper's x4, crop ratio 1/4
