@@ -11,7 +11,7 @@ from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.backbones import CLOSED_FORM, GRADIENT, backbone_names, backbone_spec, create_backbone
 from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing, patch_grid
 from tfdnadet.models.model_dir import load_detector, save_detector
-from tfdnadet.models.encoder import Encoder, FusedBatchNorm
+from tfdnadet.models.encoder import BatchNormalization, Encoder
 from tfdnadet.models.heads import MulticlassHead, ProjectionHead
 
 
@@ -40,7 +40,7 @@ def test_encoder_follows_table_7():
 
 def test_fused_batch_norm_matches_keras_batch_norm(tmp_path):
     maps = tf.random.stateless_normal([6, 5, 5, 4], [1, 2]) * 3.0 + 1.5
-    fused, plain = FusedBatchNorm(momentum=0.9, epsilon=1e-5), keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
+    fused, plain = BatchNormalization(momentum=0.9, epsilon=1e-5), keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)
     fused.build(maps.shape), plain.build(maps.shape)
     weights = [np.linspace(0.5, 2.0, 4), np.linspace(-1.0, 1.0, 4), np.linspace(-0.5, 0.5, 4), np.linspace(0.5, 1.5, 4)]
     fused.set_weights(weights), plain.set_weights(weights)
@@ -51,10 +51,17 @@ def test_fused_batch_norm_matches_keras_batch_norm(tmp_path):
     n = 150
     batch_variance = tf.math.reduce_variance(maps, axis=[0, 1, 2]).numpy()
     np.testing.assert_allclose(fused.moving_variance, 0.9 * weights[3] + 0.1 * batch_variance * n / (n - 1), rtol=1e-5)
-    bfloat16 = FusedBatchNorm(dtype="mixed_bfloat16")
+    bfloat16 = BatchNormalization(dtype="mixed_bfloat16")
     assert bfloat16(maps, training=True).dtype == tf.bfloat16 and bfloat16.moving_mean.dtype == tf.float32
-    model = keras.Sequential([keras.Input((5, 5, 4)), FusedBatchNorm(name="bn")], name="fused_bn")
+    model = keras.Sequential([keras.Input((5, 5, 4)), BatchNormalization(name="bn")], name="fused_bn")
     check_keras_round_trip(model, maps, tmp_path)
+    # A checkpoint written with Keras' layer (a run of an earlier release) loads into ours: resume keeps working.
+    earlier = keras.Sequential([keras.Input((5, 5, 4)), keras.layers.BatchNormalization(name="bn")])
+    earlier.layers[0].set_weights(weights)
+    earlier.save_weights(str(tmp_path / "earlier.weights.h5"))
+    model.load_weights(str(tmp_path / "earlier.weights.h5"))
+    for loaded, saved in zip(model.layers[0].get_weights(), weights):
+        np.testing.assert_allclose(loaded, saved, rtol=1e-6)
 
 
 @pytest.mark.parametrize("backbone", backbone_names(GRADIENT))

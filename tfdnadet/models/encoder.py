@@ -72,17 +72,18 @@ def batch_norm(name: str, dtype=None) -> keras.layers.BatchNormalization:
     Keras' default momentum 0.99 keeps ~5% of the initial variance 1 after 300 steps, which swamps variances
     of ~0.01 in a short CPU run and puts inference-mode predictions at chance.
     """
-    return FusedBatchNorm(momentum=0.9, epsilon=1e-5, name=name, dtype=dtype)
+    return BatchNormalization(momentum=0.9, epsilon=1e-5, name=name, dtype=dtype)
 
 
 @keras.saving.register_keras_serializable(package="tfdnadet")
-class FusedBatchNorm(keras.layers.BatchNormalization):
+class BatchNormalization(keras.layers.BatchNormalization):
     """Keras BatchNormalization on channels-last feature maps computed by TensorFlow's fused kernel.
 
     Keras 3 normalises in separate float32 ops (casts, moments, normalisation), each a pass over the map; the fused
     kernel is one op in the compute dtype: the paper-width bfloat16 train step of benchmarks/vs_pytorch.py runs 1.3x
     as fast here. Same weights and configuration as BatchNormalization; like PyTorch, the moving variance
-    averages the unbiased batch variance. Other ranks or axes fall back to BatchNormalization.
+    averages the unbiased batch variance. Other ranks or axes fall back to Keras' computation. The class keeps
+    Keras' name because weight files address layers by class name: checkpoints of earlier runs load into it.
     """
 
     def call(self, inputs, training=None, mask=None):
