@@ -79,7 +79,7 @@ POINTS = {
     "bf16-ensemble1x4": (BF16, {"train.runs_per_encoder": 4}),
     "bf16-ensemble2x2": ({**BF16, "stage1.encoders": 2}, {"train.runs_per_encoder": 2}),
     "bf16-ensemble2x2-augment0.2": ({**BF16, "stage1.encoders": 2}, {"train.runs_per_encoder": 2, "data.augment": AUGMENT_LIGHT}),
-    # more stage-1 encoders of half the epochs: 5 of 24 epochs, one or two stage-2 runs each
+    # more stage-1 encoders of half the epochs: 5, 7 or 8 of 24 epochs, one or two stage-2 runs each
     "bf16-ensemble5x1-stage1-24ep": ({**BF16, "stage1.encoders": 5, "stage1.epochs": 24}, {"train.runs_per_encoder": 1}),
     "bf16-ensemble5x2-stage1-24ep": ({**BF16, "stage1.encoders": 5, "stage1.epochs": 24}, {"train.runs_per_encoder": 2}),
     "bf16-ensemble7x1-stage1-24ep": ({**BF16, "stage1.encoders": 7, "stage1.epochs": 24}, {"train.runs_per_encoder": 1}),
