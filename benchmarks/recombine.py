@@ -1,7 +1,7 @@
 """Which ensemble shape wins, from stage-2 runs a sweep already trained: their answers recombined, no training.
 
 Every finished member run under WORK/stage2/*/members/ is judged once on the zoo's validation halves and test
-splits (the logits of each patch-grid cell); an ensemble of runs averages the cells' logits, as the model of an
+splits (the logits of each patch-grid cell, kept in WORK/recombine/ so that a later call judges only new runs); an ensemble of runs averages the cells' logits, as the model of an
 ensemble does (tfdnadet.models.ensemble). For each shape E x R (E stage-1 encoders, R runs of each) up to --samples
 ensembles are drawn per validation half from runs that chose their epoch on that half, and scored on the other
 half and on the test splits. Runs are grouped by the stage-1 encoder they fine-tuned (the weights of their init).
@@ -11,6 +11,7 @@ half and on the test splits. Runs are grouped by the stage-1 encoder they fine-t
 
 import argparse
 import glob
+import hashlib
 import json
 import os
 import random
@@ -65,6 +66,24 @@ def cell_logits(model_dir: str, data: dict) -> dict:
     return {split: np.concatenate([forward(to_model_input(images[i : i + 64], size)).numpy() for i in range(0, len(images), 64)]) for split, (images, _) in data.items()}
 
 
+def cached_cell_logits(model_dir: str, data: dict, cache_dir: str) -> dict:
+    """cell_logits, read from cache_dir when an earlier call judged the same weights on the same images."""
+    digest = hashlib.sha256()
+    for split, (images, labels) in sorted(data.items()):
+        digest.update(split.encode() + labels.tobytes() + images[::97].tobytes())
+    images_key = digest.hexdigest()[:16]
+    path = os.path.join(cache_dir, f"{backbone_hash(model_dir)[:16]}-{images_key}.npz")
+    if os.path.exists(path):
+        with np.load(path) as cached:
+            return {split: cached[split] for split in data}
+    logits = cell_logits(model_dir, data)
+    os.makedirs(cache_dir, exist_ok=True)
+    partial = path + ".partial.npz"
+    np.savez(partial, **logits)
+    os.replace(partial, path)
+    return logits
+
+
 def accuracy(logits: list, labels: np.ndarray) -> float:
     """% of images whose mean over cells of the softmax of the runs' mean logits names the right class."""
     mean = np.mean(logits, axis=0)
@@ -91,7 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zoo", required=True)
     parser.add_argument("--work", required=True, help="a benchmarks/sweep.py --work directory")
-    parser.add_argument("--shapes", default="1x1,2x2,3x2,4x2,5x1,5x2,6x1,6x2,7x1,7x2", help="E x R: E stage-1 encoders, R runs each")
+    parser.add_argument("--shapes", default="1x1,2x2,3x2,4x2,5x1,5x2,6x1,6x2,7x1,7x2,8x1,8x2", help="E x R: E stage-1 encoders, R runs each")
     parser.add_argument("--samples", type=int, default=300, help="ensembles drawn per shape and validation half")
     parser.add_argument("--out", default="benchmarks/results/recombine")
     args = parser.parse_args()
@@ -108,7 +127,7 @@ def main() -> None:
     logits = {}
     for index, run in enumerate(runs, 1):
         print(f"judging run {index}/{len(runs)}: {run['run']}", flush=True)
-        logits[run["run"]] = cell_logits(os.path.join(run["run"], "model"), data)
+        logits[run["run"]] = cached_cell_logits(os.path.join(run["run"], "model"), data, os.path.join(args.work, "recombine"))
     tests = list(zoo_test_splits(args.zoo))
     rng = random.Random(0)
     rows = []
