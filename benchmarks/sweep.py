@@ -32,6 +32,7 @@ import yaml  # noqa: E402
 from tfdnadet.atomic import write_json  # noqa: E402
 from tfdnadet.config import Config, config_from_dict, load_config  # noqa: E402
 from tfdnadet.data.perturb import ATTACKS  # noqa: E402
+from tfdnadet.data.transforms import UPSAMPLE_LAYERS  # noqa: E402
 from tfdnadet.errors import TfdnadetError  # noqa: E402
 from tfdnadet.evaluation.evaluate import evaluate_dataset  # noqa: E402
 from tfdnadet.evaluation.protocol import evaluate_protocol, protocol_summary  # noqa: E402
@@ -46,6 +47,8 @@ HARD_SPLITS = ("cross-seed", "cross-finetune", "cross-dataset")
 BF16 = {"train.precision": "mixed_bfloat16"}  # ~1.6x float32's speed on this CPU (AVX512_BF16)
 AUGMENT = [{"op": op, "p": 0.5} for op in ("relight", "blur", "crop", "jpeg", "noise")]  # [5.5] Khoo et al. 3.3
 AUGMENT_LIGHT = [{**op, "p": 0.2} for op in AUGMENT]  # a third of the images stay clean (0.8 ** 5)
+# the cpu bank plus 4 classes of generator upsampling layers with random weights (tfdnadet.data.transforms.random_upsample)
+UPSAMPLE_BANK = {**load_config("cpu").stage1.transforms, "upsample": list(UPSAMPLE_LAYERS)}
 # name -> (settings of both stages, settings of stage 2 only), over --config. Stage 2 keeps its best epoch on the
 # validation models, so longer runs cannot overfit the training generators unseen; frozen or top-block fine-tuning
 # keeps more of the transformation-pretrained encoder.
@@ -85,6 +88,9 @@ POINTS = {
     "bf16-ensemble7x1-stage1-24ep": ({**BF16, "stage1.encoders": 7, "stage1.epochs": 24}, {"train.runs_per_encoder": 1}),
     "bf16-ensemble7x2-stage1-24ep": ({**BF16, "stage1.encoders": 7, "stage1.epochs": 24}, {"train.runs_per_encoder": 2}),
     "bf16-ensemble8x2-stage1-24ep": ({**BF16, "stage1.encoders": 8, "stage1.epochs": 24}, {"train.runs_per_encoder": 2}),
+    "bf16-ensemble3x2-stage1-24ep-upsample": (
+        {**BF16, "stage1.encoders": 3, "stage1.epochs": 24, "stage1.transforms": UPSAMPLE_BANK}, {"train.runs_per_encoder": 2}
+    ),
     "bf16-width0.5": ({**BF16, "model.width": 0.5}, {}),
     "bf16-x1": ({**BF16, "data.input_size": 64}, {}),  # no upsampling: a 2x2 grid of 32 px patches
     "bf16-x4-p64": ({**BF16, "data.input_size": 256, "data.patch_size": 64}, {}),  # the paper's x4, crop ratio 1/4

@@ -11,7 +11,15 @@ from PIL import Image
 
 from conftest import run_cli
 from tfdnadet.config import load_config
-from tfdnadet.data.transforms import TransformBank, gaussian_blur, make_transform_dataset, median_blur, transform_images
+from tfdnadet.data.transforms import (
+    UPSAMPLE_LAYERS,
+    TransformBank,
+    gaussian_blur,
+    make_transform_dataset,
+    median_blur,
+    random_upsample,
+    transform_images,
+)
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.model_dir import load_backbone, load_detector
 from tfdnadet.training.stage1 import natural_crops, train_stage1
@@ -80,6 +88,28 @@ def test_gaussian_blur_keeps_flat_images_and_smooths_edges():
     assert row[0] == 0 and row[-1] == 255 and 0 < row[7] < row[8] < 255
 
 
+@pytest.mark.parametrize("layer", UPSAMPLE_LAYERS)
+def test_random_upsampling_layers_leave_their_own_period_2_traces(layer, photo):
+    flat = tf.constant(np.full((30, 30, 3), 120, np.uint8))
+    out = random_upsample(flat, layer, tf.constant([4, 5])).numpy()
+    assert out.shape == (30, 30, 3) and out.dtype == np.uint8
+    # a flat image stays flat on each of the 2 x 2 sub-grids, up to the edges (mirrored borders, no dark frame)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            for channel in range(3):
+                assert len(np.unique(out[dy::2, dx::2, channel])) == 1, (dy, dx, channel)
+    sub_grids = {int(out[dy, dx, 0]) for dy in (0, 1) for dx in (0, 1)}
+    if layer in ("nearest", "bilinear"):  # a resize, then one conv for every pixel: no sub-grid pattern
+        assert len(sub_grids) == 1
+    else:  # each output pixel of the 2 x 2 block has weights of its own: the checkerboard of generators
+        assert len(sub_grids) > 1
+    # the weights are new for every seed, the same for the same seed; the photo stays recognisable
+    one, again, other = (random_upsample(tf.constant(photo), layer, tf.constant(seed)).numpy() for seed in ([1, 2], [1, 2], [3, 4]))
+    np.testing.assert_array_equal(one, again)
+    assert not np.array_equal(one, other)
+    assert np.corrcoef(one.astype(float).ravel(), photo.astype(float).ravel())[0, 1] > 0.6
+
+
 def test_a_bank_from_the_config_table():
     bank = TransformBank({"jpeg": [50], "double_jpeg": [[40, 80]], "resample": [[0.5, "area"], [0.25, "nearest"]]})
     assert bank.class_names == ["jpeg_q50", "double_jpeg_q40_q80", "resample_area_x0.5", "resample_nearest_x0.25"]
@@ -94,6 +124,7 @@ def test_a_bank_from_the_config_table():
         ({"median_blur": [4]}, "kernel must be an odd integer >= 3"),
         ({"resample": [0.5]}, r"each class needs \[factor, method\]"),
         ({"resample": [[0.5, "cubic"]]}, "method must be one of"),
+        ({"upsample": ["deconv"]}, "layer must be one of nearest, bilinear, transposed, subpixel. Received: 'deconv'"),
         ({"noise": []}, "non-empty list"),
         ({"jpeg": [30, 30]}, "more than once: jpeg_q30"),
         ([30, 40], "must be a mapping"),

@@ -20,6 +20,9 @@ KERNEL_SIZES = tuple(range(3, 30, 2))  # 3, 5, ..., 29: 14 values
 RESAMPLE_FACTORS = tuple(round(0.15 + 0.05 * i, 2) for i in range(16))  # 0.15, 0.20, ..., 0.90
 RESAMPLE_METHODS = ("nearest", "bilinear", "bicubic", "area", "lanczos3")
 NOISE_VARIANCES = tuple(range(10, 50, 3))  # 10, 13, ..., 49 on the 0-255 scale: 14 values
+# Upsampling layers of generators [App. B]: resize + 3x3 conv, 4x4 stride-2 transposed conv, sub-pixel conv.
+UPSAMPLE_LAYERS = ("nearest", "bilinear", "transposed", "subpixel")
+UPSAMPLE_WEIGHT_SPREAD = 0.2  # std of each output's gain around 1 from the random weights
 
 # The paper's 170 classes [4.1]: 24 + 24 compression, 14 + 14 blurring, 80 resampling, 14 noising.
 PAPER_BANK = {
@@ -94,6 +97,40 @@ def resample(image: tf.Tensor, factor: float, method: str) -> tf.Tensor:
     return _to_uint8(tf.image.resize(down, size, method=method))
 
 
+def random_upsample(image: tf.Tensor, layer: str, seed) -> tf.Tensor:
+    """Halve the image (area), then double it with a generator's upsampling layer of random weights (near an
+    interpolation, new for every image): the class is the kind of layer, not its weights, as an architecture is
+    not its seed. Beyond the paper's bank, which resamples with interpolations only [4.1]."""
+    size = tf.shape(image)[:2]
+    half = (size + 1) // 2
+    small = tf.image.resize(tf.cast(image, tf.float32)[None], half, method="area")
+    if layer in ("nearest", "bilinear"):
+        up = tf.image.resize(small, 2 * half, method=layer)
+        out = tf.nn.conv2d(_pad(up[0], 1)[None], _near_identity(seed, [3, 3, 3, 3]), 1, "VALID")
+    elif layer == "transposed":
+        # Bilinear weights [1, 3, 3, 1] / 4 on each axis interpolate exactly; a mirrored 1-pixel border, cut off
+        # again, keeps the edges as bright as the rest.
+        taps = np.array([0.25, 0.75, 0.75, 0.25], np.float32)
+        kernel = _near_identity(seed, [4, 4, 3, 3], np.outer(taps, taps), fan_in=12)
+        padded = _pad(small[0], 1)[None]
+        out = tf.nn.conv2d_transpose(padded, kernel, tf.stack([1, 2 * half[0] + 6, 2 * half[1] + 6, 3]), 2, "VALID")[:, 3:-3, 3:-3]
+    else:  # subpixel: one 3x3 conv to 4 x 3 channels, each group one of the 2 x 2 output pixels
+        out = tf.nn.depth_to_space(tf.nn.conv2d(_pad(small[0], 1)[None], _near_identity(seed, [3, 3, 3, 12]), 1, "VALID"), 2)
+    return _to_uint8(out[0, : size[0], : size[1]])
+
+
+def _near_identity(seed, shape: list, spatial: np.ndarray = None, fan_in: int = 27) -> tf.Tensor:
+    """Conv weights [kh, kw, 3, out] that copy each channel (through `spatial`, else the centre tap) to every
+    group of 3 outputs, plus Gaussian noise that moves each output's gain by about UPSAMPLE_WEIGHT_SPREAD."""
+    kh, kw, _, out = shape
+    if spatial is None:
+        spatial = np.zeros((kh, kw), np.float32)
+        spatial[kh // 2, kw // 2] = 1.0
+    base = spatial[:, :, None, None] * np.tile(np.eye(3, dtype=np.float32), (1, out // 3))[None, None]
+    noise = tf.random.stateless_normal(shape, seed, stddev=UPSAMPLE_WEIGHT_SPREAD / np.sqrt(fan_in))
+    return tf.constant(base) + noise
+
+
 def gaussian_noise(image: tf.Tensor, variance: float, seed) -> tf.Tensor:
     noise = tf.random.stateless_normal(tf.shape(image), seed, stddev=float(np.sqrt(variance)))
     return _to_uint8(tf.cast(image, tf.float32) + noise)
@@ -123,6 +160,7 @@ OPERATIONS = {
     "median_blur": Operation(median_blur, ("kernel",), "median_blur_k{kernel}"),
     "resample": Operation(resample, ("factor", "method"), "resample_{method}_x{factor:g}"),
     "noise": Operation(gaussian_noise, ("variance",), "noise_var{variance:g}", random=True),
+    "upsample": Operation(random_upsample, ("layer",), "upsample_{layer}", random=True),
 }
 
 
@@ -141,6 +179,7 @@ PARAMETER_CHECKS = {
     "factor": (lambda v: _is_number(v) and 0 < v < 1, "a number between 0 and 1"),
     "method": (lambda v: v in RESAMPLE_METHODS, f"one of {', '.join(RESAMPLE_METHODS)}"),
     "variance": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "layer": (lambda v: v in UPSAMPLE_LAYERS, f"one of {', '.join(UPSAMPLE_LAYERS)}"),
 }
 
 
