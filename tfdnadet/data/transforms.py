@@ -111,7 +111,7 @@ def random_upsample(image: tf.Tensor, layer: str, seed) -> tf.Tensor:
         # Bilinear weights [1, 3, 3, 1] / 4 on each axis interpolate exactly; a mirrored 1-pixel border, cut off
         # again, keeps the edges as bright as the rest.
         taps = np.array([0.25, 0.75, 0.75, 0.25], np.float32)
-        kernel = _near_identity(seed, [4, 4, 3, 3], np.outer(taps, taps), fan_in=12)
+        kernel = _near_identity(seed, [4, 4, 3, 3], np.outer(taps, taps), stride=2)
         padded = _pad(small[0], 1)[None]
         out = tf.nn.conv2d_transpose(padded, kernel, tf.stack([1, 2 * half[0] + 6, 2 * half[1] + 6, 3]), 2, "VALID")[:, 3:-3, 3:-3]
     else:  # subpixel: one 3x3 conv to 4 x 3 channels, each group one of the 2 x 2 output pixels
@@ -119,15 +119,17 @@ def random_upsample(image: tf.Tensor, layer: str, seed) -> tf.Tensor:
     return _to_uint8(out[0, : size[0], : size[1]])
 
 
-def _near_identity(seed, shape: list, spatial: np.ndarray = None, fan_in: int = 27) -> tf.Tensor:
+def _near_identity(seed, shape: list, spatial: Optional[np.ndarray] = None, stride: int = 1) -> tf.Tensor:
     """Conv weights [kh, kw, 3, out] that copy each channel (through `spatial`, else the centre tap) to every
-    group of 3 outputs, plus Gaussian noise that moves each output's gain by about UPSAMPLE_WEIGHT_SPREAD."""
+    group of 3 outputs, plus Gaussian noise that moves each output's gain by about UPSAMPLE_WEIGHT_SPREAD (a
+    transposed conv of stride s reaches each output pixel with 1/s^2 of its taps)."""
     kh, kw, _, out = shape
+    fan_in = kh * kw * 3 // stride**2
     if spatial is None:
         spatial = np.zeros((kh, kw), np.float32)
         spatial[kh // 2, kw // 2] = 1.0
     base = spatial[:, :, None, None] * np.tile(np.eye(3, dtype=np.float32), (1, out // 3))[None, None]
-    noise = tf.random.stateless_normal(shape, seed, stddev=UPSAMPLE_WEIGHT_SPREAD / np.sqrt(fan_in))
+    noise = tf.random.stateless_normal(shape, seed, stddev=UPSAMPLE_WEIGHT_SPREAD / float(np.sqrt(fan_in)))
     return tf.constant(base) + noise
 
 
