@@ -20,7 +20,7 @@ from tfdnadet.zoo.build import build_zoo
 
 ZOO_PRESET = "tiny"
 # A short version of the cpu config for the tiny zoo's 32 px images: x2 upsampling to 64 px, 16 px patches
-# (a 1/4 crop ratio, App. E), and one short run of each stage (the cpu config's ensemble of fourteen runs would take
+# (a 1/4 crop ratio, App. E), and one short run of each stage (the cpu config's ensemble of sixteen runs would take
 # several times as long).
 _STAGE1_SETTINGS = {"stage1.epochs": 4, "train.steps_per_epoch": 25, "stage1.crops": 1024}
 _STAGE2_SETTINGS = {"train.epochs": 8, "train.steps_per_epoch": 15}  # 15 steps of k = 16 images per class
