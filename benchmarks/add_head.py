@@ -6,7 +6,8 @@ other classes' train-split images) and `train_stage2` on the whole train split (
 on images of NEW's architecture from: the same generator (closed-set), another seed on the same content
 (cross-seed), the same seed finetuned on other content (cross-finetune), and another seed AND another content
 (the validation split's finetuned model), with the head's false-positive rate on the other closed-set classes.
-The retrained model keeps its last epoch (the validation split holds one of the tested generators).
+The head is also scored by AUC against the other classes' closed-set images (1.0: some threshold takes all of NEW's
+images and none of the others; `heads calibrate` on held-out generators sets one). The retrained model keeps its last epoch (the validation split holds one of the tested generators).
 
     python benchmarks/add_head.py --zoo ZOO_DIR [--new progan] [--config cpu] [--init STAGE1_MODEL] [--work DIR]
 """
@@ -28,6 +29,7 @@ from tfdnadet.atomic import write_json  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
 from tfdnadet.data.sources import list_image_files, read_dataset  # noqa: E402
 from tfdnadet.errors import TfdnadetError  # noqa: E402
+from tfdnadet.evaluation.open_set import auroc  # noqa: E402
 from tfdnadet.inference import load_for_detector, predict_loaded  # noqa: E402
 from tfdnadet.models.detector import MULTICLASS  # noqa: E402
 from tfdnadet.models.model_dir import load_detector  # noqa: E402
@@ -91,13 +93,18 @@ def run(zoo_path: str, new: str, config_name: str, init, work: str) -> dict:
     retrained, retrain_seconds = timed(train_stage2, train_csv, os.path.join(work, "retrain"), config, init_model=init, verbose=0)
     with_head, retrained_model = load_detector(base), load_detector(retrained.model_dir)
     threshold, new_index = head_info["threshold"], retrained_model.class_names.index(new)
+    others = [os.path.join(zoo["root"], "closed-set", c) for c in zoo["splits"]["closed-set"]["classes"] if c != new]
+    other_scores = np.concatenate([scores(with_head, folder)[new][:, 0] for folder in others])
     rows = {}
     for row, folder in folders.items():
         head_scores = scores(with_head, folder)[new][:, 0]
         retrained_classes = np.argmax(scores(retrained_model, folder)[MULTICLASS], axis=1)
-        rows[row] = {"images": len(head_scores), "head_recall": float(np.mean(head_scores >= threshold)), "retrained_recall": float(np.mean(retrained_classes == new_index))}
-    others = [os.path.join(zoo["root"], "closed-set", c) for c in zoo["splits"]["closed-set"]["classes"] if c != new]
-    other_scores = np.concatenate([scores(with_head, folder)[new][:, 0] for folder in others])
+        rows[row] = {
+            "images": len(head_scores),
+            "head_recall": float(np.mean(head_scores >= threshold)),
+            "head_auc": auroc(head_scores, other_scores),  # against the other classes' closed-set images: any threshold
+            "retrained_recall": float(np.mean(retrained_classes == new_index)),
+        }
     return {
         "zoo": os.path.abspath(zoo["root"]),
         "new": new,
@@ -127,9 +134,9 @@ def main():
         r = run(args.zoo, args.new, args.config, args.init, work)
     print(f"adding '{args.new}' (one generator's images) to a model of the zoo's other classes vs retraining with the new class")
     print(f"add-head {r['add_head_seconds']:.1f} s, retrain {r['retrain_seconds']:.1f} s: ratio {r['ratio']:.1f}x")
-    print(f"{'images of ' + args.new:44} {'n':>5} {'head recall':>12} {'retrained recall':>17}")
+    print(f"{'images of ' + args.new:44} {'n':>5} {'head recall':>12} {'head AUC':>9} {'retrained recall':>17}")
     for row, v in r["recall"].items():
-        print(f"{row:44} {v['images']:5d} {v['head_recall']:12.2f} {v['retrained_recall']:17.2f}")
+        print(f"{row:44} {v['images']:5d} {v['head_recall']:12.2f} {v['head_auc']:9.3f} {v['retrained_recall']:17.2f}")
     print(f"head false-positive rate on the other closed-set classes: {r['head_false_positive_rate']:.2f} (threshold {r['head_threshold']:.2f})")
     write_json(args.out, {"device": tf.config.list_logical_devices()[0].device_type, "args": vars(args), "result": r})
     print(f"wrote {args.out}")
