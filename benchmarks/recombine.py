@@ -4,7 +4,8 @@ Every finished member run under WORK/stage2/*/members/ is judged once on the zoo
 splits (the logits of each patch-grid cell, kept in WORK/recombine/ so that a later call judges only new runs); an
 ensemble of runs averages the cells' logits, as the model of an ensemble does (tfdnadet.models.ensemble). For each
 shape E x R (E stage-1 encoders, R runs of each) up to --samples ensembles are drawn per validation half from runs
-that chose their epoch on that half, and scored on the other half and on the test splits. Runs are grouped by the stage-1 encoder they fine-tuned (the weights of their init).
+that chose their epoch on that half, and scored on the other half and on the test splits. Runs are grouped by the
+stage-1 encoder they fine-tuned (the weights of their init).
 
     python benchmarks/recombine.py --zoo ZOO_DIR --work SWEEP_WORK_DIR [--shapes 1x1,2x2,5x2] [--samples 300]
 """
