@@ -1,6 +1,6 @@
 import pytest
 
-from tfdnadet.config import builtin_config_names, load_config
+from tfdnadet.config import builtin_config_names, load_config, parse_settings
 from tfdnadet.errors import TfdnadetError
 
 
@@ -31,3 +31,28 @@ def test_overrides_and_validation():
         load_config("tiny", {"data.patch_size": 1000})
     with pytest.raises(TfdnadetError, match="not found"):
         load_config("no-such-config")
+
+
+def test_values_of_the_wrong_type_are_errors_naming_the_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    for text, message in (
+        ("train:\n  epochs: 2.5\n", r"'train\.epochs' must be int\. Received: 2\.5"),
+        ("train:\n  jit_compile: 1\n", r"'train\.jit_compile' must be bool"),
+        ("train:\n  epochs: yes\n", r"'train\.epochs' must be int\. Received: True"),
+        ("heads:\n  threshold_fpr: low\n", r"'heads\.threshold_fpr' must be float or null\. Received: 'low'"),
+        ("data:\n  augment: blur\n", r"'data\.augment' must be list"),
+    ):
+        path.write_text(text)
+        with pytest.raises(TfdnadetError, match=message):
+            load_config(str(path))
+    path.write_text("model:\n  width: 1\nheads:\n  threshold_fpr: null\n")  # an int where a float goes is fine
+    config = load_config(str(path))
+    assert config.model.width == 1 and config.heads.threshold_fpr is None
+
+
+def test_set_null_overrides_a_value_and_none_means_not_given():
+    assert load_config("tiny", parse_settings(["heads.threshold_fpr=null"])).heads.threshold_fpr is None
+    assert load_config("tiny", {"heads.threshold_fpr": None}).heads.threshold_fpr == 0.0
+    assert load_config("tiny", parse_settings(["heads.threshold_fpr=0.01"])).heads.threshold_fpr == 0.01
+    with pytest.raises(TfdnadetError, match=r"heads\.threshold_fpr must be in \[0, 1\) or null"):
+        load_config("tiny", {"heads.threshold_fpr": 1.5})

@@ -12,7 +12,7 @@ import pytest
 from conftest import run_cli
 from test_models import check_keras_round_trip, make_detector
 from tfdnadet.errors import TfdnadetError
-from tfdnadet.evaluation.heads import binary_metrics, evaluate_heads, pick_threshold
+from tfdnadet.evaluation.heads import binary_metrics, evaluate_heads, negatives_threshold, pick_threshold
 from tfdnadet.inference import attribute, load_for_detector, predict_loaded
 from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing
 from tfdnadet.models.model_dir import load_detector, save_detector
@@ -168,6 +168,15 @@ def test_binary_metrics_and_threshold_choice():
         pick_threshold(np.asarray([0, 1], bool), np.asarray([0.9, 0.1]), target_precision=0.9)
 
 
+def test_negatives_threshold_lets_at_most_the_given_share_of_negatives_fire():
+    negatives = np.asarray([0.1, 0.3, 0.2, 0.9, 0.3], np.float32)
+    for rate, firing in ((0.0, 0), (0.2, 1), (0.39, 1), (0.4, 1), (0.6, 3), (0.8, 4), (0.99, 4)):
+        threshold = negatives_threshold(negatives, rate)
+        assert int(np.sum(negatives >= np.float32(threshold))) == firing, rate
+    assert np.float32(negatives_threshold(negatives, 0.0)) == np.nextafter(np.float32(0.9), np.float32(1))  # the lowest such
+    assert negatives_threshold(np.asarray([0.5], np.float32), 0.0) > 0.5
+
+
 def test_add_head_writes_only_its_folder_and_keeps_the_old_predictions(added):
     model, before, info = added["model"], added["before"], added["info"]
     after = added["after_add"]
@@ -178,7 +187,9 @@ def test_add_head_writes_only_its_folder_and_keeps_the_old_predictions(added):
     assert info["kind"] == "binary" and info["input_layer"] == "pool" and info["positives"] > 30
     assert info["negatives_source"] == [load_detector(model).config["data_source"]]
     assert info["backbone_sha256"] == json.load(open(os.path.join(model, "detector.json")))["backbone_sha256"]
-    assert info["threshold"] == 0.5 and info["threshold_rule"] == "default" and 0 <= info["val_recall"] <= 1
+    # Its threshold: just above the highest score of the validation split's negatives (heads.threshold_fpr 0).
+    assert info["threshold_rule"] == "validation negatives, false-positive rate <= 0.0" and 0 < info["threshold"] < 1
+    assert info["val_precision"] == 1.0 or info["val_recall"] == 0.0
     # Calibration rewrote head.json only.
     assert {k for k, v in file_hashes(model).items() if after[k] != v} == {f"heads/{NEW}/head.json"}
 
@@ -313,11 +324,14 @@ def test_add_head_cli_finetunes_a_private_copy_of_the_top_blocks(added, folders,
 def test_train_stage2_one_vs_all_writes_only_binary_heads(folders, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     args = ["train-stage2", "--data", folders["train"], "--out", run, "--config", "tiny", "--epochs", "1", "--steps-per-epoch", "3"]
-    code, _, err = run_cli([*args, "--heads", "one-vs-all", "--set", "heads.epochs=1", "--set", "heads.steps_per_epoch=3"], monkeypatch, capsys)
+    settings = ["--set", "heads.epochs=1", "--set", "heads.steps_per_epoch=3", "--set", "heads.threshold_fpr=null"]
+    code, _, err = run_cli([*args, "--heads", "one-vs-all", *settings], monkeypatch, capsys)
     assert code == 0, err
     detector = load_detector(str(run / "model"))
     assert sorted(detector.heads) == list(KNOWN)
     assert {info["kind"] for info in detector.head_info.values()} == {"binary"}
+    # heads.threshold_fpr null: every head keeps heads.threshold.
+    assert {(info["threshold"], info["threshold_rule"]) for info in detector.head_info.values()} == {(0.5, "default")}
     code, out, _ = run_cli(["predict", run / "model", os.path.join(folders["heldout"], "progan"), "--json"], monkeypatch, capsys)
     rows = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and len(rows) == 24

@@ -3,6 +3,7 @@
 import dataclasses
 import os
 import re
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Optional
@@ -21,6 +22,7 @@ HEAD_LAYOUTS = ("multiclass", "one-vs-all")
 PREDICT_ON = ("whole", "patches")
 SELECT_ON = ("auto", "val_models", "last")
 FROZEN_ENCODER = ("frozen", "none")  # train.finetune_from_block values that train the heads only
+NULL = object()  # `--set KEY=null`: an override to null, where None means "not given"
 _EXPONENT_NUMBER = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 
@@ -106,7 +108,11 @@ class HeadsConfig:
     epochs: int = 3  # only the head learns: few passes (more overfit the generator seeds it saw)
     steps_per_epoch: Optional[int] = None  # None: one pass over the positive and negative training images
     learning_rate: float = 1e-3  # [5.1] the paper's larger Adam rate
-    threshold: float = 0.5  # sigmoid decision threshold [Khoo 3.2] until `heads calibrate` tunes it
+    # A new head's threshold, until `heads calibrate` tunes it on held-out generators: the lowest at which at most
+    # this share of the validation split's negatives fire (other seeds of the head's architecture score below its
+    # own generator's images, so 0.5 misses them); null, or a split without negatives: `threshold`.
+    threshold_fpr: Optional[float] = 0.0
+    threshold: float = 0.5  # sigmoid decision threshold [Khoo 3.2]
 
 
 @dataclass
@@ -151,8 +157,20 @@ def _build(cls, values: Any, where: str):
         sub = known[key].type
         if dataclasses.is_dataclass(sub):
             value = _build(sub, value, f"{where}.{key}" if where else key)
+        else:
+            _check_type(value, sub, f"{where}.{key}")
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> None:
+    """A value of the field's type (int for float is fine; bool is not an int); Any fields are left to `validate`."""
+    allowed = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Union else (annotation,)
+    if annotation is Any or (isinstance(value, int) and not isinstance(value, bool) and float in allowed):
+        return
+    if not any(isinstance(value, kind) and (kind is bool or not isinstance(value, bool)) for kind in allowed):
+        names = " or ".join("null" if kind is type(None) else kind.__name__ for kind in allowed)
+        raise TfdnadetError(f"Config key '{where}' must be {names}. Received: {value!r}")
 
 
 def config_from_dict(values: dict) -> Config:
@@ -186,6 +204,10 @@ def validate(config: Config) -> None:
         (t.gradcam_images >= 0, f"train.gradcam_images must be >= 0. Received: {t.gradcam_images}"),
         (config.heads.layout in HEAD_LAYOUTS, f"heads.layout must be one of {HEAD_LAYOUTS}. Received: {config.heads.layout!r}"),
         (0 < config.heads.threshold < 1, f"heads.threshold must be in (0, 1). Received: {config.heads.threshold}"),
+        (
+            config.heads.threshold_fpr is None or 0 <= config.heads.threshold_fpr < 1,
+            f"heads.threshold_fpr must be in [0, 1) or null. Received: {config.heads.threshold_fpr}",
+        ),
         (config.heads.epochs >= 1, f"heads.epochs must be >= 1. Received: {config.heads.epochs}"),
         (s.crops >= 1 and s.images_per_class >= 1, "stage1.crops and stage1.images_per_class must be >= 1"),
         (s.epochs is None or s.epochs >= 1, f"stage1.epochs must be >= 1 (or null: train.epochs). Received: {s.epochs}"),
@@ -228,14 +250,15 @@ def load_config(source: Optional[str] = None, overrides: Optional[dict] = None) 
 
 
 def config_with_overrides(values: dict, overrides: Optional[dict] = None) -> Config:
-    """Build a Config from nested dicts (a YAML file, a model's recorded config) with dotted overrides applied."""
+    """Build a Config from nested dicts (a YAML file, a model's recorded config) with dotted overrides applied
+    (None: not given, NULL: null)."""
     values = {section: dict(v) if isinstance(v, dict) else v for section, v in values.items()}
     for dotted, value in (overrides or {}).items():
-        if value is None:
+        if value is None:  # an option not given
             continue
         section, _, key = dotted.partition(".")
         values.setdefault(section, {})
-        values[section][key] = value
+        values[section][key] = None if value is NULL else value
     return config_from_dict(values)
 
 
@@ -248,7 +271,8 @@ def parse_settings(settings) -> dict:
         if not sep or not dot or not section or not name:
             raise TfdnadetError(f"--set expects SECTION.KEY=VALUE, e.g. --set train.epochs=3. Received: {item!r}")
         try:
-            overrides[key.strip()] = _number_or_value(yaml.safe_load(value))
+            value = yaml.safe_load(value)
+            overrides[key.strip()] = NULL if value is None else _number_or_value(value)
         except yaml.YAMLError:
             raise TfdnadetError(f"--set {item!r}: the value is not valid YAML.") from None
     return overrides

@@ -57,6 +57,16 @@ def pick_threshold(truth: np.ndarray, scores: np.ndarray, target_precision: Opti
     return binary_metrics(truth, scores, float(thresholds[index]))
 
 
+def negatives_threshold(negative_scores: np.ndarray, false_positive_rate: float) -> float:
+    """The lowest threshold at which at most `false_positive_rate` of the negatives score >= it."""
+    ranked = np.sort(np.asarray(negative_scores, np.float32))[::-1]
+    allowed = int(np.floor(false_positive_rate * len(ranked) + 1e-9))
+    if allowed >= len(ranked):
+        return float(ranked[-1])
+    # Just above the first negative that may not fire, in float32: the SavedModel compares in float32 too.
+    return float(np.nextafter(ranked[allowed], np.float32(np.inf)))
+
+
 def calibrate_head(
     model_dir: str, name: str, data: str, target_precision: Optional[float] = None, batch_size: int = 16
 ) -> dict:

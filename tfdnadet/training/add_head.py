@@ -12,13 +12,12 @@ from typing import Optional
 import keras
 import numpy as np
 
-from tfdnadet.config import Config, config_with_overrides
+from tfdnadet.config import Config, HeadsConfig, config_with_overrides
 from tfdnadet.data.perturb import make_augment
 from tfdnadet.data.pipeline import LoadedImages, check_classes_present, make_patch_dataset
 from tfdnadet.data.sources import ImageList, list_image_files, read_dataset, split_train_val
 from tfdnadet.errors import TfdnadetError
-from tfdnadet.evaluation.heads import binary_metrics
-from tfdnadet.evaluation.heads import validation_fields
+from tfdnadet.evaluation.heads import binary_metrics, negatives_threshold, validation_fields
 from tfdnadet.models.model_dir import check_head_name
 from tfdnadet.inference import load_for_detector, predict_loaded
 from tfdnadet.models.detector import MULTICLASS, Detector, feature_extractor
@@ -120,7 +119,7 @@ def fit_binary_head(
             "steps": steps * h.epochs,
         },
     )
-    detector.head_info[name].update(_validation_metrics(detector, name, val, h.threshold))
+    detector.head_info[name].update(_validation_metrics(detector, name, val, h))
     return head
 
 
@@ -160,17 +159,23 @@ def _copy_block_weights(backbone: keras.Model, head: BinaryHead) -> None:
             layer.set_weights(backbone.get_layer(layer.name).get_weights())
 
 
-def _validation_metrics(detector: Detector, name: str, val: LoadedImages, threshold: float) -> dict:
-    """Precision/recall at the default threshold on the validation split (none when it lacks positives or negatives).
+def _validation_metrics(detector: Detector, name: str, val: LoadedImages, h: HeadsConfig) -> dict:
+    """The head's threshold (heads.threshold_fpr on the validation split's negatives, else heads.threshold) and its
+    precision/recall there (none when the split lacks positives or negatives).
 
-    The split holds the same generators as training, so a threshold tuned on it is too lenient for other seeds
-    and unknown architectures: `heads calibrate` tunes it on separate validation data instead.
+    The split usually holds the training generators, so the threshold only bounds false alarms on them: other seeds
+    and unknown architectures need `heads calibrate` on images of held-out generators.
     """
-    fields = {"threshold": threshold, "threshold_rule": "default"}
-    if POSITIVE not in val.labels or np.all(val.labels == POSITIVE):
+    negatives = val.labels != POSITIVE
+    scores = predict_loaded(detector, val)[name][:, 0] if negatives.any() else None
+    if scores is not None and h.threshold_fpr is not None:
+        rule = f"validation negatives, false-positive rate <= {h.threshold_fpr}"
+        fields = {"threshold": negatives_threshold(scores[negatives], h.threshold_fpr), "threshold_rule": rule}
+    else:
+        fields = {"threshold": h.threshold, "threshold_rule": "default"}
+    if scores is None or negatives.all():
         return fields
-    scores = predict_loaded(detector, val)[name][:, 0]
-    return {**validation_fields(binary_metrics(val.labels == POSITIVE, scores, threshold)), **fields}
+    return {**validation_fields(binary_metrics(~negatives, scores, fields["threshold"])), **fields}
 
 
 def _image_files(folder: str, what: str) -> list:
