@@ -1,12 +1,14 @@
 """Decoding one image file into an 8-bit RGB array, whatever its format."""
 
 import io
+from typing import Optional
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tfdnadet.errors import TfdnadetError
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")  # GIF: first frame
 
 
@@ -17,23 +19,47 @@ class ImageError(TfdnadetError):
 def decode_image(source, max_pixels: int = 100_000_000, min_size: int = 1) -> np.ndarray:
     """Decode a path or bytes into uint8 [H, W, 3] RGB (first frame, EXIF orientation applied)."""
     try:
-        handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
-        with Image.open(handle) as image:
+        if isinstance(source, (bytes, bytearray)):
+            data = bytes(source)
+        else:
+            with open(source, "rb") as f:
+                data = f.read()
+        with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageError(f"image too large: {width}x{height} exceeds max_pixels={max_pixels}")
             if min(width, height) < min_size:
                 raise ImageError(f"image smaller than a patch: {width}x{height}, need at least {min_size} px per side")
+            decoded = _decode_plain_png(data)
+            if decoded is not None:
+                return decoded
             image.seek(0)
             image.load()
             image = ImageOps.exif_transpose(image)
             return _to_rgb8(image)
     except ImageError:
         raise
+    except UnidentifiedImageError:  # its message names the in-memory file object
+        raise ImageError("not a readable image (not a format PIL knows, or damaged)") from None
     except Image.DecompressionBombError as exc:  # PIL's own limit, checked in Image.open before ours
         raise ImageError(f"image too large: {_first_line(exc)}") from None
     except Exception as exc:  # a damaged file raises many kinds of errors inside PIL's format plugins
         raise ImageError(f"not a readable image ({_first_line(exc)})") from None
+
+
+def _decode_plain_png(data: bytes) -> Optional[np.ndarray]:
+    """An 8-bit RGB(A) PNG without EXIF or animation, decoded by TensorFlow's libpng: the same pixels as PIL's (PNG
+    is lossless) in ~60 % of the CPU time, where decoding competes with the model for the cores. None otherwise,
+    or when libpng refuses the data (PIL then says what is wrong with it)."""
+    plain = data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR" and data[24] == 8 and data[25] in (2, 6)
+    if not plain or b"eXIf" in data or b"acTL" in data:
+        return None
+    import tensorflow as tf  # here: the rest of this module needs only PIL
+
+    try:
+        return tf.io.decode_png(data, channels=3).numpy()
+    except tf.errors.OpError:
+        return None
 
 
 def _to_rgb8(image: Image.Image) -> np.ndarray:
