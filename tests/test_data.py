@@ -1,11 +1,14 @@
+import os
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
 from tfdnadet.config import load_config
-from tfdnadet.data.images import ImageError, _decode_plain_png, decode_image
+from tfdnadet.data.images import ImageError, decode_image, is_plain_png
 from tfdnadet.data.pipeline import load_images, make_image_dataset, make_patch_dataset, random_patches
-from tfdnadet.data.sources import align_to_classes, read_dataset, split_train_val
+from tfdnadet.data.sources import ImageList, align_to_classes, read_dataset, split_train_val
 from tfdnadet.errors import TfdnadetError
 
 
@@ -33,27 +36,46 @@ def test_decode_converts_every_mode_to_rgb8(tmp_path):
     assert len(np.unique(decode_image(sixteen))) > 50
 
 
-def test_plain_pngs_decode_through_libpng_to_the_same_pixels_and_others_through_pil(tmp_path):
+def png_chunks_rewritten(data: bytes, change) -> bytes:
+    """The PNG with `change(type, payload)` applied to each chunk and every CRC made valid again."""
+    out, at = bytearray(data[:8]), 8
+    while at < len(data):
+        size = int.from_bytes(data[at : at + 4], "big")
+        kind, payload = data[at + 4 : at + 8], change(data[at + 4 : at + 8], data[at + 8 : at + 8 + size])
+        out += len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
+        at += 12 + size
+    return bytes(out)
+
+
+def test_plain_pngs_decode_through_libpng_to_pils_pixels_and_damaged_ones_do_not_stop_the_stream(tmp_path):
     image = rgb(48)
-    alpha = np.dstack([image, rgb(48, seed=1)[..., 0]])
     plain = {
         "rgb": save(tmp_path / "rgb.png", image),
-        "rgba": save(tmp_path / "rgba.png", alpha),
+        "rgba": save(tmp_path / "rgba.png", np.dstack([image, rgb(48, seed=1)[..., 0]])),
         "rgb with a transparent colour": save(tmp_path / "trns.png", image, transparency=(1, 2, 3)),
     }
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise
     Image.fromarray(rgb(48)[:, :40]).save(tmp_path / "exif.png", exif=exif)
-    others = {"gray": save(tmp_path / "gray.png", image[..., 0]), "exif": str(tmp_path / "exif.png")}
+    data = open(plain["rgb"], "rb").read()
+    (tmp_path / "no_end.png").write_bytes(data[:-12])  # libpng refuses it, PIL reads it
+    damaged = png_chunks_rewritten(data, lambda kind, payload: payload[:40] + bytes(20) + payload[60:] if kind == b"IDAT" else payload)
+    (tmp_path / "damaged.png").write_bytes(damaged)  # valid CRCs, broken zlib stream
+    others = {"gray": save(tmp_path / "gray.png", image[..., 0]), "exif": str(tmp_path / "exif.png"), "no IEND": str(tmp_path / "no_end.png")}
     for name, path in {**plain, **others}.items():
-        data = open(path, "rb").read()
-        assert (_decode_plain_png(data) is not None) == (name in plain), name
+        assert is_plain_png(open(path, "rb").read()) == (name in plain or name == "no IEND"), name  # by its header
+    assert is_plain_png(damaged) and not is_plain_png(data, max_pixels=48 * 48 - 1) and not is_plain_png(data, min_size=49)
+    paths = [plain["rgb"], others["no IEND"], str(tmp_path / "damaged.png"), *plain.values(), *others.values()]
+    loaded = load_images(ImageList(paths, np.arange(len(paths), dtype=np.int32), []), 48)
+    assert loaded.paths == [p for p in paths if not p.endswith("damaged.png")]  # in order, the damaged one left out
+    assert [(os.path.basename(p), reason) for p, reason in loaded.failures] == [("damaged.png", "not a readable image (broken data stream when reading image file)")]
+    np.testing.assert_array_equal(loaded.labels, [0, 1, *range(3, len(paths))])
+    for path, got in zip(loaded.paths, loaded.images):
         with Image.open(path) as reference:
             expected = np.asarray(ImageOps.exif_transpose(reference).convert("RGB"))
-        np.testing.assert_array_equal(decode_image(path), expected, err_msg=name)
+        if expected.shape[:2] == (48, 48):  # base size 48: no resize
+            np.testing.assert_array_equal(got, expected, err_msg=path)
     assert decode_image(others["exif"]).shape == (40, 48, 3)  # turned upright by PIL
-    with pytest.raises(ImageError, match="truncated"):
-        decode_image(open(plain["rgb"], "rb").read()[:1000])
 
 
 def test_decode_refuses_bad_files_with_a_reason(tmp_path):

@@ -90,11 +90,11 @@ LOOKAHEAD_BYTES = 64 << 20
 def predict_files(detector: Detector, files: list, batch_size: int = 16) -> tuple:
     """Decode, resize and predict image files in one stream, the next batches decoding while the model runs on
     this one -> ({head: probabilities [N, ...]} (and KNOWNNESS with a rejection rule), the N usable paths,
-    failures [(path, reason)])."""
+    failures [(path, reason)]), in the order of `files`."""
     p = detector.preprocessing
-    decoded, failures = decode_images(ImageList(list(files), np.zeros(len(files), np.int32), []), p.base_size, p.max_pixels, p.min_image_side)
+    stream = decode_images(ImageList(list(files), np.zeros(len(files), np.int32), []), p.base_size, p.max_pixels, p.min_image_side)
     batches = (
-        decoded.filter(lambda index, image, ok: ok)
+        stream.dataset.filter(lambda index, image, ok: ok)
         .batch(batch_size)
         .map(lambda index, images, ok: (index, to_model_input(images, p.input_size)), num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(_lookahead_batches(batch_size, p.input_size))
@@ -106,12 +106,18 @@ def predict_files(detector: Detector, files: list, batch_size: int = 16) -> tupl
         for index, images in batches:
             indices.append(index.numpy())
             yield images
+        rest, images = stream.rest(np.concatenate(indices) if indices else [])
+        for start in range(0, len(rest), batch_size):
+            indices.append(rest[start : start + batch_size])
+            yield to_model_input(images[start : start + batch_size], p.input_size)
 
     outputs, features = _predict_batches(detector, model_inputs(), rejection_layers(detector) if detector.rejection else ())
+    order = np.argsort(np.concatenate(indices), kind="stable") if indices else []
+    outputs, features = ({name: value[order] for name, value in collected.items()} for collected in (outputs, features))
     if detector.rejection:
         outputs = _with_knownness(detector, outputs, features)
-    paths = [files[i] for i in np.concatenate(indices)] if indices else []
-    return outputs, paths, [failures[i] for i in sorted(failures)]
+    paths = [files[i] for i in np.concatenate(indices)[order]] if indices else []
+    return outputs, paths, [stream.failures[i] for i in sorted(stream.failures)]
 
 
 def _lookahead_batches(batch_size: int, input_size: int) -> int:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from tfdnadet.data.images import ImageError, decode_image
+from tfdnadet.data.images import ImageError, decode_image, is_plain_png
 from tfdnadet.data.preprocess import resize_to_base, to_model_input
 from tfdnadet.data.sources import ImageList
 from tfdnadet.errors import TfdnadetError
@@ -27,44 +27,88 @@ class LoadedImages:
         return f"skipped {len(self.failures)} unusable image file(s), e.g. {path}: {reason}"
 
 
-def decode_images(images: ImageList, base_size: int, max_pixels: int = 100_000_000, min_size: int = 1) -> tuple:
-    """(a dataset of (index, uint8 [base, base, 3] image, usable) decoding the files in parallel, in order;
-    {index: (path, reason)} of the unusable files, filled as the dataset is read)."""
+NO_PIXELS = np.zeros((1, 1, 3), np.uint8)
+
+
+@dataclass
+class DecodingStream:
+    """Files decoded in parallel, in order: `dataset` yields (index, uint8 [base, base, 3] image, usable). A plain
+    PNG (`is_plain_png`) is decoded by libpng in the graph, any other file by PIL; a file libpng refuses is left out
+    of `dataset` (a damaged PNG must not stop the stream), and `rest` decodes those with PIL afterwards."""
+
+    dataset: tf.data.Dataset
+    failures: dict  # {index: (path, reason)} of the unusable files, filled as the dataset is read
+    paths: list
+    base_size: int
+    max_pixels: int
+    min_size: int
+
+    def rest(self, seen) -> tuple:
+        """(indices, uint8 [k, base, base, 3]) of the usable files the dataset left out (neither in `seen` nor failed)."""
+        indices, arrays = [], []
+        for index in sorted(set(range(len(self.paths))) - set(seen) - set(self.failures)):
+            try:
+                image = decode_image(self.paths[index], self.max_pixels, self.min_size)
+            except ImageError as exc:
+                self.failures[index] = (self.paths[index], str(exc))
+                continue
+            indices.append(index)
+            arrays.append(resize_to_base(image, self.base_size).numpy())
+        shape = [0, self.base_size, self.base_size, 3]
+        return np.asarray(indices, np.int64), np.stack(arrays) if arrays else np.zeros(shape, np.uint8)
+
+
+def decode_images(images: ImageList, base_size: int, max_pixels: int = 100_000_000, min_size: int = 1) -> DecodingStream:
+    """Decode `images`' files in parallel with tf.data at base size (see DecodingStream)."""
     failures = {}
 
-    def decode(index):
+    def read(index):
+        """A plain PNG's bytes for the graph to decode, else PIL's pixels; usable or not."""
         path = images.paths[int(index)]
         try:
-            return decode_image(path, max_pixels, min_size), True
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            data = None  # decode_image says why
+        try:
+            if data is not None and is_plain_png(data, max_pixels, min_size):
+                return data, NO_PIXELS, True, True
+            return b"", decode_image(path if data is None else data, max_pixels, min_size), False, True
         except ImageError as exc:
             failures[int(index)] = (path, str(exc))
-            return np.zeros((1, 1, 3), np.uint8), False
+            return b"", NO_PIXELS, False, False
 
     def decode_op(index):
-        image, ok = tf.numpy_function(decode, [index], (tf.uint8, tf.bool), stateful=False)
-        image.set_shape([None, None, 3])
+        data, pixels, plain, ok = tf.numpy_function(read, [index], (tf.string, tf.uint8, tf.bool, tf.bool), stateful=False)
+        pixels.set_shape([None, None, 3])
+        image = tf.cond(plain, lambda: tf.io.decode_png(data, channels=3), lambda: pixels)
         return index, resize_to_base(image, base_size), ok
 
     dataset = tf.data.Dataset.range(len(images)).map(decode_op, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset, failures
+    return DecodingStream(dataset.ignore_errors(), failures, list(images.paths), base_size, max_pixels, min_size)
 
 
 def load_images(
     images: ImageList, base_size: int, max_pixels: int = 100_000_000, min_size: int = 1
 ) -> LoadedImages:
     """Decode every file in parallel with tf.data, resize to base size, and set aside unusable files."""
-    dataset, failures = decode_images(images, base_size, max_pixels, min_size)
-    arrays, oks = [], []
-    for _, batch, ok in dataset.batch(256).as_numpy_iterator():
+    stream = decode_images(images, base_size, max_pixels, min_size)
+    indices, arrays, oks = [], [], []
+    for index, batch, ok in stream.dataset.batch(256).as_numpy_iterator():
+        indices.append(index)
         arrays.append(batch)
         oks.append(ok)
-    ok = np.concatenate(oks) if oks else np.zeros([0], bool)
-    stacked = np.concatenate(arrays) if arrays else np.zeros([0, base_size, base_size, 3], np.uint8)
+    rest, rest_arrays = stream.rest(np.concatenate(indices) if indices else [])
+    index = np.concatenate([*indices, rest])
+    order = np.argsort(index, kind="stable")
+    ok = np.concatenate([*oks, np.ones(len(rest), bool)])[order]
+    stacked = np.concatenate([*arrays, rest_arrays])[order]
+    kept = index[order][ok]
     return LoadedImages(
         stacked[ok],
-        images.labels[ok] if len(images) else images.labels,
-        [p for p, good in zip(images.paths, ok) if good],
-        [failures[i] for i in sorted(failures)],
+        images.labels[kept] if len(images) else images.labels,
+        [images.paths[i] for i in kept],
+        [stream.failures[i] for i in sorted(stream.failures)],
     )
 
 
