@@ -148,7 +148,7 @@ def test_members_must_agree_on_what_they_share():
     "settings, message",
     [
         ({"stage1.encoders": 0}, "stage1.encoders must be an integer >= 1"),
-        ({"train.runs_per_encoder": 1.5}, "train.runs_per_encoder must be an integer >= 1"),
+        ({"train.runs_per_encoder": 1.5}, r"'train\.runs_per_encoder' must be int\. Received: 1\.5"),
         ({"train.runs_per_encoder": 2, "model.backbone": "attnet"}, "model.backbone must be dnadet"),
         ({"train.runs_per_encoder": 2, "train.loss": "gfd"}, "leave it 1 for train.loss gfd"),
     ],

@@ -164,7 +164,7 @@ def _build(cls, values: Any, where: str):
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> None:
-    """A value of the field's type (int for float is fine; bool is not an int); Any fields are left to `validate`."""
+    """A value of the field's type (an int for a float is fine; a bool is not an int); Any fields are left to `validate`."""
     allowed = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Union else (annotation,)
     if annotation is Any or (isinstance(value, int) and not isinstance(value, bool) and float in allowed):
         return
