@@ -325,13 +325,14 @@ def test_train_stage2_one_vs_all_writes_only_binary_heads(folders, tmp_path, mon
     run = tmp_path / "run"
     args = ["train-stage2", "--data", folders["train"], "--out", run, "--config", "tiny", "--epochs", "1", "--steps-per-epoch", "3"]
     settings = ["--set", "heads.epochs=1", "--set", "heads.steps_per_epoch=3", "--set", "heads.threshold_fpr=null"]
-    code, _, err = run_cli([*args, "--heads", "one-vs-all", *settings], monkeypatch, capsys)
+    code, _, err = run_cli([*args, "--heads", "one-vs-all", "--val-data", folders["calibration"], *settings], monkeypatch, capsys)
     assert code == 0, err
     detector = load_detector(str(run / "model"))
     assert sorted(detector.heads) == list(KNOWN)
     assert {info["kind"] for info in detector.head_info.values()} == {"binary"}
-    # heads.threshold_fpr null: every head keeps heads.threshold.
-    assert {(info["threshold"], info["threshold_rule"]) for info in detector.head_info.values()} == {(0.5, "default")}
+    # heads.threshold_fpr null: every head keeps heads.threshold; its metrics are on the validation generators'
+    # images of the trained classes (dcgan, progan, real: 24 each).
+    assert {(info["threshold"], info["threshold_rule"], info["val_count"]) for info in detector.head_info.values()} == {(0.5, "default", 72)}
     code, out, _ = run_cli(["predict", run / "model", os.path.join(folders["heldout"], "progan"), "--json"], monkeypatch, capsys)
     rows = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and len(rows) == 24

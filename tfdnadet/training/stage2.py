@@ -76,7 +76,8 @@ def train_stage2(
         judged = {HELDOUT_IMAGES: val, **({VAL_MODELS: val_models} if val_models else {})}
         result = write_ensemble(run_dir, results, stems, shared_blocks(config, bool(init_model)), config, info, judged)
     if config.heads.layout == "one-vs-all":
-        train_one_vs_all(result.model_dir, train, val, images.class_names, config, verbose)
+        # Thresholds and metrics on the validation generators when given: other seeds, not the training ones.
+        train_one_vs_all(result.model_dir, train, val_models or val, images.class_names, config, verbose)
     return result
 
 
