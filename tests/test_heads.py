@@ -307,10 +307,11 @@ def test_add_head_cli_finetunes_a_private_copy_of_the_top_blocks(added, folders,
     before = file_hashes(model)
     negatives = os.path.join(folders["train"], REAL)
     args = ["add-head", model, "top2", "--positives", os.path.join(folders["positives"], NEW), "--negatives", negatives]
-    code, out, err = run_cli([*args, "--finetune-top", "2", "--epochs", "1", "--steps-per-epoch", "3"], monkeypatch, capsys)
+    code, out, err = run_cli([*args, "--finetune-top", "2", "--epochs", "1", "--steps-per-epoch", "3", "--threshold-fpr", "0.5"], monkeypatch, capsys)
     assert code == 0, err
     info = json.loads(out)
     assert info["input_layer"] == "block6" and info["finetune_top"] == 2 and info["steps"] == 3
+    assert info["threshold_rule"] == "validation negatives, false-positive rate <= 0.5" and "(validation negatives" in err
     assert info["negatives_source"] == [os.path.abspath(negatives)]
     assert {k: v for k, v in file_hashes(model).items() if not k.startswith("heads/top2/")} == before
     detector = load_detector(model)

@@ -335,6 +335,9 @@ def add_head_command(
     finetune_top: Optional[int] = typer.Option(None, "--finetune-top", help="heads.finetune_top: train a private copy of the last K encoder blocks."),
     epochs: Optional[int] = typer.Option(None, help="heads.epochs"),
     steps_per_epoch: Optional[int] = typer.Option(None, help="heads.steps_per_epoch"),
+    threshold_fpr: Optional[float] = typer.Option(
+        None, "--threshold-fpr", help="heads.threshold_fpr: share of the validation split's negatives the threshold lets fire (default 0)."
+    ),
     replace: bool = typer.Option(False, "--replace", help="Train again a head that already exists."),
 ):
     """Add a one-vs-all head for one architecture; the backbone and every other head stay bit-for-bit unchanged."""
@@ -350,6 +353,7 @@ def add_head_command(
             finetune_top=finetune_top,
             epochs=epochs,
             steps_per_epoch=steps_per_epoch,
+            threshold_fpr=threshold_fpr,
             replace=replace,
             verbose=_progress_verbosity(),
             on_skipped=_warn,

@@ -39,6 +39,7 @@ def add_head(
     finetune_top: Optional[int] = None,
     epochs: Optional[int] = None,
     steps_per_epoch: Optional[int] = None,
+    threshold_fpr: Optional[float] = None,
     replace: bool = False,
     verbose: int = 0,
     on_skipped=None,
@@ -54,7 +55,7 @@ def add_head(
         raise TfdnadetError(f"Head '{name}' already exists in {model_dir}: pass --replace to train it again.")
     config = config_with_overrides(
         {k: v for k, v in detector.config.items() if k in {f.name for f in dataclasses.fields(Config)}},
-        {"heads.finetune_top": finetune_top, "heads.epochs": epochs, "heads.steps_per_epoch": steps_per_epoch},
+        {"heads.finetune_top": finetune_top, "heads.epochs": epochs, "heads.steps_per_epoch": steps_per_epoch, "heads.threshold_fpr": threshold_fpr},
     )
     positive_files = _image_files(positives, "Positives")
     negative_list = _negatives(detector, model_dir, name, negatives, config)
