@@ -112,12 +112,12 @@ def predict_files(detector: Detector, files: list, batch_size: int = 16) -> tupl
             yield to_model_input(images[start : start + batch_size], p.input_size)
 
     outputs, features = _predict_batches(detector, model_inputs(), rejection_layers(detector) if detector.rejection else ())
-    order = np.argsort(np.concatenate(indices), kind="stable") if indices else []
+    processed = np.concatenate(indices) if indices else np.zeros(0, np.int64)
+    order = np.argsort(processed, kind="stable")  # back to the order of `files`
     outputs, features = ({name: value[order] for name, value in collected.items()} for collected in (outputs, features))
     if detector.rejection:
         outputs = _with_knownness(detector, outputs, features)
-    paths = [files[i] for i in np.concatenate(indices)[order]] if indices else []
-    return outputs, paths, [stream.failures[i] for i in sorted(stream.failures)]
+    return outputs, [files[i] for i in processed[order]], [stream.failures[i] for i in sorted(stream.failures)]
 
 
 def _lookahead_batches(batch_size: int, input_size: int) -> int:
