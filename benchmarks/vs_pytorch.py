@@ -3,7 +3,7 @@
 The PyTorch side follows the official DNA-Det training step: one forward per crop (16 crops of B images), SupCon
 over the [B, 16, D] projections, cross-entropy on every crop's logits, the two summed with learned uncertainty
 weights (Kendall et al.), Adam. Ours is `PatchContrastiveModel.fit` on the same B x 16 patches (one forward of
-all of them): the same convolutions, losses and optimiser. Implementations take turns in every round so load
+all of them; the steps timed inside `fit`): the same convolutions, losses and optimiser. Implementations take turns in every round so load
 on the machine hits all alike; the best round counts. The achieved GFLOP/s of each step is set against the
 matmul peak of the same dtype, measured by TensorFlow in the same run.
 
@@ -19,6 +19,7 @@ from tfdnadet.quiet import quiet_startup  # noqa: E402
 
 quiet_startup()  # before TensorFlow is imported
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import torch  # noqa: E402
@@ -122,6 +123,25 @@ def _seconds(run) -> float:
     return time.perf_counter() - start
 
 
+class StepClock(keras.callbacks.Callback):
+    """Seconds from the first train step's start to the last one's end: the steps, without `fit`'s set-up and
+    tear-down. Ending `fit` on an endless tf.data set can wait for tf.data's autotuning thread to wake up (up to
+    1.7 s after three paper-width steps here, on some calls): a training run pays it once, not every few steps."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 0:
+            self.start = time.perf_counter()
+
+    def on_train_end(self, logs=None):
+        self.seconds = time.perf_counter() - self.start
+
+
+def fit_seconds(model, dataset, steps: int) -> float:
+    clock = StepClock()
+    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False, callbacks=[clock])
+    return clock.seconds
+
+
 def build_pair(args, dtype: str):
     """(our patch model, our inference function, the PyTorch trainer) at one precision."""
     config = load_config(args.config, {"model.width": args.width, "train.precision": PRECISIONS[dtype]})
@@ -150,15 +170,16 @@ def run(args) -> dict:
     timers = {}
     for dtype in args.dtypes:
         ours, infer, theirs = build_pair(args, dtype)
-        ours.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0)  # trace and warm up
+        ours.fit(dataset, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)  # trace and warm up
         infer(tf_images).numpy()
         theirs.step(torch_crops, torch_labels)
         theirs.infer(torch_images)
         steps = args.steps
-        timers[f"ours_{dtype}_train"] = lambda o=ours: o.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
-        timers[f"torch_{dtype}_train"] = lambda t=theirs: [t.step(torch_crops, torch_labels) for _ in range(steps)]
-        timers[f"ours_{dtype}_infer"] = lambda f=infer: [f(tf_images).numpy() for _ in range(steps)]
-        timers[f"torch_{dtype}_infer"] = lambda t=theirs: [t.infer(torch_images) for _ in range(steps)]
+        # each timer returns the seconds its work took
+        timers[f"ours_{dtype}_train"] = lambda o=ours: fit_seconds(o, dataset, steps)
+        timers[f"torch_{dtype}_train"] = lambda t=theirs: _seconds(lambda: [t.step(torch_crops, torch_labels) for _ in range(steps)])
+        timers[f"ours_{dtype}_infer"] = lambda f=infer: _seconds(lambda: [f(tf_images).numpy() for _ in range(steps)])
+        timers[f"torch_{dtype}_infer"] = lambda t=theirs: _seconds(lambda: [t.infer(torch_images) for _ in range(steps)])
         timers[f"matmul_{dtype}"] = lambda d=dtype: matmul_gflops(d, args.matmul_n)
     rounds = {name: [] for name in timers}
     for _ in range(args.rounds):
@@ -166,7 +187,7 @@ def run(args) -> dict:
             if name.startswith("matmul"):
                 rounds[name].append(timer())
                 continue
-            seconds = _seconds(timer)
+            seconds = timer()
             count = len(labels) * args.crops if name.endswith("train") else args.infer_batch
             rounds[name].append(args.steps * count / seconds)
     return summarise(args, rounds, batch * args.crops)
