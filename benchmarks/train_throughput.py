@@ -8,7 +8,6 @@ Both run `model.fit` on the same in-memory batch of patches with the same encode
 
 import argparse
 import os
-import time
 
 from tfdnadet.quiet import quiet_startup  # noqa: E402
 
@@ -22,6 +21,7 @@ from tfdnadet.atomic import write_json  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
 from tfdnadet.models.backbones import create_backbone  # noqa: E402
 from tfdnadet.training.trainer import build_patch_model  # noqa: E402
+from timing import fit_seconds  # noqa: E402
 
 
 def patches_per_second(models: dict, patches, labels, steps: int, repeats: int) -> dict:
@@ -32,9 +32,7 @@ def patches_per_second(models: dict, patches, labels, steps: int, repeats: int) 
     best = {name: 0.0 for name in models}
     for _ in range(repeats):
         for name, model in models.items():
-            start = time.perf_counter()
-            model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
-            best[name] = max(best[name], steps * len(labels) / (time.perf_counter() - start))
+            best[name] = max(best[name], steps * len(labels) / fit_seconds(model, dataset, steps))
     return best
 
 

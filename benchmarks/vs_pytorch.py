@@ -19,7 +19,6 @@ from tfdnadet.quiet import quiet_startup  # noqa: E402
 
 quiet_startup()  # before TensorFlow is imported
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import torch  # noqa: E402
@@ -29,6 +28,7 @@ from tfdnadet.atomic import write_json  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
 from tfdnadet.models.encoder import ENCODER_BLOCKS, LEAKY_SLOPE, channels  # noqa: E402
 from tfdnadet.training.trainer import build_patch_model  # noqa: E402
+from timing import fit_seconds  # noqa: E402
 
 PRECISIONS = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 
@@ -121,25 +121,6 @@ def _seconds(run) -> float:
     start = time.perf_counter()
     run()
     return time.perf_counter() - start
-
-
-class StepClock(keras.callbacks.Callback):
-    """Seconds from the first train step's start to the last one's end: the steps, without `fit`'s set-up and
-    tear-down. Ending `fit` on an endless tf.data set can wait for tf.data's autotuning thread to wake up (up to
-    1.7 s after three paper-width steps here, on some calls): a training run pays it once, not every few steps."""
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if batch == 0:
-            self.start = time.perf_counter()
-
-    def on_train_end(self, logs=None):
-        self.seconds = time.perf_counter() - self.start
-
-
-def fit_seconds(model, dataset, steps: int) -> float:
-    clock = StepClock()
-    model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False, callbacks=[clock])
-    return clock.seconds
 
 
 def build_pair(args, dtype: str):
