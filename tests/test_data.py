@@ -83,6 +83,15 @@ def test_plain_pngs_decode_through_libpng_to_pils_pixels_and_damaged_ones_do_not
     assert decode_image(others["exif"]).shape == (40, 48, 3)  # turned upright by PIL
 
 
+def test_files_whose_names_are_not_utf8_decode(tmp_path):
+    names = [b"\xff\xfe.png", "\u00fc\u00f1\u00ef.png".encode(), b"plain.png"]  # not UTF-8, UTF-8, ASCII
+    paths = [save(tmp_path / os.fsdecode(name), rgb(48, seed=index)) for index, name in enumerate(names)]
+    loaded = load_images(ImageList(paths, np.zeros(len(paths), np.int32), []), 48)
+    assert loaded.paths == paths and not loaded.failures
+    for path, got in zip(paths, loaded.images):
+        np.testing.assert_array_equal(got, np.asarray(Image.open(path)))
+
+
 def test_decode_refuses_bad_files_with_a_reason(tmp_path):
     good = save(tmp_path / "good.jpg", rgb(64), quality=90)
     truncated = tmp_path / "truncated.jpg"

@@ -1,5 +1,6 @@
 """tf.data pipelines: parallel decode, class-balanced patch batches, full-image batches."""
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,7 +62,7 @@ class DecodingStream:
 def decode_images(images: ImageList, base_size: int, max_pixels: int = 100_000_000, min_size: int = 1) -> DecodingStream:
     """Decode `images`' files in parallel with tf.data at base size (see DecodingStream)."""
     failures = {}
-    paths = tf.constant(list(images.paths), tf.string)
+    paths = tf.constant([os.fsencode(path) for path in images.paths], tf.string)  # any file name, UTF-8 or not
 
     def decode_with_pil(index, data):
         """PIL's pixels of a file that is not a plain PNG, or no pixels and its failure recorded."""
