@@ -1,6 +1,5 @@
 """tf.data pipelines: parallel decode, class-balanced patch batches, full-image batches."""
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,9 +32,9 @@ NO_PIXELS = np.zeros((1, 1, 3), np.uint8)
 
 @dataclass
 class DecodingStream:
-    """Files read and decoded in parallel, in order: `dataset` yields (index, uint8 [base, base, 3] image, usable).
-    A plain PNG (`is_plain_png`) is decoded by libpng, any other file by PIL; a file the graph cannot read or libpng
-    refuses is left out of `dataset` (it must not stop the stream), and `rest` decodes those with PIL afterwards."""
+    """Files decoded in parallel, in order: `dataset` yields (index, uint8 [base, base, 3] image, usable). A plain
+    PNG (`is_plain_png`) is decoded by libpng in the graph, any other file by PIL; a file libpng refuses is left out
+    of `dataset` (a damaged PNG must not stop the stream), and `rest` decodes those with PIL afterwards."""
 
     dataset: tf.data.Dataset
     failures: dict  # {index: (path, reason)} of the unusable files, filled as the dataset is read
@@ -62,24 +61,27 @@ class DecodingStream:
 def decode_images(images: ImageList, base_size: int, max_pixels: int = 100_000_000, min_size: int = 1) -> DecodingStream:
     """Decode `images`' files in parallel with tf.data at base size (see DecodingStream)."""
     failures = {}
-    paths = tf.constant([os.fsencode(path) for path in images.paths], tf.string)  # any file name, UTF-8 or not
 
-    def decode_with_pil(index, data):
-        """PIL's pixels of a file that is not a plain PNG, or no pixels and its failure recorded."""
+    def read(index):
+        """A plain PNG's bytes for the graph to decode, else PIL's pixels; usable or not."""
+        path = images.paths[int(index)]
         try:
-            return decode_image(bytes(data), max_pixels, min_size), True
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            data = None  # decode_image says why
+        try:
+            if data is not None and is_plain_png(data, max_pixels, min_size):
+                return data, NO_PIXELS, True, True
+            return b"", decode_image(path if data is None else data, max_pixels, min_size), False, True
         except ImageError as exc:
-            failures[int(index)] = (images.paths[int(index)], str(exc))
-            return NO_PIXELS, False
-
-    def with_pil(index, data):
-        pixels, ok = tf.numpy_function(decode_with_pil, [index, data], (tf.uint8, tf.bool), stateful=False)
-        return tf.ensure_shape(pixels, [None, None, 3]), tf.ensure_shape(ok, [])
+            failures[int(index)] = (path, str(exc))
+            return b"", NO_PIXELS, False, False
 
     def decode_op(index):
-        data = tf.io.read_file(paths[index])  # a file it cannot read is left out; `rest` says why
-        plain = is_plain_png(data, max_pixels, min_size)
-        image, ok = tf.cond(plain, lambda: (tf.io.decode_png(data, channels=3), tf.constant(True)), lambda: with_pil(index, data))
+        data, pixels, plain, ok = tf.numpy_function(read, [index], (tf.string, tf.uint8, tf.bool, tf.bool), stateful=False)
+        pixels.set_shape([None, None, 3])
+        image = tf.cond(plain, lambda: tf.io.decode_png(data, channels=3), lambda: pixels)
         return index, resize_to_base(image, base_size), ok
 
     dataset = tf.data.Dataset.range(len(images)).map(decode_op, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
