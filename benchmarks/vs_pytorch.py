@@ -3,8 +3,8 @@
 The PyTorch side follows the official DNA-Det training step: one forward per crop (16 crops of B images), SupCon
 over the [B, 16, D] projections, cross-entropy on every crop's logits, the two summed with learned uncertainty
 weights (Kendall et al.), Adam. Ours is `PatchContrastiveModel.fit` on the same B x 16 patches (one forward of
-all of them; the steps timed inside `fit`): the same convolutions, losses and optimiser. Implementations take turns in every round so load
-on the machine hits all alike; the best round counts. The achieved GFLOP/s of each step is set against the
+all of them; the steps timed inside `fit`): the same convolutions, losses and optimiser. Implementations take
+turns in every round so load on the machine hits all alike; the best round counts. The achieved GFLOP/s of each step is set against the
 matmul peak of the same dtype, measured by TensorFlow in the same run.
 
     python benchmarks/vs_pytorch.py            # paper width, 5 classes x 8 images x 16 crops of 64 px, 512 px inference
@@ -156,7 +156,7 @@ def run(args) -> dict:
         theirs.step(torch_crops, torch_labels)
         theirs.infer(torch_images)
         steps = args.steps
-        # each timer returns the seconds its work took
+        # train and inference timers return the seconds their work took, matmul timers GFLOP/s
         timers[f"ours_{dtype}_train"] = lambda o=ours: fit_seconds(o, dataset, steps)
         timers[f"torch_{dtype}_train"] = lambda t=theirs: _seconds(lambda: [t.step(torch_crops, torch_labels) for _ in range(steps)])
         timers[f"ours_{dtype}_infer"] = lambda f=infer: _seconds(lambda: [f(tf_images).numpy() for _ in range(steps)])
