@@ -11,7 +11,7 @@ from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.backbones import CLOSED_FORM, GRADIENT, backbone_names, backbone_spec, create_backbone
 from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing, patch_grid
 from tfdnadet.models.model_dir import load_detector, save_detector
-from tfdnadet.models.encoder import BatchNormalization, Encoder
+from tfdnadet.models.encoder import BatchNormalization, Conv2D, Encoder
 from tfdnadet.models.heads import MulticlassHead, ProjectionHead
 
 
@@ -62,6 +62,26 @@ def test_fused_batch_norm_matches_keras_batch_norm(tmp_path):
     model.load_weights(str(tmp_path / "earlier.weights.h5"))
     for loaded, saved in zip(model.layers[0].get_weights(), weights):
         np.testing.assert_allclose(loaded, saved, rtol=1e-6)
+
+
+@pytest.mark.parametrize("size", [16, 15, 17])  # "SAME" pads 1 and 1 on even maps, 1 and 2 on odd ones at stride 2
+@pytest.mark.parametrize("kernel, stride", [(4, 2), (3, 1)])
+def test_conv_pads_one_on_every_side_for_static_and_unknown_sizes(size, kernel, stride, tmp_path):
+    maps = tf.random.stateless_normal([2, size, size, 3], [3, size])
+    conv = Conv2D(5, kernel, strides=stride)
+    conv.build(maps.shape)
+    expected = tf.nn.conv2d(tf.pad(maps, [[0, 0], [1, 1], [1, 1], [0, 0]]), conv.kernel, stride, "VALID") + conv.bias
+    unknown = tf.function(conv, input_signature=[tf.TensorSpec([None, None, None, 3])])
+    np.testing.assert_allclose(conv(maps), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(unknown(maps), expected, rtol=1e-5, atol=1e-5)
+    assert conv.compute_output_shape((None, size, size, 3)) == (None, *expected.shape[1:]) and "padding" not in conv.get_config()
+    model = keras.Sequential([keras.Input((size, size, 3)), conv], name="padded_conv")
+    check_keras_round_trip(model, maps, tmp_path)
+    # A checkpoint written with a ZeroPadding2D layer before Keras' Conv2D (an earlier release's encoder) loads.
+    earlier = keras.Sequential([keras.Input((size, size, 3)), keras.layers.ZeroPadding2D(1), keras.layers.Conv2D(5, kernel, stride)])
+    earlier.save_weights(str(tmp_path / "earlier.weights.h5"))
+    model.load_weights(str(tmp_path / "earlier.weights.h5"))
+    np.testing.assert_allclose(model(maps), earlier(maps), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("backbone", backbone_names(GRADIENT))

@@ -72,7 +72,7 @@ def test_every_class_changes_the_image_and_classes_of_a_family_differ(photo):
     assert abs(noise[-1] - np.sqrt(49)) < 1.0
 
 
-@pytest.mark.parametrize("kernel", [3, 5, 7, 29])  # up to 5: window comparisons; from 7: threshold counting
+@pytest.mark.parametrize("kernel", [3, 5, 7, 29])  # OpenCV sorts up to 5, counts a histogram from 7
 def test_median_blur_equals_scipy(kernel):
     image = np.random.default_rng(kernel).integers(0, 256, (24, 19, 3), dtype=np.uint8)
     expected = scipy.ndimage.median_filter(image, size=(kernel, kernel, 1), mode="reflect")

@@ -8,6 +8,7 @@ so the bank runs inside tf.data.
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import cv2
 import numpy as np
 import tensorflow as tf
 
@@ -50,43 +51,15 @@ def gaussian_blur(image: tf.Tensor, kernel: int) -> tf.Tensor:
 
 
 def median_blur(image: tf.Tensor, kernel: int) -> tf.Tensor:
-    """The median of each k x k window, per channel, exact for uint8 (top_k over the windows measured 3-10x slower)."""
-    # Comparing every window value costs ~8 k^2 per pixel, counting below each of 255 thresholds ~2 k * 255:
-    # on 64 px crops the counting wins from k = 7.
-    if kernel <= 5:
-        return _median_by_bits(image, kernel)
-    return _median_by_counting(image, kernel)
+    """The median of each k x k window, per channel, with mirrored borders.
 
-
-def _median_by_bits(image: tf.Tensor, kernel: int) -> tf.Tensor:
-    """Bit by bit from the top, the largest value with fewer than half the window below it."""
-    windows = tf.image.extract_patches(
-        _pad(image, kernel // 2)[None], [1, kernel, kernel, 1], [1, 1, 1, 1], [1, 1, 1, 1], "VALID"
-    )[0]
-    shape = tf.shape(image)
-    windows = tf.reshape(windows, [shape[0], shape[1], kernel * kernel, 3])  # window pixels, then channels
-    median = tf.zeros_like(windows[:, :, :1])
-    for bit in (128, 64, 32, 16, 8, 4, 2, 1):
-        candidate = median + bit
-        below = tf.reduce_sum(tf.cast(windows < candidate, tf.int16), axis=2, keepdims=True)
-        median = tf.where(below < _median_rank(kernel), candidate, median)
-    return median[:, :, 0]
-
-
-def _median_by_counting(image: tf.Tensor, kernel: int) -> tf.Tensor:
-    """The median is the number of thresholds 1..255 with fewer than half the window below them."""
-    below = tf.cast(_pad(image, kernel // 2)[..., None] < tf.constant(np.arange(1, 256, dtype=np.uint8)), tf.float32)
-    shape = tf.shape(below)
-    # Window sums as two 1-D depthwise convolutions with ones (exact in float32; TF's cumsum was 5x slower).
-    below = tf.reshape(below, [1, shape[0], shape[1], 3 * 255])
-    counts = tf.nn.depthwise_conv2d(below, tf.ones([kernel, 1, 3 * 255, 1]), [1, 1, 1, 1], "VALID")
-    counts = tf.nn.depthwise_conv2d(counts, tf.ones([1, kernel, 3 * 255, 1]), [1, 1, 1, 1], "VALID")
-    counts = tf.reshape(counts, [shape[0] - kernel + 1, shape[1] - kernel + 1, 3, 255])
-    return tf.reduce_sum(tf.cast(counts < _median_rank(kernel), tf.uint8), axis=-1)
-
-
-def _median_rank(kernel: int) -> int:
-    return kernel * kernel // 2 + 1  # the median is this-th smallest value of a window
+    OpenCV's histogram median (exact for uint8) runs 15-100x faster than the TF ops tried (counting window values
+    below each of 255 thresholds, top_k over the windows); the five median classes were two thirds of stage 1's
+    pipeline time with them.
+    """
+    margin = kernel // 2
+    blurred = tf.numpy_function(lambda padded: cv2.medianBlur(padded, kernel), [_pad(image, margin)], tf.uint8, stateful=False)
+    return tf.ensure_shape(blurred[margin:-margin, margin:-margin], image.shape)
 
 
 def resample(image: tf.Tensor, factor: float, method: str) -> tf.Tensor:
