@@ -109,8 +109,9 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="batches timed per throughput measurement")
     parser.add_argument("--repeats", type=int, default=3, help="throughput measurements, best kept (the machine is shared)")
     parser.add_argument("--skip-training", action="store_true", help="only measure throughput")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "stage1.json"))
+    parser.add_argument("--out", default=None, help="default results/stage1.json, with --skip-training results/stage1_throughput.json")
     args = parser.parse_args()
+    args.out = args.out or os.path.join(os.path.dirname(__file__), "results", "stage1_throughput.json" if args.skip_training else "stage1.json")
     config = load_config(args.config, {"stage1.epochs": args.epochs})
     bank = TransformBank(config.stage1.transforms, config.data.base_size)
     result = {"device": tf.config.list_logical_devices()[0].device_type, "args": vars(args)}
