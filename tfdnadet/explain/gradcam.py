@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-from matplotlib.figure import Figure
 import tensorflow as tf
+from matplotlib.figure import Figure
 
 from tfdnadet.data.pipeline import LoadedImages, make_image_dataset
 from tfdnadet.errors import TfdnadetError

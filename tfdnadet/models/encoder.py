@@ -79,8 +79,7 @@ class Conv2D(keras.layers.Conv2D):
     """
 
     def __init__(self, filters, kernel_size, strides=1, **kwargs):
-        kwargs.pop("padding", None)  # always 1
-        super().__init__(filters, kernel_size, strides=strides, padding="valid", **kwargs)
+        super().__init__(filters, kernel_size, strides=strides, padding="valid", **kwargs)  # the padding is always 1
 
     def convolution_op(self, inputs, kernel):
         if self._same_pads_one(inputs.shape):
@@ -89,7 +88,8 @@ class Conv2D(keras.layers.Conv2D):
 
     def _same_pads_one(self, shape) -> bool:
         """Whether "SAME" pads 1 before and 1 after along height and width of maps of this static shape."""
-        for size, kernel, stride in zip(shape[1:3], self.kernel_size, self.strides):
+        for size, kernel, stride, dilation in zip(shape[1:3], self.kernel_size, self.strides, self.dilation_rate):
+            kernel = (kernel - 1) * dilation + 1  # the span of a dilated kernel
             if stride == 1:
                 total = kernel - 1
             elif size is None:
