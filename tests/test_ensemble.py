@@ -34,7 +34,7 @@ def ensemble_run(gan_images, tmp_path_factory):
     stage1 = train_stage1(None, str(work / "stage1"), config, verbose=0)
     started = []
     stage2 = train_stage2(
-        gan_images["train"], str(work / "stage2"), config, init_model=stage1.model_dir, verbose=0, on_member=lambda i, n: started.append((i, n))
+        gan_images["train"], str(work / "stage2"), config, init_model=stage1.model_dir, verbose=0, on_member=lambda i, n, robust: started.append((i, n, robust))
     )
     return {"stage1": stage1, "stage2": stage2, "config": config, "started": started}
 
@@ -42,7 +42,7 @@ def ensemble_run(gan_images, tmp_path_factory):
 def test_runs_are_written_as_members_and_averaged_into_one_model(ensemble_run):
     stage1, stage2 = ensemble_run["stage1"], ensemble_run["stage2"]
     assert type(load_detector(stage1.model_dir).backbone) is EnsembleEncoder
-    assert ensemble_run["started"] == [(0, 4), (1, 4), (2, 4), (3, 4)]
+    assert ensemble_run["started"] == [(0, 4, False), (1, 4, False), (2, 4, False), (3, 4, False)]
     detector = load_detector(stage2.model_dir)
     backbone = detector.backbone
     assert (backbone.stems, backbone.shared_blocks) == ([0, 0, 1, 1], 2)
