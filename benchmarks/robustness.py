@@ -22,7 +22,7 @@ import tensorflow as tf  # noqa: E402
 
 from tfdnadet.atomic import write_json  # noqa: E402
 from tfdnadet.config import load_config  # noqa: E402
-from tfdnadet.data.perturb import ATTACK_TITLES, ATTACKS, COMBINATION, COMBINATION_PROBABILITY  # noqa: E402
+from tfdnadet.data.perturb import ATTACK_TITLES, ATTACKS, table5_augment  # noqa: E402
 from tfdnadet.evaluation.robustness import CLEAN, robustness_table  # noqa: E402
 from tfdnadet.models.model_dir import load_detector  # noqa: E402
 from tfdnadet.training.stage2 import train_stage2  # noqa: E402
@@ -31,7 +31,7 @@ from tfdnadet.zoo.testdata import make_test_dataset  # noqa: E402
 ARCHITECTURES = ("progan", "mmdgan", "sngan", "dcgan")
 UNSEEN_SEED = 2
 TARGET_POINTS = 5.0  # the target: single attacks within 5 points of clean, augmented model, closed set
-AUGMENTATION = [{"op": op, "p": COMBINATION_PROBABILITY} for op in COMBINATION]
+AUGMENTATION = table5_augment()
 
 
 def make_data(work: str, images_per_model: int) -> tuple:

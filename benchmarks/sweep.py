@@ -31,7 +31,7 @@ import yaml  # noqa: E402
 
 from tfdnadet.atomic import write_json  # noqa: E402
 from tfdnadet.config import Config, config_from_dict, load_config  # noqa: E402
-from tfdnadet.data.perturb import ATTACKS  # noqa: E402
+from tfdnadet.data.perturb import ATTACKS, table5_augment  # noqa: E402
 from tfdnadet.data.transforms import UPSAMPLE_LAYERS  # noqa: E402
 from tfdnadet.errors import TfdnadetError  # noqa: E402
 from tfdnadet.evaluation.evaluate import evaluate_dataset  # noqa: E402
@@ -45,7 +45,7 @@ from tfdnadet.zoo.build import TRAIN_SPLIT, VALIDATION_SPLIT, read_zoo  # noqa: 
 
 HARD_SPLITS = ("cross-seed", "cross-finetune", "cross-dataset")
 BF16 = {"train.precision": "mixed_bfloat16"}  # ~1.6x float32's speed on this CPU (AVX512_BF16)
-AUGMENT = [{"op": op, "p": 0.5} for op in ("relight", "blur", "crop", "jpeg", "noise")]  # [5.5] Khoo et al. 3.3
+AUGMENT = table5_augment()  # [5.5] Khoo et al. 3.3
 AUGMENT_LIGHT = [{**op, "p": 0.2} for op in AUGMENT]  # a third of the images stay clean (0.8 ** 5)
 # the cpu bank plus 4 classes of generator upsampling layers with random weights (tfdnadet.data.transforms.random_upsample)
 UPSAMPLE_BANK = {**load_config("cpu").stage1.transforms, "upsample": list(UPSAMPLE_LAYERS)}

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import yaml
 
 from tfdnadet.atomic import atomic_path
-from tfdnadet.data.perturb import parse_augment
+from tfdnadet.data.perturb import parse_augment, table5_augment
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.detector import Preprocessing
 
@@ -133,17 +133,13 @@ class GFDConfig:
     real_class: str = "real"  # [3.2] fingerprints are added to a random image of this class in the batch
 
 
-def _table5_augment() -> list:
-    return [{"op": op, "p": 0.5} for op in ("relight", "blur", "crop", "jpeg", "noise")]  # [5.5] Khoo et al. 3.3
-
-
 @dataclass
 class RobustConfig:
     # A second expert for degraded images (tfdnadet.models.gate): this many stage-2 runs per stage-1 encoder trained
     # under `augment`, mixed with the clean runs per image by a gate fitted on the training images, clean and
     # attacked. 0: no robust expert (then data.augment, if any, applies to every run).
     runs_per_encoder: int = 0
-    augment: list = field(default_factory=_table5_augment)
+    augment: list = field(default_factory=table5_augment)
     epochs: Optional[int] = None  # passes of each robust run; null: train.epochs
 
 
