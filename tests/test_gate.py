@@ -1,6 +1,5 @@
 """A clean expert, a robust expert and a degradation gate in one model (tfdnadet.models.gate)."""
 
-import json
 import os
 
 import numpy as np
@@ -8,7 +7,6 @@ import pytest
 import tensorflow as tf
 from sklearn.linear_model import LogisticRegression
 
-from conftest import run_cli
 from tfdnadet.config import load_config
 from tfdnadet.data.perturb import apply_attack
 from tfdnadet.data.preprocess import to_model_input
@@ -107,29 +105,3 @@ def test_the_gate_needs_a_clean_member():
     with pytest.raises(TfdnadetError, match="robust_members must leave a clean member"):
         EnsembleEncoder([0, 0], 4, 0.25, robust_members=2)
     assert EnsembleEncoder([0, 0], 4, 0.25, robust_members=1).get_layer(GATE_LAYER).units == 1
-
-
-@pytest.mark.parametrize(
-    "settings, message",
-    [
-        ({"robust.runs_per_encoder": -1}, "robust.runs_per_encoder must be an integer >= 0"),
-        ({"robust.runs_per_encoder": 1, "robust.augment": []}, "robust.augment must list the attacks"),
-        ({"robust.runs_per_encoder": 1, "model.backbone": "attnet"}, "model.backbone must be dnadet"),
-        ({"robust.augment": [{"op": "smudge", "p": 0.5}]}, "robust.augment"),
-        ({"robust.epochs": 0}, "robust.epochs must be >= 1"),
-    ],
-)
-def test_bad_robust_settings_are_errors(settings, message):
-    with pytest.raises(TfdnadetError, match=message):
-        load_config("tiny", settings)
-
-
-def test_cli_says_which_runs_are_robust(gan_images, tmp_path, monkeypatch, capsys):
-    args = ["train-stage2", "--data", gan_images["train"], "--out", tmp_path / "run", "--config", "tiny", "--epochs", "1"]
-    settings = ["--set", "robust.runs_per_encoder=1", "--set", "robust.augment=[{op: blur, p: 1.0}]", "--set", "train.gradcam_images=0"]
-    code, out, err = run_cli([*args, *settings, "--set", "train.precision=float32"], monkeypatch, capsys)
-    assert code == 0, err
-    assert "run 1/2 of an ensemble (the model averages all 2)" in err
-    assert "run 2/2 of an ensemble (robust: trained under robust.augment" in err
-    assert "1 clean and 1 robust runs, mixed per image by a degradation gate, kept epochs 1, 1" in err
-    assert json.loads(out)["selection"]["robust_members"] == 1
