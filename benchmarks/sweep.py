@@ -91,11 +91,6 @@ POINTS = {
     "bf16-ensemble3x2-stage1-24ep-upsample": (
         {**BF16, "stage1.encoders": 3, "stage1.epochs": 24, "stage1.transforms": UPSAMPLE_BANK}, {"train.runs_per_encoder": 2}
     ),
-    # a robust expert (tfdnadet.models.gate): one run per stage-1 encoder under the Table 5 attacks (robust.augment),
-    # mixed in per image by a gate fitted on the training images, clean and attacked; against the same runs without it
-    "ensemble1x2": ({**BF16, "stage1.encoders": 1}, {"train.runs_per_encoder": 2}),
-    "ensemble1x2-robust8": ({**BF16, "stage1.encoders": 1}, {"train.runs_per_encoder": 2, "robust.runs_per_encoder": 1}),
-    "ensemble1x2-robust16": ({**BF16, "stage1.encoders": 1}, {"train.runs_per_encoder": 2, "robust.runs_per_encoder": 1, "robust.epochs": 16}),
     "bf16-width0.5": ({**BF16, "model.width": 0.5}, {}),
     "bf16-x1": ({**BF16, "data.input_size": 64}, {}),  # no upsampling: a 2x2 grid of 32 px patches
     "bf16-x4-p64": ({**BF16, "data.input_size": 256, "data.patch_size": 64}, {}),  # the paper's x4, crop ratio 1/4

@@ -79,12 +79,11 @@ class _TrainingBar:
                 self._open()
             self._progress.update(self._task, completed=p.step, total=p.steps, epoch=f"{p.epoch}/{p.epochs}", metrics=self._metrics(p.logs))
 
-    def member(self, index: int, count: int, robust: bool = False) -> None:
-        """A line as each run of an ensemble starts (stage1.encoders, train.runs_per_encoder, robust.runs_per_encoder)."""
+    def member(self, index: int, count: int) -> None:
+        """A line as each run of an ensemble starts (stage1.encoders, train.runs_per_encoder)."""
         self.close()
         self._print_header()
-        kind = "robust: trained under robust.augment, for the images the gate finds degraded" if robust else f"the model averages all {count}"
-        err.print(f"run {index + 1}/{count} of an ensemble ({kind})", highlight=False)
+        err.print(f"run {index + 1}/{count} of an ensemble (the model averages all {count})", highlight=False)
 
     def _print_header(self) -> None:
         if self._header:
@@ -204,9 +203,7 @@ def _print_trained(result) -> None:
     s = result.selection
     if s and "members" in s:
         judged = f"; accuracy on the validation models {s['val_models_accuracy']:.3f}" if "val_models_accuracy" in s else ""
-        robust = s.get("robust_members", 0)
-        runs = f"{s['members'] - robust} clean and {robust} robust runs, mixed per image by a degradation gate" if robust else f"the mean of {s['members']} runs"
-        kept = f" ({runs}, kept epochs {', '.join(map(str, s['epochs']))}, chosen on {s['select_on']}{judged})"
+        kept = f" (the mean of {s['members']} runs, kept epochs {', '.join(map(str, s['epochs']))}, chosen on {s['select_on']}{judged})"
     else:
         kept = f" (kept epoch {s['epoch']}, chosen on {s['select_on']})" if s else ""
     err.print(f"trained {result.epochs_completed} epoch(s), {result.steps} steps; model written to {result.model_dir}{kept}")

@@ -11,7 +11,7 @@ from typing import Any, Optional
 import yaml
 
 from tfdnadet.atomic import atomic_path
-from tfdnadet.data.perturb import parse_augment, table5_augment
+from tfdnadet.data.perturb import parse_augment
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.detector import Preprocessing
 
@@ -134,16 +134,6 @@ class GFDConfig:
 
 
 @dataclass
-class RobustConfig:
-    # A second expert for degraded images (tfdnadet.models.gate): this many stage-2 runs per stage-1 encoder trained
-    # under `augment`, mixed with the clean runs per image by a gate fitted on the training images, clean and
-    # attacked. 0: no robust expert (then data.augment, if any, applies to every run).
-    runs_per_encoder: int = 0
-    augment: list = field(default_factory=table5_augment)
-    epochs: Optional[int] = None  # passes of each robust run; null: train.epochs
-
-
-@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -151,7 +141,6 @@ class Config:
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
     gfd: GFDConfig = field(default_factory=GFDConfig)
-    robust: RobustConfig = field(default_factory=RobustConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -196,7 +185,7 @@ def config_from_dict(values: dict) -> Config:
 
 
 def validate(config: Config) -> None:
-    d, t, s, r = config.data, config.train, config.stage1, config.robust
+    d, t, s = config.data, config.train, config.stage1
     checks = [
         (t.precision in PRECISIONS, f"train.precision must be one of {PRECISIONS}. Received: {t.precision!r}"),
         (t.distribution in STRATEGIES, f"train.distribution must be one of {STRATEGIES}. Received: {t.distribution!r}"),
@@ -232,13 +221,6 @@ def validate(config: Config) -> None:
             (s.encoders == 1 and t.runs_per_encoder == 1) or config.model.backbone == "dnadet",
             f"stage1.encoders and train.runs_per_encoder above 1 ensemble DNA-Det encoders: model.backbone must be dnadet. Received: {config.model.backbone!r}",
         ),
-        (isinstance(r.runs_per_encoder, int) and r.runs_per_encoder >= 0, f"robust.runs_per_encoder must be an integer >= 0. Received: {r.runs_per_encoder!r}"),
-        (
-            r.runs_per_encoder == 0 or (config.model.backbone == "dnadet" and t.loss != "gfd"),
-            "robust.runs_per_encoder adds runs to an ensemble of DNA-Det encoders: model.backbone must be dnadet and train.loss not gfd",
-        ),
-        (r.runs_per_encoder == 0 or r.augment, "robust.augment must list the attacks the robust runs train under"),
-        (r.epochs is None or r.epochs >= 1, f"robust.epochs must be >= 1 (or null: train.epochs). Received: {r.epochs}"),
         (config.gfd.latent_weight > 0, f"gfd.latent_weight must be > 0 (it trains the head). Received: {config.gfd.latent_weight}"),
         (
             min(config.gfd.adversarial_weight, config.gfd.auxiliary_weight, config.gfd.perceptual_weight) >= 0,
@@ -249,7 +231,6 @@ def validate(config: Config) -> None:
         if not ok:
             raise TfdnadetError(message)
     parse_augment(d.augment)
-    parse_augment(r.augment, "robust.augment")
     Preprocessing.from_data_config(d)  # checks aggregation and the grid
 
 

@@ -8,9 +8,7 @@ one stage-1 encoder share its frozen blocks (`shared_blocks`), computed once.
 Layer names: member 0 keeps the encoder's own (block1..block8), so Grad-CAM and the tools that read an encoder
 block see it as the encoder; the shared blocks of stage-1 encoder s > 0 are `stem{s}_block{i}`, the other blocks
 of member k > 0 `member{k}_block{i}`. `pool` concatenates the members' pooled features [B, K * D]; `assemble`
-gives the multiclass head the mean of the members' logits. With robust members (the last ones, trained under the
-Table 5 attacks) `pool` ends with the degradation gate's probability and the head mixes the two experts
-(tfdnadet.models.gate).
+gives the multiclass head the mean of the members' logits.
 """
 
 import keras
@@ -19,52 +17,44 @@ import numpy as np
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.detector import MULTICLASS, Detector
 from tfdnadet.models.encoder import ENCODER_BLOCKS, POOL_LAYER, Encoder, block_layer_name, channels, encoder_block
-from tfdnadet.models.gate import GATE_BLOCK, GATE_LAYER, ChannelMoments, GatedMulticlassHead
 from tfdnadet.models.heads import MulticlassHead
 
 
 @keras.saving.register_keras_serializable(package="tfdnadet")
 class EnsembleEncoder(keras.Model):
-    """Member k reads stage-1 encoder `stems[k]`'s first `shared_blocks` blocks, then its own; features concatenated.
-    The last `robust_members` members are the robust expert, and the gate (reading member 0's block 4) follows."""
+    """Member k reads stage-1 encoder `stems[k]`'s first `shared_blocks` blocks, then its own; features concatenated."""
 
-    def __init__(self, stems, shared_blocks: int = 0, width: float = 1.0, dtype=None, robust_members: int = 0, **kwargs):
+    def __init__(self, stems, shared_blocks: int = 0, width: float = 1.0, dtype=None, **kwargs):
         stems = [int(stem) for stem in stems]
         if len(stems) < 2 or stems[0] != 0 or sorted(set(stems)) != list(range(max(stems) + 1)):
             raise TfdnadetError(f"An ensemble needs >= 2 members and stage-1 encoders numbered 0, 1, ... from member 0. Received: stems={stems}")
         if not 0 <= shared_blocks <= len(ENCODER_BLOCKS):
             raise TfdnadetError(f"shared_blocks must be 0..{len(ENCODER_BLOCKS)}. Received: shared_blocks={shared_blocks}")
-        if not 0 <= robust_members < len(stems):
-            raise TfdnadetError(f"robust_members must leave a clean member: 0..{len(stems) - 1}. Received: robust_members={robust_members}")
 
         # === Functional Model ===
         images = keras.Input(shape=(None, None, 3), name="images")
-        trunks, maps = {}, {}
+        trunks = {}
         for stem in sorted(set(stems)):
             x = images
             for index in range(1, shared_blocks + 1):
-                x = maps[_stem_prefix(stem) + block_layer_name(index)] = encoder_block(x, index, width, dtype, _stem_prefix(stem))
+                x = encoder_block(x, index, width, dtype, _stem_prefix(stem))
             trunks[stem] = x
         pools = []
         for member, stem in enumerate(stems):
             x = trunks[stem]
             for index in range(shared_blocks + 1, len(ENCODER_BLOCKS) + 1):
-                x = maps[_member_prefix(member) + block_layer_name(index)] = encoder_block(x, index, width, dtype, _member_prefix(member))
+                x = encoder_block(x, index, width, dtype, _member_prefix(member))
             pools.append(keras.layers.GlobalAveragePooling2D(name=f"member{member}_pool", dtype=dtype)(x))
-        if robust_members:
-            moments = ChannelMoments(name=f"{GATE_LAYER}_moments", dtype="float32")(maps[block_layer_name(GATE_BLOCK)])
-            pools.append(keras.layers.Dense(1, activation="sigmoid", name=GATE_LAYER, dtype="float32")(moments))
         features = keras.layers.Concatenate(name=POOL_LAYER, dtype=dtype)(pools)
         super().__init__(inputs=images, outputs=features, dtype=dtype, **kwargs)
 
         # === Config ===
         self.stems = stems
         self.shared_blocks = shared_blocks
-        self.robust_members = robust_members
         self.width = width
         self.layer_dtype = keras.dtype_policies.get(dtype).name if dtype else None
         self.member_dim = channels(ENCODER_BLOCKS[-1][0], width)
-        self.feature_dim = self.member_dim * len(stems) + (1 if robust_members else 0)
+        self.feature_dim = self.member_dim * len(stems)
 
     def block_name(self, member: int, index: int) -> str:
         """The name of member `member`'s block `index` (a shared block's is its stage-1 encoder's)."""
@@ -81,7 +71,7 @@ class EnsembleEncoder(keras.Model):
         return encoder
 
     @classmethod
-    def from_members(cls, encoders: list, stems: list, shared_blocks: int = 0, robust_members: int = 0, **kwargs) -> "EnsembleEncoder":
+    def from_members(cls, encoders: list, stems: list, shared_blocks: int = 0, **kwargs) -> "EnsembleEncoder":
         """An ensemble holding `encoders`' weights; members of one stage-1 encoder must agree on the shared blocks."""
         if any(not isinstance(encoder, Encoder) for encoder in encoders):
             names = sorted({type(encoder).__name__ for encoder in encoders})
@@ -89,7 +79,7 @@ class EnsembleEncoder(keras.Model):
         if len({encoder.width for encoder in encoders}) > 1:
             raise TfdnadetError(f"Ensemble members must have one model.width. Received: {sorted({e.width for e in encoders})}")
         first = encoders[0]
-        ensemble = cls(stems, shared_blocks, first.width, dtype=first.layer_dtype, robust_members=robust_members, **kwargs)
+        ensemble = cls(stems, shared_blocks, first.width, dtype=first.layer_dtype, **kwargs)
         for member, encoder in enumerate(encoders):
             for index in range(1, len(ENCODER_BLOCKS) + 1):
                 for part in ("conv", "bn"):
@@ -105,7 +95,6 @@ class EnsembleEncoder(keras.Model):
         return {
             "stems": self.stems,
             "shared_blocks": self.shared_blocks,
-            "robust_members": self.robust_members,
             "width": self.width,
             "name": self.name,
             "trainable": self.trainable,
@@ -121,29 +110,20 @@ def _member_prefix(member: int) -> str:
     return "" if member == 0 else f"member{member}_"
 
 
-def assemble(detectors: list, stems: list, shared_blocks: int = 0, robust_members: int = 0, gate=None) -> Detector:
+def assemble(detectors: list, stems: list, shared_blocks: int = 0) -> Detector:
     """One detector averaging the multiclass logits of `detectors` (same classes and preprocessing), member k
-    fine-tuned from stage-1 encoder `stems[k]` with blocks 1..`shared_blocks` kept as that encoder's. With
-    `robust_members`, the last ones are the robust expert, mixed in by `gate` (its kernel [2C, 1] and bias [1])."""
+    fine-tuned from stage-1 encoder `stems[k]` with blocks 1..`shared_blocks` kept as that encoder's."""
     first = detectors[0]
     for detector in detectors[1:]:
         if detector.class_names != first.class_names or detector.preprocessing != first.preprocessing:
             raise TfdnadetError("Ensemble members must have the same classes and preprocessing.")
-    backbone = EnsembleEncoder.from_members([d.backbone for d in detectors], stems, shared_blocks, robust_members, name="encoder")
-    clean, robust = detectors[: len(detectors) - robust_members], detectors[len(detectors) - robust_members :]
-    classes = len(first.class_names)
-    if robust_members:
-        backbone.get_layer(GATE_LAYER).set_weights(gate)
-        head = GatedMulticlassHead(backbone.member_dim * len(clean), backbone.member_dim * len(robust), classes, name=MULTICLASS)
-    else:
-        head = MulticlassHead(backbone.feature_dim, classes, name=MULTICLASS)
-    for layer, runs in (("logits", clean), ("robust_logits", robust)):
-        if runs:
-            kernels, biases = zip(*(d.heads[MULTICLASS].get_layer("logits").get_weights() for d in runs))
-            head.get_layer(layer).set_weights([np.concatenate(kernels) / len(runs), np.mean(biases, axis=0)])
+    backbone = EnsembleEncoder.from_members([d.backbone for d in detectors], stems, shared_blocks, name="encoder")
+    count = len(detectors)
+    head = MulticlassHead(backbone.feature_dim, len(first.class_names), name=MULTICLASS)
+    kernels, biases = zip(*(d.heads[MULTICLASS].get_layer("logits").get_weights() for d in detectors))
+    head.get_layer("logits").set_weights([np.concatenate(kernels) / count, np.mean(biases, axis=0)])
     members = [{"seed": d.config["train"]["seed"], "selection": d.config.get("selection")} for d in detectors]
-    ensemble_info = {"stems": list(stems), "shared_blocks": shared_blocks, "members": members, "robust_members": robust_members}
-    config = {**first.config, "selection": None, "ensemble": ensemble_info}
+    config = {**first.config, "selection": None, "ensemble": {"stems": list(stems), "shared_blocks": shared_blocks, "members": members}}
     ensemble = Detector(backbone, {}, {}, first.preprocessing, config)
     ensemble.add_head(MULTICLASS, head, {"class_names": first.class_names})
     return ensemble

@@ -27,20 +27,15 @@ def ensemble_stems(encoders: int, runs_per_encoder: int) -> list:
     return [encoder for encoder in range(encoders) for _ in range(runs_per_encoder)]
 
 
-def train_members(run_dir: str, config: Config, stems: list, train_member, on_member=None, robust_members: int = 0) -> list:
-    """One run per entry of `stems` in RUN_DIR/members/run{k}, each a single run with seed train.seed x count + k;
-    the last `robust_members` train under robust.augment for robust.epochs. `train_member(member_run_dir,
-    member_config, stem)` trains one; `on_member(index, count, robust)` hears as each starts."""
+def train_members(run_dir: str, config: Config, stems: list, train_member, on_member=None) -> list:
+    """One run per entry of `stems` in RUN_DIR/members/run{k}, each a single run with seed train.seed x count + k:
+    `train_member(member_run_dir, member_config, stem)` trains it; `on_member(index, count)` hears as each starts."""
     results = []
-    r = config.robust
-    robust = {"data.augment": r.augment, "train.epochs": r.epochs or config.train.epochs}
     for member, stem in enumerate(stems):
-        is_robust = member >= len(stems) - robust_members
         if on_member:
-            on_member(member, len(stems), is_robust)
+            on_member(member, len(stems))
         seed = config.train.seed * len(stems) + member
-        overrides = {**ENSEMBLE_KNOBS, "robust.runs_per_encoder": 0, "train.seed": seed, **(robust if is_robust else {})}
-        member_config = config_with_overrides(config.to_dict(), overrides)
+        member_config = config_with_overrides(config.to_dict(), {**ENSEMBLE_KNOBS, "train.seed": seed})
         results.append(train_member(os.path.join(run_dir, MEMBERS_DIR, f"run{member}"), member_config, stem))
     return results
 
@@ -76,17 +71,13 @@ def split_init(init_model: Optional[str], run_dir: str, only_one: bool = False) 
     return paths
 
 
-def write_ensemble(
-    run_dir: str, results: list, stems: list, shared_blocks: int, config: Config, info: dict, judged: dict, robust_members: int = 0, gate=None
-) -> TrainResult:
-    """Average the member runs `results` into RUN_DIR/model (the last `robust_members` the robust expert, mixed in by
-    `gate`); the ensemble is judged on `judged` ({name: LoadedImages})."""
-    detector = assemble([load_detector(result.model_dir) for result in results], stems, shared_blocks, robust_members, gate)
+def write_ensemble(run_dir: str, results: list, stems: list, shared_blocks: int, config: Config, info: dict, judged: dict) -> TrainResult:
+    """Average the member runs `results` into RUN_DIR/model; the ensemble is judged on `judged` ({name: LoadedImages})."""
+    detector = assemble([load_detector(result.model_dir) for result in results], stems, shared_blocks)
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, precision=detector.precision))  # not "auto"
     selection = {
         "select_on": results[0].selection.get("select_on"),
         "members": len(results),
-        **({"robust_members": robust_members} if robust_members else {}),
         "epochs": [result.selection.get("epoch") for result in results],
         **{f"{name}_accuracy": image_accuracy(detector, loaded, config.train.eval_batch_size) for name, loaded in judged.items() if len(loaded.labels)},
     }

@@ -37,7 +37,7 @@ def train_stage1(
     """Pretrain on transformed crops of the photos in `data` (None: the built-in photos); writes RUN_DIR/model.
 
     With stage1.encoders > 1 each encoder is a run of its own in RUN_DIR/members/ and RUN_DIR/model holds them all
-    (tfdnadet.training.ensemble); `on_member(index, count, robust)` hears as each starts.
+    (tfdnadet.training.ensemble); `on_member(index, count)` hears as each starts.
     """
     count = config.stage1.encoders
     if count == 1:

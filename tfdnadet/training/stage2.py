@@ -14,14 +14,12 @@ from tfdnadet.data.preprocess import min_image_side
 from tfdnadet.data.sources import ImageList, read_dataset, split_train_val
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.backbones import CLOSED_FORM, backbone_spec
-from tfdnadet.models.model_dir import load_detector
 from tfdnadet.training.add_head import train_one_vs_all
 from tfdnadet.training.callbacks import read_checkpoint_state
 from tfdnadet.training.closed_form import fit_closed_form
 from tfdnadet.training.gfd import GFD_LOSS, with_perceptual_init
 from tfdnadet.training.distribute import make_strategy
 from tfdnadet.training.ensemble import ensemble_stems, shared_blocks, split_init, train_members, write_ensemble
-from tfdnadet.training.gate import fit_gate
 from tfdnadet.training.selection import HELDOUT_IMAGES, VAL_MODELS, validation_data
 from tfdnadet.training.trainer import TrainResult, fit_patch_model
 
@@ -44,9 +42,8 @@ def train_stage2(
 
     `val_data` holds generator models not in training (a zoo: its validation split; None: the validation split
     of the zoo that `data` belongs to, if any): the kept epoch is chosen on them (train.select_on). With more than
-    one run per model (train.runs_per_encoder, robust.runs_per_encoder, or an ensemble --init) each is a run of its
-    own in RUN_DIR/members/ and RUN_DIR/model averages them (tfdnadet.training.ensemble), robust runs mixed in by a
-    gate (tfdnadet.models.gate); `on_member(index, count, robust)` hears as each starts.
+    one run per model (train.runs_per_encoder, or an ensemble --init) each is a run of its own in RUN_DIR/members/
+    and RUN_DIR/model averages them (tfdnadet.training.ensemble); `on_member(index, count)` hears as each starts.
     """
     if backbone_spec(config.model.backbone).fit == CLOSED_FORM:
         return fit_closed_form(data, run_dir, config, on_skipped, allow_outside_root)
@@ -66,8 +63,7 @@ def train_stage2(
     check_classes_present(train, images.class_names, "training")
     info = {"data_source": os.path.abspath(data), "stage": 2, "init_model": init_model, "val_data": val_source and os.path.abspath(val_source)}
     inits = split_init(init_model, run_dir, only_one=config.train.loss == GFD_LOSS)  # GFD-Net keeps its own decoder
-    robust = ensemble_stems(len(inits), config.robust.runs_per_encoder)
-    stems = ensemble_stems(len(inits), config.train.runs_per_encoder) + robust
+    stems = ensemble_stems(len(inits), config.train.runs_per_encoder)
     fit = functools.partial(_fit_classifier, train, (val.images, val.labels), val_models, images.class_names, resume=resume, verbose=verbose, callbacks=callbacks)
     if len(stems) == 1:
         result = fit(run_dir, config, init_model, info)
@@ -76,10 +72,9 @@ def train_stage2(
         def train_run(member_dir: str, member_config: Config, stem: int) -> TrainResult:
             return fit(member_dir, member_config, inits[stem], {**info, "init_model": inits[stem]})
 
-        results = train_members(run_dir, config, stems, train_run, on_member, len(robust))
+        results = train_members(run_dir, config, stems, train_run, on_member)
         judged = {HELDOUT_IMAGES: val, **({VAL_MODELS: val_models} if val_models else {})}
-        gate = robust and fit_gate(load_detector(results[0].model_dir), train, config.train.seed, config.train.eval_batch_size)
-        result = write_ensemble(run_dir, results, stems, shared_blocks(config, bool(init_model)), config, info, judged, len(robust), gate or None)
+        result = write_ensemble(run_dir, results, stems, shared_blocks(config, bool(init_model)), config, info, judged)
     if config.heads.layout == "one-vs-all":
         # Thresholds and metrics on the validation generators when given: other seeds, not the training ones.
         train_one_vs_all(result.model_dir, train, val_models or val, images.class_names, config, verbose)
