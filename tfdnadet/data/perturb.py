@@ -34,12 +34,12 @@ _LIMITS = {
 COMBINATION = ("relight", "blur", "crop", "jpeg", "noise")
 COMBINATION_PROBABILITY = 0.5
 ATTACKS = ("crop", "blur", "jpeg", "noise", "relight", "combo")  # the columns of Table 5
+ATTACK_TITLES = {"crop": "Crop", "blur": "Blur", "jpeg": "JPEG", "noise": "Noise", "relight": "Relight", "combo": "Combination"}
 
 
 def table5_augment() -> list:
     """Training under the Table 5 attacks as `data.augment` entries: Khoo's combination, each op with p 0.5."""
     return [{"op": op, "p": COMBINATION_PROBABILITY} for op in COMBINATION]
-ATTACK_TITLES = {"crop": "Crop", "blur": "Blur", "jpeg": "JPEG", "noise": "Noise", "relight": "Relight", "combo": "Combination"}
 
 
 def _uniform(seed, batch, bounds) -> tf.Tensor:
