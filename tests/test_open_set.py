@@ -22,6 +22,7 @@ from tfdnadet.evaluation.open_set import (
     out_of_fold_knownness,
     pooled_features,
     rejecting_threshold,
+    unknown_model_metrics,
     write_open_set,
 )
 from tfdnadet.inference import attribute, load_for_detector, predict_loaded
@@ -47,6 +48,24 @@ def test_metrics_against_hand_computed_cases():
     assert rejecting_threshold(np.asarray([1.0, 2.0])) > 2.0  # 95 % of two images is both of them
     assert accepting_threshold(np.arange(20.0)) == 0.5  # accepts 1..19: 95 %, and no score on the boundary
     assert accepting_threshold(np.asarray([3.0, 1.0]), share=0.99) == 0.0  # all accepted, a margin below the lowest
+
+
+def test_each_unknown_model_against_a_hand_computed_case():
+    known = np.asarray([0.9, 0.8, 0.3])
+    unknown = {
+        "knownness": np.asarray([0.5, 0.1, 0.95, 0.85]),
+        "predicted": np.asarray([1, 1, 0, 1]),
+        "groups": np.asarray(["dcgan-seed0", "dcgan-seed0", "stylegan2-seed0", "stylegan2-seed0"]),
+    }
+    models = unknown_model_metrics(known, unknown, ["dcgan", "dcgan", "stylegan2", "stylegan2"], ["real", "progan"], 0.6)
+    assert list(models) == ["dcgan-seed0", "stylegan2-seed0"]
+    dcgan, stylegan2 = models["dcgan-seed0"], models["stylegan2-seed0"]
+    assert dcgan["architecture"] == "dcgan" and dcgan["count"] == 2 and dcgan["taken_for"] == {"progan": 1.0}
+    assert dcgan["auroc"] == pytest.approx(5 / 6) and dcgan["refused_by_rule"] == 1.0  # 0.3 < 0.5: one pair of six wrong
+    # 0.95 beats every known image, 0.85 all but 0.9: 1 of 6 pairs right; one image is named real, one progan.
+    assert stylegan2["auroc"] == pytest.approx(1 / 6) and stylegan2["taken_for"] == {"real": 0.5, "progan": 0.5}
+    assert stylegan2["refused_by_rule"] == 0.0
+    assert "refused_by_rule" not in unknown_model_metrics(known, unknown, ["dcgan"] * 4, ["real", "progan"])["dcgan-seed0"]
 
 
 def test_gaussian_fit_against_hand_computed_cases():
@@ -245,6 +264,10 @@ def test_open_set_evaluation_on_a_zoo(calibrated, open_zoo, tmp_path, monkeypatc
     closed = results["splits"]["closed-set"]
     assert closed["count"] == 3 * 24 + 12 and 0 <= closed["false_rejection_at_95"] <= 1 and 0 <= closed["oscr"] <= closed["accuracy"]
     assert results["rejection_threshold"] is results["unknown_refused_by_rule"] is None and "refused_by_rule" not in closed  # msp is not the rule
+    (planted,) = results["unknown_models"].values()  # the planted manifest names no generator model: its architecture
+    assert list(results["unknown_models"]) == [PLANTED] and planted["count"] == 24 and planted["architecture"] == PLANTED
+    assert planted["auroc"] == pytest.approx(auroc(closed["scores"], results["unknown_scores"]))
+    assert sum(planted["taken_for"].values()) == pytest.approx(1) and set(planted["taken_for"]) <= set(detector.class_names)
     stored = evaluate_open_set(detector, open_zoo["zoo"])  # the calibrated score: what its own threshold refuses
     threshold = detector.rejection["threshold"]
     assert stored["unknown_refused_by_rule"] == np.mean(stored["unknown_scores"] < threshold)
@@ -252,9 +275,10 @@ def test_open_set_evaluation_on_a_zoo(calibrated, open_zoo, tmp_path, monkeypatc
     assert closed["refused_by_rule"] == np.mean(closed["scores"] < threshold) == stored["all_known"]["refused_by_rule"]
     code, out, err = run_cli(["evaluate", calibrated, "--protocol", open_zoo["zoo"], "--open-set", "--out", str(tmp_path)], monkeypatch, capsys)
     assert code == 0, err
-    assert "AUROC" in out and "closed-set" in out and "refused by the model's threshold" in out
+    assert "AUROC" in out and "closed-set" in out and "refused by the model's threshold" in out and "each unknown generator model" in out
     written = json.load(open(tmp_path / "open_set.json"))
     assert written["score"] == "gaussian" and written["splits"]["closed-set"]["auroc"] >= 0.9, written
+    assert written["unknown_models"][PLANTED]["refused_by_rule"] == written["unknown_refused_by_rule"]
     assert (tmp_path / "open_set_scores.png").read_bytes()[:4] == b"\x89PNG"
     assert set(write_open_set(results, str(tmp_path / "again"), calibrated)) == {"json", "png"}
 

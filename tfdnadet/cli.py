@@ -616,6 +616,13 @@ def _print_open_set(results: dict) -> None:
         cells = [name, str(m["count"]), f"{100 * m['accuracy']:.2f}", f"{m['auroc']:.3f}", f"{m['oscr']:.3f}", f"{100 * m['false_rejection_at_95']:.2f}"]
         grid.add_row(*cells, *([f"{100 * m['refused_by_rule']:.2f}"] if rule else []))
     _print_table(grid)
+    grid = Table("unknown generator model", "architecture", "images", "AUROC vs all known", "named most often (%)",
+                 *(["refused by the model's threshold (%)"] if rule else []), title="each unknown generator model")
+    for name, m in results["unknown_models"].items():
+        top, share = next(iter(m["taken_for"].items()))
+        cells = [name, m["architecture"], str(m["count"]), f"{m['auroc']:.3f}", f"{top} {100 * share:.0f}"]
+        grid.add_row(*cells, *([f"{100 * m['refused_by_rule']:.2f}"] if rule else []))
+    _print_table(grid)
 
 
 def _warn_skipped(skipped: list, where: str = "") -> None:

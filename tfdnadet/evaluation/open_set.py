@@ -231,15 +231,19 @@ def evaluate_open_set(
     score = score or stored_score(detector)
     check_score(detector, score)
     manifests = {split: os.path.join(zoo["root"], entry["manifest"]) for split, entry in zoo["splits"].items()}
-    unknown_scores = _scores(detector, _unknown_images(manifests, names), "unknown images", score, batch_size)[0]
+    unknown_images = _unknown_images(manifests, names)
+    unknown = _answers(detector, unknown_images, "unknown images", score, batch_size)
+    unknown_scores = unknown["knownness"]
     rule_threshold = detector.rejection["threshold"] if detector.rejection and detector.rejection["score"] == score else None
     splits, pooled = {}, ([], [])
     for split in (s for s in TEST_SPLITS if s in manifests and _holds_known(manifests[s], detector.class_names)):
         images = known_images(manifests[split], detector.class_names)
-        known, correct = _scores(detector, images, manifests[split], score, batch_size)
+        answers = _answers(detector, images, manifests[split], score, batch_size)
+        known, correct = answers["knownness"], answers["predicted"] == answers["labels"]
         splits[split] = {**split_metrics(known, correct, unknown_scores, rule_threshold), "scores": known}
         pooled[0].append(known)
         pooled[1].append(correct)
+    all_known = np.concatenate(pooled[0])
     return {
         "zoo": zoo["root"],
         "score": score,
@@ -251,8 +255,28 @@ def evaluate_open_set(
         "unknown_refused_by_rule": None if rule_threshold is None else float(np.mean(unknown_scores < rule_threshold)),
         "threshold_at_95": rejecting_threshold(unknown_scores),
         "splits": splits,
-        "all_known": split_metrics(np.concatenate(pooled[0]), np.concatenate(pooled[1]), unknown_scores, rule_threshold),
+        "all_known": split_metrics(all_known, np.concatenate(pooled[1]), unknown_scores, rule_threshold),
+        "unknown_models": unknown_model_metrics(
+            all_known, unknown, [names[label] for label in unknown["labels"]], detector.class_names, rule_threshold
+        ),
     }
+
+
+def unknown_model_metrics(known: np.ndarray, unknown: dict, architectures: list, class_names: list, rule_threshold=None) -> dict:
+    """{generator model: its architecture, image count, AUROC of all known test images against its images, the
+    share of them the multiclass head gives each known class (most often first) and, with the model's rule, the
+    share it refuses}: which new generator passes for which known architecture."""
+    models = {}
+    for group in dict.fromkeys(unknown["groups"]):
+        mine = unknown["groups"] == group
+        counts = np.bincount(unknown["predicted"][mine], minlength=len(class_names))
+        taken_for = {class_names[i]: float(counts[i] / mine.sum()) for i in np.argsort(-counts, kind="stable") if counts[i]}
+        entry = {"architecture": architectures[int(np.flatnonzero(mine)[0])], "count": int(mine.sum())}
+        entry.update(auroc=auroc(known, unknown["knownness"][mine]), taken_for=taken_for)
+        if rule_threshold is not None:
+            entry["refused_by_rule"] = float(np.mean(unknown["knownness"][mine] < rule_threshold))
+        models[group] = entry
+    return models
 
 
 def _holds_known(manifest: str, class_names: list) -> bool:
@@ -261,24 +285,33 @@ def _holds_known(manifest: str, class_names: list) -> bool:
 
 
 def _unknown_images(manifests: dict, names: list) -> ImageList:
-    """Every image of the unknown architectures in any split of the zoo, each path once."""
+    """Every image of the unknown architectures in any split of the zoo, each path once, with its generator model
+    (the manifest's group; the architecture where a manifest has none)."""
     paths = {}
     for manifest in manifests.values():
         images = read_dataset(manifest)
-        for path, label in zip(images.paths, images.labels):
-            if images.class_names[label] in names:
-                paths.setdefault(path, names.index(images.class_names[label]))
+        groups = images.groups or [""] * len(images.paths)
+        for path, label, group in zip(images.paths, images.labels, groups):
+            name = images.class_names[label]
+            if name in names:
+                paths.setdefault(path, (names.index(name), group or name))
     if not paths:
         raise TfdnadetError(f"The zoo has no images of {', '.join(names)}.")
-    return ImageList(list(paths), np.asarray(list(paths.values()), np.int32), names)
+    labels, groups = zip(*paths.values())
+    return ImageList(list(paths), np.asarray(labels, np.int32), names, list(groups))
 
 
-def _scores(detector: Detector, images: ImageList, source: str, score: str, batch_size: int) -> tuple:
-    """(knownness [N], multiclass answer right [N]) of labelled images."""
+def _answers(detector: Detector, images: ImageList, source: str, score: str, batch_size: int) -> dict:
+    """{"knownness", "predicted" (the multiclass answer), "labels", "groups"}: [N] each, of the usable images."""
     loaded = _load(detector, images, source)
     outputs = predict_loaded(detector, loaded, batch_size, score=score)
-    correct = np.argmax(outputs[MULTICLASS], axis=1) == loaded.labels
-    return outputs[KNOWNNESS].astype(np.float64), correct
+    group_of = dict(zip(images.paths, images.groups or [""] * len(images.paths)))
+    return {
+        "knownness": outputs[KNOWNNESS].astype(np.float64),
+        "predicted": np.argmax(outputs[MULTICLASS], axis=1),
+        "labels": loaded.labels,
+        "groups": np.asarray([group_of[path] for path in loaded.paths]),
+    }
 
 
 def open_set_summary(results: dict) -> dict:
