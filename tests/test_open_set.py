@@ -275,7 +275,7 @@ def test_open_set_evaluation_on_a_zoo(calibrated, open_zoo, tmp_path, monkeypatc
     assert closed["refused_by_rule"] == np.mean(closed["scores"] < threshold) == stored["all_known"]["refused_by_rule"]
     code, out, err = run_cli(["evaluate", calibrated, "--protocol", open_zoo["zoo"], "--open-set", "--out", str(tmp_path)], monkeypatch, capsys)
     assert code == 0, err
-    assert "AUROC" in out and "closed-set" in out and "refused by the model's threshold" in out and "each unknown generator model" in out
+    assert "AUROC" in out and "closed-set" in out and "refused by the model's threshold" in out and "each unknown generator model" in out and "refused (%)" in out
     written = json.load(open(tmp_path / "open_set.json"))
     assert written["score"] == "gaussian" and written["splits"]["closed-set"]["auroc"] >= 0.9, written
     assert written["unknown_models"][PLANTED]["refused_by_rule"] == written["unknown_refused_by_rule"]

@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from typer.core import TyperGroup
 
 from tfdnadet.quiet import quiet_startup
@@ -616,12 +616,14 @@ def _print_open_set(results: dict) -> None:
         cells = [name, str(m["count"]), f"{100 * m['accuracy']:.2f}", f"{m['auroc']:.3f}", f"{m['oscr']:.3f}", f"{100 * m['false_rejection_at_95']:.2f}"]
         grid.add_row(*cells, *([f"{100 * m['refused_by_rule']:.2f}"] if rule else []))
     _print_table(grid)
-    grid = Table("unknown generator model", "architecture", "images", "AUROC vs all known", "named most often (%)",
-                 *(["refused by the model's threshold (%)"] if rule else []), title="each unknown generator model")
-    for name, m in results["unknown_models"].items():
+    title = "each unknown generator model, least told apart first: AUROC against all known images, the class named most often"
+    grid = Table(Column("unknown generator model", overflow="fold"), "images", "AUROC", Column("named (%)", no_wrap=True), title=title)
+    if rule:
+        grid.add_column("refused (%)")
+    for name, m in sorted(results["unknown_models"].items(), key=lambda item: item[1]["auroc"]):
         top, share = next(iter(m["taken_for"].items()))
-        cells = [name, m["architecture"], str(m["count"]), f"{m['auroc']:.3f}", f"{top} {100 * share:.0f}"]
-        grid.add_row(*cells, *([f"{100 * m['refused_by_rule']:.2f}"] if rule else []))
+        cells = [name, str(m["count"]), f"{m['auroc']:.3f}", f"{top} {100 * share:.0f}"]
+        grid.add_row(*cells, *([f"{100 * m['refused_by_rule']:.1f}"] if rule else []))
     _print_table(grid)
 
 
