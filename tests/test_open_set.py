@@ -68,6 +68,18 @@ def test_each_unknown_model_against_a_hand_computed_case():
     assert "refused_by_rule" not in unknown_model_metrics(known, unknown, ["dcgan"] * 4, ["real", "progan"])["dcgan-seed0"]
 
 
+def test_score_distributions_drawn_on_a_log_scale_when_the_tail_is_long(tmp_path):
+    from tfdnadet.plots import _signed_exp, _signed_log, plot_score_distributions
+
+    values = np.asarray([-1.5e5, -2000.0, -9.0, 0.0, 0.5, 40.0])
+    np.testing.assert_allclose(_signed_exp(_signed_log(values)), values, rtol=1e-12)  # the scale is invertible
+    assert np.all(np.diff(_signed_log(values)) > 0)  # and keeps the order
+    for name, known, unknown in [("gaussian", -np.geomspace(1e3, 1e5, 50), -np.geomspace(5e3, 2e5, 30)), ("msp", np.linspace(0.4, 1, 50), np.linspace(0.3, 1, 30))]:
+        path = tmp_path / f"{name}.png"
+        plot_score_distributions({"closed-set": known}, {"unknown: dcgan": unknown}, {"rejects 95% of unknowns": float(unknown[1])}, name, str(path))
+        assert path.read_bytes()[:4] == b"\x89PNG"
+
+
 def test_gaussian_fit_against_hand_computed_cases():
     # Two classes, each a cross of four points around its mean: the within-class covariance is 0.5 I, already a
     # multiple of I, so no shrinkage changes it and the precision is 2 I.
@@ -279,6 +291,8 @@ def test_open_set_evaluation_on_a_zoo(calibrated, open_zoo, tmp_path, monkeypatc
     written = json.load(open(tmp_path / "open_set.json"))
     assert written["score"] == "gaussian" and written["splits"]["closed-set"]["auroc"] >= 0.9, written
     assert written["unknown_models"][PLANTED]["refused_by_rule"] == written["unknown_refused_by_rule"]
+    assert "unknown_scores" not in written and "unknown_architecture" not in written  # raw per-image arrays stay out
+    assert stored["unknown_architecture"] == [PLANTED] * 24
     assert (tmp_path / "open_set_scores.png").read_bytes()[:4] == b"\x89PNG"
     assert set(write_open_set(results, str(tmp_path / "again"), calibrated)) == {"json", "png"}
 

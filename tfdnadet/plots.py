@@ -4,6 +4,7 @@ distributions, saving figures."""
 import csv
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -69,19 +70,53 @@ def plot_training_curves(history_csv: str, path: str) -> None:
     save_figure(fig, path)
 
 
-def plot_score_distributions(scores: dict, threshold: float, score_name: str, path: str) -> None:
-    """One histogram per group of images {name: scores} on shared bins, and a line at `threshold`."""
-    values = np.concatenate([np.asarray(v, np.float64) for v in scores.values()])
-    bins = np.linspace(values.min(), values.max() + 1e-9, 31)
+def plot_score_distributions(known: dict, unknown: dict, thresholds: dict, score_name: str, path: str) -> None:
+    """Histograms on shared bins of the known groups (solid) and the unknown ones (dashed), {name: scores}, with a
+    vertical line per threshold {label: value}. Scores beyond +-10 (the Gaussian's minus squared distances) are drawn
+    on a log scale, sign kept, so that a long tail does not squeeze every group into one bin."""
+    groups = {**known, **unknown}
+    values = np.concatenate([np.asarray(v, np.float64) for v in groups.values()])
     fig, ax = plt.subplots(figsize=(7, 4))
-    for name, group in scores.items():
-        ax.hist(group, bins=bins, density=True, histtype="step", linewidth=1.5, label=f"{name} ({len(group)})")
-    ax.axvline(threshold, color="black", linestyle="--", label="rejects 95% of unknowns")
+    logarithmic = np.abs(values).max() > 10
+    forward, inverse = (_signed_log, _signed_exp) if logarithmic else (_same, _same)
+    ax.set_xscale("function", functions=(forward, inverse))
+    if logarithmic:
+        _powers_of_ten_ticks(ax, values)
+    bins = inverse(np.linspace(forward(values.min()), forward(values.max()) + 1e-9, 31))
+    for name, group in groups.items():
+        style = "--" if name in unknown else "-"
+        ax.hist(group, bins=bins, density=False, weights=np.full(len(group), 1 / len(group)), histtype="step",
+                linewidth=1.5, linestyle=style, label=f"{name} ({len(group)})")
+    for (label, value), style in zip(thresholds.items(), (":", "-.")):
+        ax.axvline(value, color="black", linestyle=style, label=label)
     ax.set_xlabel(f"knownness ({score_name}): higher = more like a known class")
-    ax.set_ylabel("density")
+    ax.set_ylabel("share of the group's images")
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def _powers_of_ten_ticks(ax, values) -> None:
+    """Ticks at +-10^k (and 0) within the values' range, labelled as powers of ten."""
+    exponents = range(int(np.floor(np.log10(np.abs(values).max() + 1))) + 1)
+    ticks = sorted({sign * 10.0**k for sign in (-1, 1) for k in exponents if values.min() <= sign * 10.0**k <= values.max()})
+    ticks += [0.0] if values.min() <= 0 <= values.max() else []
+    ax.set_xticks(sorted(ticks), [("0" if t == 0 else ("-" if t < 0 else "") + f"$10^{{{int(np.log10(abs(t)))}}}$") for t in sorted(ticks)])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+
+
+def _signed_log(values):
+    values = np.asarray(values, np.float64)
+    return np.sign(values) * np.log10(1 + np.abs(values))
+
+
+def _signed_exp(values):
+    values = np.asarray(values, np.float64)
+    return np.sign(values) * (10 ** np.abs(values) - 1)
+
+
+def _same(values):
+    return np.asarray(values, np.float64)
 
 
 def _cell(text: str) -> float:

@@ -244,6 +244,7 @@ def evaluate_open_set(
         pooled[0].append(known)
         pooled[1].append(correct)
     all_known = np.concatenate(pooled[0])
+    architectures = [names[label] for label in unknown["labels"]]
     return {
         "zoo": zoo["root"],
         "score": score,
@@ -251,14 +252,13 @@ def evaluate_open_set(
         "unknown_classes": names,
         "unknown_count": int(len(unknown_scores)),
         "unknown_scores": unknown_scores,
+        "unknown_architecture": architectures,
         "rejection_threshold": rule_threshold,
         "unknown_refused_by_rule": None if rule_threshold is None else float(np.mean(unknown_scores < rule_threshold)),
         "threshold_at_95": rejecting_threshold(unknown_scores),
         "splits": splits,
         "all_known": split_metrics(all_known, np.concatenate(pooled[1]), unknown_scores, rule_threshold),
-        "unknown_models": unknown_model_metrics(
-            all_known, unknown, [names[label] for label in unknown["labels"]], detector.class_names, rule_threshold
-        ),
+        "unknown_models": unknown_model_metrics(all_known, unknown, architectures, detector.class_names, rule_threshold),
     }
 
 
@@ -317,15 +317,20 @@ def _answers(detector: Detector, images: ImageList, source: str, score: str, bat
 def open_set_summary(results: dict) -> dict:
     """The results without the raw scores: what open_set.json holds."""
     splits = {split: {k: v for k, v in m.items() if k != "scores"} for split, m in results["splits"].items()}
-    return {**{k: v for k, v in results.items() if k != "unknown_scores"}, "splits": splits}
+    raw = ("unknown_scores", "unknown_architecture")
+    return {**{k: v for k, v in results.items() if k not in raw}, "splits": splits}
 
 
 def write_open_set(results: dict, out_dir: str, model: str) -> dict:
     """open_set.json (the summary) and open_set_scores.png (the score distributions) in out_dir; returns the paths."""
     os.makedirs(out_dir, exist_ok=True)
     paths = {"json": os.path.join(out_dir, "open_set.json"), "png": os.path.join(out_dir, "open_set_scores.png")}
-    distributions = {split: m["scores"] for split, m in results["splits"].items()}
-    distributions[f"unknown ({', '.join(results['unknown_classes'])})"] = results["unknown_scores"]
-    plot_score_distributions(distributions, results["threshold_at_95"], results["score"], paths["png"])
+    known = {split: m["scores"] for split, m in results["splits"].items()}
+    architectures = np.asarray(results["unknown_architecture"])
+    unknown = {f"unknown: {name}": results["unknown_scores"][architectures == name] for name in results["unknown_classes"]}
+    thresholds = {"rejects 95% of unknowns": results["threshold_at_95"]}
+    if results["rejection_threshold"] is not None:
+        thresholds["the model's threshold"] = results["rejection_threshold"]
+    plot_score_distributions(known, unknown, thresholds, results["score"], paths["png"])
     write_json(paths["json"], {"model": os.path.abspath(model), **open_set_summary(results)})
     return paths
