@@ -94,7 +94,7 @@ def main():
         rows[row] = {"method": method, "train_seconds": seconds, "evaluate_seconds": round(time.time() - started, 1), "threshold": rule["threshold"], "scores": scores}
         print(f"{row}: " + ", ".join(f"{s} AUROC {m['all_known']['auroc']:.3f}" for s, m in scores.items()), flush=True)
     report = {"preset": args.preset, "config": args.config, "overrides": overrides, "unknown": unknown, "zoo": os.path.abspath(zoo["root"]), "rows": rows}
-    table = markdown_table(rows)
+    table = markdown_table(rows) + "\n\n" + unknown_models_table(rows)
     print(table)
     write_results(args.out, report, f"Open-set attribution, zoo preset `{args.preset}`, config `{args.config}`, unknown: {', '.join(unknown)}", table)
 
@@ -116,6 +116,18 @@ def markdown_table(rows: dict) -> str:
                 )
             refused = _percent(summary["unknown_refused_by_rule"])
             lines.append(f"| {row} | {score} | unknown | {summary['unknown_count']} | | | | | {refused} |")
+    return "\n".join(lines)
+
+
+def unknown_models_table(rows: dict) -> str:
+    """One line per (method, score, unknown generator model), least told apart first: its AUROC against all known
+    test images, the class the multiclass head names most often, and the share the rule's threshold refuses."""
+    lines = ["| method | score | unknown generator model | images | AUROC vs all known | named most often (%) | refused by the rule (%) |", "|" + "---|" * 7]
+    for row, result in rows.items():
+        for score, summary in result["scores"].items():
+            for model, m in sorted(summary["unknown_models"].items(), key=lambda item: item[1]["auroc"]):
+                top, share = next(iter(m["taken_for"].items()))
+                lines.append(f"| {row} | {score} | {model} | {m['count']} | {m['auroc']:.3f} | {top} {100 * share:.0f} | {_percent(m.get('refused_by_rule'))} |")
     return "\n".join(lines)
 
 
