@@ -85,7 +85,7 @@ def plot_score_distributions(known: dict, unknown: dict, thresholds: dict, score
     bins = inverse(np.linspace(forward(values.min()), forward(values.max()) + 1e-9, 31))
     for name, group in groups.items():
         style = "--" if name in unknown else "-"
-        ax.hist(group, bins=bins, density=False, weights=np.full(len(group), 1 / len(group)), histtype="step",
+        ax.hist(group, bins=bins, weights=np.full(len(group), 1 / len(group)), histtype="step",
                 linewidth=1.5, linestyle=style, label=f"{name} ({len(group)})")
     for (label, value), style in zip(thresholds.items(), (":", "-.")):
         ax.axvline(value, color="black", linestyle=style, label=label)
@@ -99,9 +99,8 @@ def plot_score_distributions(known: dict, unknown: dict, thresholds: dict, score
 def _powers_of_ten_ticks(ax, values) -> None:
     """Ticks at +-10^k (and 0) within the values' range, labelled as powers of ten."""
     exponents = range(int(np.floor(np.log10(np.abs(values).max() + 1))) + 1)
-    ticks = sorted({sign * 10.0**k for sign in (-1, 1) for k in exponents if values.min() <= sign * 10.0**k <= values.max()})
-    ticks += [0.0] if values.min() <= 0 <= values.max() else []
-    ax.set_xticks(sorted(ticks), [("0" if t == 0 else ("-" if t < 0 else "") + f"$10^{{{int(np.log10(abs(t)))}}}$") for t in sorted(ticks)])
+    ticks = sorted(t for t in {0.0, *(sign * 10.0**k for sign in (-1, 1) for k in exponents)} if values.min() <= t <= values.max())
+    ax.set_xticks(ticks, [("0" if t == 0 else ("-" if t < 0 else "") + f"$10^{{{int(np.log10(abs(t)))}}}$") for t in ticks])
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
 
 

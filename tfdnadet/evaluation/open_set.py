@@ -231,8 +231,7 @@ def evaluate_open_set(
     score = score or stored_score(detector)
     check_score(detector, score)
     manifests = {split: os.path.join(zoo["root"], entry["manifest"]) for split, entry in zoo["splits"].items()}
-    unknown_images = _unknown_images(manifests, names)
-    unknown = _answers(detector, unknown_images, "unknown images", score, batch_size)
+    unknown = _answers(detector, _unknown_images(manifests, names), "unknown images", score, batch_size)
     unknown_scores = unknown["knownness"]
     rule_threshold = detector.rejection["threshold"] if detector.rejection and detector.rejection["score"] == score else None
     splits, pooled = {}, ([], [])
