@@ -74,7 +74,12 @@ def test_score_distributions_drawn_on_a_log_scale_when_the_tail_is_long(tmp_path
     values = np.asarray([-1.5e5, -2000.0, -9.0, 0.0, 0.5, 40.0])
     np.testing.assert_allclose(_signed_exp(_signed_log(values)), values, rtol=1e-12)  # the scale is invertible
     assert np.all(np.diff(_signed_log(values)) > 0)  # and keeps the order
-    for name, known, unknown in [("gaussian", -np.geomspace(1e3, 1e5, 50), -np.geomspace(5e3, 2e5, 30)), ("msp", np.linspace(0.4, 1, 50), np.linspace(0.3, 1, 30))]:
+    cases = [
+        ("gaussian", -np.geomspace(1e3, 1e5, 50), -np.geomspace(5e3, 2e5, 30)),
+        ("msp", np.linspace(0.4, 1, 50), np.linspace(0.3, 1, 30)),
+        ("narrow", -np.linspace(4000, 2600, 50), -np.linspace(4500, 2500, 30)),  # no power of ten inside: a linear axis
+    ]
+    for name, known, unknown in cases:
         path = tmp_path / f"{name}.png"
         plot_score_distributions({"closed-set": known}, {"unknown: dcgan": unknown}, {"rejects 95% of unknowns": float(unknown[1])}, name, str(path))
         assert path.read_bytes()[:4] == b"\x89PNG"

@@ -4,7 +4,6 @@ distributions, saving figures."""
 import csv
 
 import matplotlib
-import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -72,16 +71,17 @@ def plot_training_curves(history_csv: str, path: str) -> None:
 
 def plot_score_distributions(known: dict, unknown: dict, thresholds: dict, score_name: str, path: str) -> None:
     """Histograms on shared bins of the known groups (solid) and the unknown ones (dashed), {name: scores}, with a
-    vertical line per threshold {label: value}. Scores beyond +-10 (the Gaussian's minus squared distances) are drawn
-    on a log scale, sign kept, so that a long tail does not squeeze every group into one bin."""
+    vertical line per threshold {label: value}. Scores beyond +-10 that span powers of ten (the Gaussian's minus squared
+    distances) are drawn on a log scale, sign kept, so that a long tail does not squeeze every group into one bin."""
     groups = {**known, **unknown}
     values = np.concatenate([np.asarray(v, np.float64) for v in groups.values()])
     fig, ax = plt.subplots(figsize=(7, 4))
-    logarithmic = np.abs(values).max() > 10
+    magnitudes = np.abs(values)
+    spans_decades = values.min() <= 0 <= values.max() or magnitudes.max() >= 10 * magnitudes.min()
+    logarithmic = magnitudes.max() > 10 and spans_decades
     forward, inverse = (_signed_log, _signed_exp) if logarithmic else (_same, _same)
-    ax.set_xscale("function", functions=(forward, inverse))
     if logarithmic:
-        _powers_of_ten_ticks(ax, values)
+        ax.set_xscale("symlog", linthresh=1)  # its ticks are powers of ten; bins near-even on it from _signed_log
     bins = inverse(np.linspace(forward(values.min()), forward(values.max()) + 1e-9, 31))
     for name, group in groups.items():
         style = "--" if name in unknown else "-"
@@ -94,14 +94,6 @@ def plot_score_distributions(known: dict, unknown: dict, thresholds: dict, score
     ax.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
-
-
-def _powers_of_ten_ticks(ax, values) -> None:
-    """Ticks at +-10^k (and 0) within the values' range, labelled as powers of ten."""
-    exponents = range(int(np.floor(np.log10(np.abs(values).max() + 1))) + 1)
-    ticks = sorted(t for t in {0.0, *(sign * 10.0**k for sign in (-1, 1) for k in exponents)} if values.min() <= t <= values.max())
-    ax.set_xticks(ticks, [("0" if t == 0 else ("-" if t < 0 else "") + f"$10^{{{int(np.log10(abs(t)))}}}$") for t in ticks])
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
 
 
 def _signed_log(values):
