@@ -11,6 +11,8 @@ import numpy as np
 from PIL import Image
 
 from conftest import run_cli
+from tfdnadet.config import load_config
+from tfdnadet.models.model_dir import load_detector
 
 
 def test_help_lists_the_commands_in_pipeline_order(monkeypatch, capsys):
@@ -59,7 +61,6 @@ def test_predict_table_fits_80_columns_trimming_file_names_from_the_left(trained
 
     from tfdnadet import cli
     from tfdnadet.inference import attribute
-    from tfdnadet.models.model_dir import load_detector
 
     folder = os.path.join(gan_images["root"], "progan", "seed2")
     results, _ = attribute(load_detector(trained_run.model_dir), [folder])
@@ -127,6 +128,19 @@ def test_bad_inputs_give_one_line_errors(trained_run, gan_images, tmp_path, monk
 
     code, _, err = run_cli(["evaluate", trained_run.model_dir, "--data", data], monkeypatch, capsys)
     assert code == 1 and "empty_class" in err
+
+
+def test_train_stage2_says_and_records_the_resolution_it_chose_from_the_images(gan_images, tmp_path, monkeypatch, capsys):
+    """32 px images with data.base_size 16 and max_base_size 64 train at 32 px (input 64), not shrunk to 16."""
+    sizes = ["data.base_size=16", "data.input_size=32", "data.patch_size=16", "data.max_base_size=64", "train.steps_per_epoch=2"]
+    args = ["train-stage2", "--data", gan_images["train"], "--out", tmp_path / "run", "--config", "tiny", "--epochs", "1"]
+    code, _, err = run_cli([*args, *[item for size in sizes for item in ("--set", size)]], monkeypatch, capsys)
+    assert code == 0, err
+    assert "images resized to 32 px, not data.base_size 16 (their smallest side is 32 px; data.max_base_size 64), then to 64 px" in err
+    preprocessing = load_detector(str(tmp_path / "run" / "model")).preprocessing
+    assert (preprocessing.base_size, preprocessing.input_size, preprocessing.patch_size) == (32, 64, 16)
+    recorded = load_config(str(tmp_path / "run" / "config.yaml")).data
+    assert (recorded.base_size, recorded.input_size) == (32, 64)
 
 
 def test_class_too_small_for_patches_is_named(gan_images, tmp_path, monkeypatch, capsys):

@@ -29,6 +29,8 @@ def test_overrides_and_validation():
         load_config("tiny", {"train.precision": "float8"})
     with pytest.raises(TfdnadetError, match="patch_size"):
         load_config("tiny", {"data.patch_size": 1000})
+    with pytest.raises(TfdnadetError, match=r"data.max_base_size \(16\) must be at least data.base_size \(32\)"):
+        load_config("tiny", {"data.max_base_size": 16})
     with pytest.raises(TfdnadetError, match="not found"):
         load_config("no-such-config")
 

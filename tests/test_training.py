@@ -268,3 +268,31 @@ def test_validation_models_of_classes_not_trained_on_are_left_out(gan_images):
     assert set(loaded.labels.tolist()) == {0}
     with pytest.raises(TfdnadetError, match="none of the training classes"):
         _load_val_models(gan_images["test"], ["stylegan9"], load_config("tiny").data, False)
+
+
+def _png(path, width, height):
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.zeros((height, width, 3), np.uint8)).save(path)
+    return str(path)
+
+
+def test_fit_resolution_keeps_larger_images_up_to_max_base_size(tmp_path):
+    from tfdnadet.config import load_config
+    from tfdnadet.training.resolution import fit_resolution
+
+    paths = [_png(tmp_path / "a.png", 80, 60), _png(tmp_path / "b.png", 100, 100), str(tmp_path / "missing.png")]
+    config = load_config("tiny", {"data.base_size": 32, "data.input_size": 64, "data.patch_size": 16, "data.max_base_size": 128})
+    fitted, note = fit_resolution(config, paths)
+    assert (fitted.data.base_size, fitted.data.input_size, fitted.data.patch_size) == (60, 120, 16)
+    assert "resized to 60 px, not data.base_size 32 (their smallest side is 60 px" in note
+    assert fit_resolution(fitted, paths) == (fitted, None)  # a resumed run keeps its sizes
+    capped, _ = fit_resolution(load_config("tiny", {"data.max_base_size": 48}), paths)
+    assert (capped.data.base_size, capped.data.input_size) == (48, 96)
+    assert fit_resolution(load_config("tiny"), paths) == (load_config("tiny"), None)  # max_base_size null: fixed
+    smaller = load_config("tiny", {"data.base_size": 64, "data.input_size": 128, "data.max_base_size": 256})
+    assert fit_resolution(smaller, paths)[1] is None  # images no larger than base_size: as before
+    whole, _ = fit_resolution(apply_method(config, "base"), paths)
+    assert whole.data.patch_size == whole.data.input_size == 120
+

@@ -127,6 +127,10 @@ def _warn(message: str) -> None:
     err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
 
 
+def _note(message: str) -> None:
+    err.print(message, highlight=False)
+
+
 def _failed(failures: list) -> None:
     for path, reason in failures:
         err.print(f"[red]failed:[/red] {path}: {reason}", highlight=False)
@@ -320,6 +324,7 @@ def train_stage2_command(
             allow_outside_root=allow_outside_root,
             val_data=val_data,
             on_member=bar.member,
+            on_note=_note,
         )
     _print_trained(result)
 

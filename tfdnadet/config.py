@@ -30,6 +30,11 @@ _EXPONENT_NUMBER = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 class DataConfig:
     base_size: int = 128  # [5.1] first resize to the data set's lowest resolution
     input_size: int = 512  # [5.1] then up to 512 px to magnify the traces
+    # Stage 2: training images larger than base_size keep their resolution up to this side (the paper's "data set's
+    # lowest resolution" [5.1]): the base size becomes their smallest side, clamped to [base_size, max_base_size],
+    # and input_size grows by the same factor. Shrinking them would wipe out the finest generator traces.
+    # null: every image is resized to base_size.
+    max_base_size: Optional[int] = None
     patch_size: int = 64  # [5.1, App. E] 64 px patches (crop ratio 1/8)
     patches_per_image: int = 16  # [5.1] 16 random patches per image
     images_per_class: int = 32  # [5.1] batch = 32 x #classes, class balanced
@@ -192,6 +197,10 @@ def validate(config: Config) -> None:
         (t.loss in LOSSES, f"train.loss must be one of {LOSSES}. Received: {t.loss!r}"),
         (d.patch_size <= d.input_size, f"data.patch_size ({d.patch_size}) must not exceed data.input_size ({d.input_size})"),
         (d.base_size > 0 and d.input_size > 0, "data.base_size and data.input_size must be positive"),
+        (
+            d.max_base_size is None or d.max_base_size >= d.base_size,
+            f"data.max_base_size ({d.max_base_size}) must be at least data.base_size ({d.base_size}), or null",
+        ),
         (d.predict_on in PREDICT_ON, f"data.predict_on must be one of {PREDICT_ON}. Received: {d.predict_on!r}"),
         (0 <= d.val_fraction < 1, f"data.val_fraction must be in [0, 1). Received: {d.val_fraction}"),
         (d.images_per_class >= 1 and d.patches_per_image >= 1, "data.images_per_class and data.patches_per_image must be >= 1"),

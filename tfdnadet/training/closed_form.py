@@ -7,17 +7,16 @@ import numpy as np
 
 from tfdnadet.config import Config
 from tfdnadet.data.pipeline import check_classes_present, load_images, make_image_dataset
-from tfdnadet.data.sources import read_dataset
+from tfdnadet.data.sources import ImageList
 from tfdnadet.models.backbones import create_backbone
 from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing
 from tfdnadet.models.model_dir import save_detector
 from tfdnadet.training.trainer import TrainResult
 
 
-def fit_closed_form(data: str, run_dir: str, config: Config, on_skipped=None, allow_outside_root: bool = False) -> TrainResult:
-    """Fit `config.model.backbone`'s head on a folder/manifest and write RUN_DIR/model."""
+def fit_closed_form(images: ImageList, data: str, run_dir: str, config: Config, on_skipped=None) -> TrainResult:
+    """Fit `config.model.backbone`'s head on the images of a folder/manifest (`data`) and write RUN_DIR/model."""
     d = config.data
-    images = read_dataset(data, d.class_names, allow_outside_root)
     loaded = load_images(images, d.base_size, d.max_pixels, min_size=1)
     if loaded.failures and on_skipped:
         on_skipped(loaded.failure_summary())

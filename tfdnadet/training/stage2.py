@@ -18,6 +18,7 @@ from tfdnadet.training.add_head import train_one_vs_all
 from tfdnadet.training.callbacks import read_checkpoint_state
 from tfdnadet.training.closed_form import fit_closed_form
 from tfdnadet.training.gfd import GFD_LOSS, with_perceptual_init
+from tfdnadet.training.resolution import fit_resolution
 from tfdnadet.training.distribute import make_strategy
 from tfdnadet.training.ensemble import ensemble_stems, shared_blocks, split_init, train_members, write_ensemble
 from tfdnadet.training.selection import HELDOUT_IMAGES, VAL_MODELS, validation_data
@@ -37,20 +38,25 @@ def train_stage2(
     allow_outside_root: bool = False,
     val_data: Optional[str] = None,
     on_member=None,
+    on_note=None,
 ) -> TrainResult:
-    """Train the architecture classifier on a folder/manifest; `on_skipped(message)` hears about bad files.
+    """Train the architecture classifier on a folder/manifest; `on_skipped(message)` hears about bad files,
+    `on_note(message)` about the resolution chosen from the images (tfdnadet.training.resolution).
 
     `val_data` holds generator models not in training (a zoo: its validation split; None: the validation split
     of the zoo that `data` belongs to, if any): the kept epoch is chosen on them (train.select_on). With more than
     one run per model (train.runs_per_encoder, or an ensemble --init) each is a run of its own in RUN_DIR/members/
     and RUN_DIR/model averages them (tfdnadet.training.ensemble); `on_member(index, count)` hears as each starts.
     """
+    images = read_dataset(data, config.data.class_names, allow_outside_root)
+    config, note = fit_resolution(config, images.paths)
+    if note and on_note:
+        on_note(note)
     if backbone_spec(config.model.backbone).fit == CLOSED_FORM:
-        return fit_closed_form(data, run_dir, config, on_skipped, allow_outside_root)
+        return fit_closed_form(images, data, run_dir, config, on_skipped)
     config = config_with_overrides(config.to_dict(), {"train.finetune_from_block": _finetune_from_block(config, init_model, run_dir)})
     make_strategy(config.train.distribution, config.train.devices)  # before any TF op (multi-worker)
     d = config.data
-    images = read_dataset(data, d.class_names, allow_outside_root)
     train_list, val_list = split_train_val(images, d.val_fraction, d.split_seed)
     min_side = min_image_side(d.patch_size, d.base_size)
     train = load_images(train_list, d.base_size, d.max_pixels, min_size=min_side)
