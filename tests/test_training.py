@@ -290,7 +290,12 @@ def test_fit_resolution_keeps_larger_images_up_to_max_base_size(tmp_path):
     assert fit_resolution(fitted, paths) == (fitted, None)  # a resumed run keeps its sizes
     capped, _ = fit_resolution(load_config("tiny", {"data.max_base_size": 48}), paths)
     assert (capped.data.base_size, capped.data.input_size) == (48, 96)
-    assert fit_resolution(load_config("tiny"), paths) == (load_config("tiny"), None)  # max_base_size null: fixed
+    assert fit_resolution(capped, paths) == (capped, "images shrunk to data.base_size 48 px (their smallest side is 60 px)")
+    fixed = load_config("tiny")  # max_base_size null: every image resized to base_size, and the user told how to keep more
+    assert fit_resolution(fixed, paths) == (
+        fixed,
+        "images shrunk to data.base_size 32 px (their smallest side is 60 px); --set data.max_base_size=N keeps up to N px",
+    )
     smaller = load_config("tiny", {"data.base_size": 64, "data.input_size": 128, "data.max_base_size": 256})
     assert fit_resolution(smaller, paths)[1] is None  # images no larger than base_size: as before
     whole, _ = fit_resolution(apply_method(config, "base"), paths)

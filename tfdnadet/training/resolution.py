@@ -20,14 +20,18 @@ def smallest_side(paths) -> Optional[int]:
 
 
 def fit_resolution(config: Config, paths) -> tuple:
-    """(config, note): with data.max_base_size, the base size becomes the training images' smallest side clamped to
-    [base_size, max_base_size], and input_size (and a whole-image patch) grow by the same factor; note says so, else
-    None. Applying it to its own result changes nothing, so a resumed run keeps its sizes."""
+    """(config, note) for training images larger than data.base_size: with data.max_base_size the base size becomes
+    their smallest side, at most max_base_size, and input_size (and a whole-image patch) grow by the same factor;
+    note says what happened to them (None for images no larger than base_size). Applying it to its own result
+    changes nothing, so a resumed run keeps its sizes."""
     d = config.data
-    side = smallest_side(paths) if d.max_base_size is not None else None
-    base = min(side or 0, d.max_base_size or 0)
-    if base <= d.base_size:
+    side = smallest_side(paths)
+    if side is None or side <= d.base_size:
         return config, None
+    base = min(side, d.max_base_size or d.base_size)
+    if base == d.base_size:
+        keep = "; --set data.max_base_size=N keeps up to N px" if d.max_base_size is None else ""
+        return config, f"images shrunk to data.base_size {base} px (their smallest side is {side} px){keep}"
     input_size = round(d.input_size * base / d.base_size)
     overrides = {"data.base_size": base, "data.input_size": input_size}
     if d.patch_size == d.input_size:  # a whole-image method stays whole-image
