@@ -286,15 +286,16 @@ def test_fit_resolution_keeps_larger_images_up_to_max_base_size(tmp_path):
     config = load_config("tiny", {"data.base_size": 32, "data.input_size": 64, "data.patch_size": 16, "data.max_base_size": 128})
     fitted, note = fit_resolution(config, paths)
     assert (fitted.data.base_size, fitted.data.input_size, fitted.data.patch_size) == (60, 120, 16)
-    assert "resized to 60 px, not data.base_size 32 (their smallest side is 60 px" in note
+    assert note == "resolution: 60 px images kept (data.max_base_size 128), input 120 px"
     assert fit_resolution(fitted, paths) == (fitted, None)  # a resumed run keeps its sizes
-    capped, _ = fit_resolution(load_config("tiny", {"data.max_base_size": 48}), paths)
+    capped, note = fit_resolution(load_config("tiny", {"data.max_base_size": 48}), paths)
     assert (capped.data.base_size, capped.data.input_size) == (48, 96)
-    assert fit_resolution(capped, paths) == (capped, "images shrunk to data.base_size 48 px (their smallest side is 60 px)")
+    assert note == "resolution: 60 px images resized to 48 px (data.max_base_size 48), input 96 px"
+    assert fit_resolution(capped, paths) == (capped, "resolution: 60 px images shrunk to 48 px (data.base_size; max_base_size 48)")
     fixed = load_config("tiny")  # max_base_size null: every image resized to base_size, and the user told how to keep more
     assert fit_resolution(fixed, paths) == (
         fixed,
-        "images shrunk to data.base_size 32 px (their smallest side is 60 px); --set data.max_base_size=N keeps up to N px",
+        "resolution: 60 px images shrunk to 32 px (data.base_size; see max_base_size)",
     )
     smaller = load_config("tiny", {"data.base_size": 64, "data.input_size": 128, "data.max_base_size": 256})
     assert fit_resolution(smaller, paths)[1] is None  # images no larger than base_size: as before

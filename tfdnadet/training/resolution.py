@@ -30,14 +30,12 @@ def fit_resolution(config: Config, paths) -> tuple:
         return config, None
     base = min(side, d.max_base_size or d.base_size)
     if base == d.base_size:
-        keep = "; --set data.max_base_size=N keeps up to N px" if d.max_base_size is None else ""
-        return config, f"images shrunk to data.base_size {base} px (their smallest side is {side} px){keep}"
+        limit = "see max_base_size" if d.max_base_size is None else f"max_base_size {d.max_base_size}"
+        return config, f"resolution: {side} px images shrunk to {base} px (data.base_size; {limit})"
     input_size = round(d.input_size * base / d.base_size)
     overrides = {"data.base_size": base, "data.input_size": input_size}
     if d.patch_size == d.input_size:  # a whole-image method stays whole-image
         overrides["data.patch_size"] = input_size
-    note = (
-        f"images resized to {base} px, not data.base_size {d.base_size} (their smallest side is {side} px; "
-        f"data.max_base_size {d.max_base_size}), then to {input_size} px"
-    )
+    kept = "kept" if base == side else f"resized to {base} px"
+    note = f"resolution: {side} px images {kept} (data.max_base_size {d.max_base_size}), input {input_size} px"
     return config_with_overrides(config.to_dict(), overrides), note
