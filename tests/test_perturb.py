@@ -76,6 +76,20 @@ def test_relight_changes_brightness_contrast_and_gamma():
     assert flat[0, 0, 0, 0] == 75 and flat[0, 0, -1, 0] == 125  # half the distance to the mean of 100
 
 
+def test_symmetry_gives_each_image_one_of_the_squares_eight_symmetries():
+    images = noise_images(count=64, size=8)
+    changed = perturb.symmetry(images, SEED).numpy()
+    seen = set()
+    for before, after in zip(images, changed):
+        views = [np.rot90(before, k) for k in range(4)]
+        views += [np.fliplr(view) for view in views]
+        matches = [i for i, view in enumerate(views) if np.array_equal(view, after)]
+        assert len(matches) == 1, "not a symmetry of the square"
+        seen.add(matches[0])
+    assert seen == set(range(8))  # 64 images draw every one of them
+    np.testing.assert_array_equal(perturb.symmetry(images, SEED).numpy(), changed)
+
+
 def test_steps_apply_with_their_probability():
     images = noise_images(count=64, size=16)
     never = perturb.perturb(images, [perturb.Step("noise", 0.0)], SEED).numpy()
@@ -98,7 +112,7 @@ def test_parse_augment_reads_the_config_format():
     [
         ("jpeg", "must be a list"),
         (["jpeg"], r"data.augment\[0\] must be a mapping with an 'op' key"),
-        ([{"op": "sharpen"}], "unknown op 'sharpen'. Known ops: crop, blur, jpeg, noise, relight"),
+        ([{"op": "sharpen"}], "unknown op 'sharpen'. Known ops: crop, blur, jpeg, noise, relight, symmetry"),
         ([{"op": "jpeg", "p": 1.5}], r"p must be a probability in \[0, 1\]"),
         ([{"op": "jpeg", "qualty": [1, 2]}], "op 'jpeg' has no parameter 'qualty'. Known: op, p, quality"),
         ([{"op": "jpeg", "quality": [80, 20]}], r"quality must be \[low, high\] with 1 <= low <= high <= 100"),
@@ -129,6 +143,8 @@ def test_unknown_attacks_are_refused():
     assert perturb.parse_attacks("jpeg, noise") == ["jpeg", "noise"]
     with pytest.raises(TfdnadetError, match="Unknown attack 'rain'. Known attacks: crop, blur, jpeg, noise, relight, combo, all"):
         perturb.parse_attacks("jpeg,rain")
+    with pytest.raises(TfdnadetError, match="Unknown attack 'symmetry'"):  # an augmentation, not a Table 5 attack
+        perturb.parse_attacks("symmetry")
 
 
 def test_augment_hook_changes_the_training_batches():

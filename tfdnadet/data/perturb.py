@@ -1,4 +1,5 @@
-"""Image perturbations [5.5, Table 5]: crop, blur, JPEG, noise, relight and their random combination.
+"""Image perturbations [5.5, Table 5]: crop, blur, JPEG, noise, relight and their random combination,
+and the square's symmetries as a training augmentation.
 
 The same TensorFlow ops serve as training augmentation inside tf.data (`data.augment`, see
 `make_augment`) and as deterministic, seeded test attacks (`apply_attack`). Every op maps a uint8 batch
@@ -21,6 +22,7 @@ DEFAULT_PARAMETERS = {
     "jpeg": {"quality": (10, 75)},
     "noise": {"variance": (5.0, 20.0)},  # i.i.d. Gaussian, on the 0-255 scale
     "relight": {"brightness": (-0.1, 0.1), "contrast": (0.8, 1.2), "gamma": (0.8, 1.25)},
+    "symmetry": {},
 }
 _LIMITS = {
     "fraction": (0.0, 0.9),
@@ -121,7 +123,19 @@ def relight(
     return _to_uint8(((values - mean) * c + mean + b) * 255.0)
 
 
-OPS = {"crop": crop, "blur": blur, "jpeg": jpeg, "noise": noise, "relight": relight}
+def symmetry(images, seed) -> tf.Tensor:
+    """One of the square's eight symmetries (flips, quarter turns) per image of a square batch.
+
+    A generator whose kernels are mirrored or turned is the same architecture, and on an even-sized image its
+    upsampling grid stays aligned, so each symmetry shows the output of another generator of that architecture.
+    """
+    turn, left_right, up_down = tf.unstack(tf.random.stateless_uniform([3, tf.shape(images)[0]], seed) < 0.5)
+    images = tf.where(turn[:, None, None, None], tf.transpose(images, [0, 2, 1, 3]), images)
+    images = tf.where(left_right[:, None, None, None], tf.reverse(images, [2]), images)
+    return tf.where(up_down[:, None, None, None], tf.reverse(images, [1]), images)
+
+
+OPS = {"crop": crop, "blur": blur, "jpeg": jpeg, "noise": noise, "relight": relight, "symmetry": symmetry}
 
 
 def _to_uint8(values: tf.Tensor) -> tf.Tensor:
@@ -204,7 +218,7 @@ def attack_steps(name: str) -> list:
     """The steps of a Table 5 attack: one op always applied, or `combo` (each op with probability 0.5)."""
     if name == "combo":
         return [Step(op, COMBINATION_PROBABILITY) for op in COMBINATION]
-    if name not in OPS:
+    if name not in ATTACKS:
         raise TfdnadetError(f"Unknown attack {name!r}. Known attacks: {', '.join(ATTACKS)}, all.")
     return [Step(name)]
 
