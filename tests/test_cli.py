@@ -136,7 +136,8 @@ def test_train_stage2_says_and_records_the_resolution_it_chose_from_the_images(g
     args = ["train-stage2", "--data", gan_images["train"], "--out", tmp_path / "run", "--config", "tiny", "--epochs", "1"]
     code, _, err = run_cli([*args, *[item for size in sizes for item in ("--set", size)]], monkeypatch, capsys)
     assert code == 0, err
-    assert "resolution: 32 px images kept (data.max_base_size 64), input 64 px" in err
+    lines = err.splitlines()
+    assert lines[0].startswith("precision: ") and lines[1] == "resolution: 32 px images kept (data.max_base_size 64), input 64 px"
     preprocessing = load_detector(str(tmp_path / "run" / "model")).preprocessing
     assert (preprocessing.base_size, preprocessing.input_size, preprocessing.patch_size) == (32, 64, 16)
     recorded = load_config(str(tmp_path / "run" / "config.yaml")).data

@@ -85,6 +85,12 @@ class _TrainingBar:
         self._print_header()
         err.print(f"run {index + 1}/{count} of an ensemble (the model averages all {count})", highlight=False)
 
+    def note(self, message: str) -> None:
+        """A line about the run (e.g. the resolution chosen), under the header."""
+        self.close()
+        self._print_header()
+        err.print(message, highlight=False)
+
     def _print_header(self) -> None:
         if self._header:
             err.print(self._header, highlight=False)
@@ -125,10 +131,6 @@ def _print_table(table: Table) -> None:
 
 def _warn(message: str) -> None:
     err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
-
-
-def _note(message: str) -> None:
-    err.print(message, highlight=False)
 
 
 def _failed(failures: list) -> None:
@@ -324,7 +326,7 @@ def train_stage2_command(
             allow_outside_root=allow_outside_root,
             val_data=val_data,
             on_member=bar.member,
-            on_note=_note,
+            on_note=bar.note,
         )
     _print_trained(result)
 
