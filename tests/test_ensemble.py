@@ -166,3 +166,55 @@ def test_cli_says_which_run_of_the_ensemble_trains(gan_images, tmp_path, monkeyp
     assert "run 1/2 of an ensemble" in err and "run 2/2 of an ensemble" in err
     assert "the mean of 2 runs, kept epochs 1, 1" in err
     assert json.loads(out)["selection"]["members"] == 2
+
+
+def test_a_budget_starts_another_member_only_while_the_runs_so_far_leave_room_for_it(tmp_path, monkeypatch):
+    """Each fake run takes 10 minutes of a fake clock; finished runs are kept on resume, and their minutes count."""
+    from tfdnadet.models.model_dir import METADATA_FILE
+    from tfdnadet.training import ensemble
+
+    now = [0.0]
+    monkeypatch.setattr(ensemble.time, "perf_counter", lambda: now[0])
+
+    def train_member(member_dir, member_config, stem):
+        if not os.path.isfile(os.path.join(member_dir, "model", METADATA_FILE)):
+            now[0] += 600.0
+            os.makedirs(os.path.join(member_dir, "model"))
+            open(os.path.join(member_dir, "model", METADATA_FILE), "w").close()
+        return stem
+
+    config = load_config("tiny")
+    stems = [0, 1, 2, 3]
+    assert ensemble.train_members(str(tmp_path / "all"), config, stems, train_member) == stems
+    started = []
+    run = str(tmp_path / "budget")
+    assert ensemble.train_members(run, config, stems, train_member, lambda i, n: started.append(i), budget_minutes=25) == [0, 1]
+    assert started == [0, 1]  # after two runs of 10 minutes a third would end at 30
+    assert ensemble.train_members(run, config, stems, train_member, budget_minutes=5) == [0, 1]  # finished runs stay
+    assert ensemble.train_members(run, config, stems, train_member, budget_minutes=45) == [0, 1, 2, 3]
+    with open(os.path.join(run, "members", "run3", ensemble.SECONDS_RECORD)) as f:
+        assert json.load(f)["seconds"] == 600.0
+
+
+def test_train_stage1_keeps_the_encoders_its_budget_allows_and_says_so(gan_images, tmp_path, monkeypatch, capsys):
+    args = ["train-stage1", "--out", tmp_path / "pt", "--config", "tiny", "--epochs", "1", "--crops", "32"]
+    settings = ["stage1.encoders=3", "stage1.budget_minutes=0.0001", "train.gradcam_images=0", "train.precision=float32"]
+    code, _, err = run_cli([*args, *[item for s in settings for item in ("--set", s)]], monkeypatch, capsys)
+    assert code == 0, err
+    assert "stage1.budget_minutes 0.0001: 1 of 3 encoders fit on this machine" in err
+    assert "run 2/3" not in err and sorted(os.listdir(tmp_path / "pt" / "members")) == ["run0"]
+    model = load_detector(str(tmp_path / "pt" / "model"))
+    assert isinstance(model.backbone, Encoder) and model.class_names == load_detector(str(tmp_path / "pt" / "members" / "run0" / "model")).class_names
+    code, _, err = run_cli(["train-stage2", "--data", gan_images["train"], "--out", tmp_path / "run", "--config", "tiny", "--epochs", "1",
+                            "--init", tmp_path / "pt" / "model", "--set", "train.gradcam_images=0"], monkeypatch, capsys)
+    assert code == 0, err
+
+
+def test_bad_budgets_are_errors():
+    for value in (0, -5):
+        with pytest.raises(TfdnadetError, match="stage1.budget_minutes must be a number of minutes > 0, or null"):
+            load_config("tiny", {"stage1.budget_minutes": value})
+    for value in ("an hour", True):
+        with pytest.raises(TfdnadetError, match="'stage1.budget_minutes' must be float or null"):
+            load_config("tiny", {"stage1.budget_minutes": value})
+    assert load_config("cpu").stage1.budget_minutes == 47

@@ -244,7 +244,9 @@ def train_stage1_command(
         settings,
     )
     with _training_progress(_precision_line(cfg)) as bar:
-        result = train_stage1(data, out_dir, cfg, resume=resume, verbose=0, callbacks=(bar.callback(),), on_skipped=_warn, on_member=bar.member)
+        result = train_stage1(
+            data, out_dir, cfg, resume=resume, verbose=0, callbacks=(bar.callback(),), on_skipped=_warn, on_member=bar.member, on_note=bar.note
+        )
     _print_trained(result)
 
 

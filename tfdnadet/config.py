@@ -102,6 +102,9 @@ class Stage1Config:
     images_per_class: int = 2  # class-balanced batches as in stage 2 [5.1], but k x 170 classes must fit a step
     epochs: Optional[int] = None  # passes of stage 1 (None: train.epochs); its many classes need more than stage 2
     encoders: int = 1  # stage-1 encoders trained (seeds train.seed x encoders + 0, 1, ...); stage 2 fine-tunes each
+    # Minutes of stage 1: another encoder starts only while the ones trained, at their mean time, leave room for it
+    # (the first always trains). None: all `encoders`, however long they take on this machine.
+    budget_minutes: Optional[float] = None
 
 
 @dataclass
@@ -225,6 +228,10 @@ def validate(config: Config) -> None:
         (s.crops >= 1 and s.images_per_class >= 1, "stage1.crops and stage1.images_per_class must be >= 1"),
         (s.epochs is None or s.epochs >= 1, f"stage1.epochs must be >= 1 (or null: train.epochs). Received: {s.epochs}"),
         (_positive_int(s.encoders), f"stage1.encoders must be an integer >= 1. Received: {s.encoders!r}"),
+        (
+            s.budget_minutes is None or s.budget_minutes > 0,
+            f"stage1.budget_minutes must be a number of minutes > 0, or null. Received: {s.budget_minutes!r}",
+        ),
         (_positive_int(t.runs_per_encoder), f"train.runs_per_encoder must be an integer >= 1. Received: {t.runs_per_encoder!r}"),
         (
             (s.encoders == 1 and t.runs_per_encoder == 1) or config.model.backbone == "dnadet",

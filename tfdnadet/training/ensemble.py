@@ -5,7 +5,9 @@ A stopped ensemble resumes like a run: finished members are kept, the stopped on
 """
 
 import dataclasses
+import json
 import os
+import time
 from typing import Optional
 
 from tfdnadet.atomic import write_json
@@ -19,6 +21,7 @@ from tfdnadet.training.selection import image_accuracy
 from tfdnadet.training.trainer import TrainResult
 
 MEMBERS_DIR = "members"
+SECONDS_RECORD = "seconds.json"  # a member run's training seconds, summed over the calls that resumed it
 ENSEMBLE_KNOBS = {"stage1.encoders": 1, "train.runs_per_encoder": 1}
 
 
@@ -27,17 +30,37 @@ def ensemble_stems(encoders: int, runs_per_encoder: int) -> list:
     return [encoder for encoder in range(encoders) for _ in range(runs_per_encoder)]
 
 
-def train_members(run_dir: str, config: Config, stems: list, train_member, on_member=None) -> list:
+def train_members(run_dir: str, config: Config, stems: list, train_member, on_member=None, budget_minutes: Optional[float] = None) -> list:
     """One run per entry of `stems` in RUN_DIR/members/run{k}, each a single run with seed train.seed x count + k:
-    `train_member(member_run_dir, member_config, stem)` trains it; `on_member(index, count)` hears as each starts."""
-    results = []
+    `train_member(member_run_dir, member_config, stem)` trains it; `on_member(index, count)` hears as each starts.
+
+    With `budget_minutes`, a run not finished before starts only while the runs so far, at their mean time, leave
+    room for it within the budget; the first always trains. The runs trained are returned (a prefix of `stems`)."""
+    results, seconds = [], []
     for member, stem in enumerate(stems):
+        member_dir = os.path.join(run_dir, MEMBERS_DIR, f"run{member}")
+        finished = is_model_dir(os.path.join(member_dir, "model"))
+        if budget_minutes is not None and seconds and not finished and sum(seconds) * (1 + 1 / len(seconds)) > 60 * budget_minutes:
+            break
         if on_member:
             on_member(member, len(stems))
         seed = config.train.seed * len(stems) + member
         member_config = config_with_overrides(config.to_dict(), {**ENSEMBLE_KNOBS, "train.seed": seed})
-        results.append(train_member(os.path.join(run_dir, MEMBERS_DIR, f"run{member}"), member_config, stem))
+        started = time.perf_counter()
+        results.append(train_member(member_dir, member_config, stem))
+        seconds.append(_add_seconds(member_dir, time.perf_counter() - started))
     return results
+
+
+def _add_seconds(member_dir: str, seconds: float) -> float:
+    """Add `seconds` to a member run's recorded training time; returns the total."""
+    path = os.path.join(member_dir, SECONDS_RECORD)
+    before = 0.0
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            before = json.load(f)["seconds"]
+    write_json(path, {"seconds": before + seconds})
+    return before + seconds
 
 
 def shared_blocks(config: Config, pretrained: bool) -> int:
@@ -72,8 +95,10 @@ def split_init(init_model: Optional[str], run_dir: str, only_one: bool = False) 
 
 
 def write_ensemble(run_dir: str, results: list, stems: list, shared_blocks: int, config: Config, info: dict, judged: dict) -> TrainResult:
-    """Average the member runs `results` into RUN_DIR/model; the ensemble is judged on `judged` ({name: LoadedImages})."""
-    detector = assemble([load_detector(result.model_dir) for result in results], stems, shared_blocks)
+    """Average the member runs `results` into RUN_DIR/model (one run: its model as it is); the ensemble is judged on
+    `judged` ({name: LoadedImages})."""
+    members = [load_detector(result.model_dir) for result in results]
+    detector = assemble(members, stems, shared_blocks) if len(members) > 1 else members[0]
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, precision=detector.precision))  # not "auto"
     selection = {
         "select_on": results[0].selection.get("select_on"),

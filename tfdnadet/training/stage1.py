@@ -33,20 +33,28 @@ def train_stage1(
     callbacks: tuple = (),
     on_skipped=None,
     on_member=None,
+    on_note=None,
 ) -> TrainResult:
     """Pretrain on transformed crops of the photos in `data` (None: the built-in photos); writes RUN_DIR/model.
 
-    With stage1.encoders > 1 each encoder is a run of its own in RUN_DIR/members/ and RUN_DIR/model holds them all
-    (tfdnadet.training.ensemble); `on_member(index, count)` hears as each starts.
+    With stage1.encoders > 1 each encoder is a run of its own in RUN_DIR/members/ and RUN_DIR/model holds those
+    trained within stage1.budget_minutes (tfdnadet.training.ensemble); `on_member(index, count)` hears as each
+    starts, `on_note(message)` when the budget leaves some out.
     """
-    count = config.stage1.encoders
-    if count == 1:
+    s = config.stage1
+    if s.encoders == 1:
         return _train_encoder(data, run_dir, config, resume, verbose, callbacks, on_skipped)
     def train_encoder(member_dir: str, member_config: Config, stem: int) -> TrainResult:
         return _train_encoder(data, member_dir, member_config, resume, verbose, callbacks, on_skipped)
 
-    stems = list(range(count))  # each run is a stage-1 encoder of its own
-    return write_ensemble(run_dir, train_members(run_dir, config, stems, train_encoder, on_member), stems, 0, config, {"stage": 1}, {})
+    results = train_members(run_dir, config, list(range(s.encoders)), train_encoder, on_member, s.budget_minutes)
+    stems = list(range(len(results)))  # each run is a stage-1 encoder of its own
+    if len(results) < s.encoders and on_note:
+        on_note(
+            f"stage1.budget_minutes {s.budget_minutes:g}: {len(results)} of {s.encoders} encoders fit on this machine; "
+            "--set stage1.budget_minutes=null --resume trains the rest"
+        )
+    return write_ensemble(run_dir, results, stems, 0, config, {"stage": 1}, {})
 
 
 def _train_encoder(data: Optional[str], run_dir: str, config: Config, resume: bool, verbose: int, callbacks: tuple, on_skipped) -> TrainResult:
