@@ -201,8 +201,9 @@ def test_train_stage1_keeps_the_encoders_its_budget_allows_and_says_so(gan_image
     settings = ["stage1.encoders=3", "stage1.budget_minutes=0.0001", "train.gradcam_images=0", "train.precision=float32"]
     code, _, err = run_cli([*args, *[item for s in settings for item in ("--set", s)]], monkeypatch, capsys)
     assert code == 0, err
-    assert "stage1.budget_minutes 0.0001: 1 of 3 encoders fit on this machine" in err
+    assert "budget: 1 of 3 encoders fit stage1.budget_minutes 0.0001 on this machine" in err
     assert "run 2/3" not in err and sorted(os.listdir(tmp_path / "pt" / "members")) == ["run0"]
+    assert "(kept epoch 1, chosen on last)" in err
     model = load_detector(str(tmp_path / "pt" / "model"))
     assert isinstance(model.backbone, Encoder) and model.class_names == load_detector(str(tmp_path / "pt" / "members" / "run0" / "model")).class_names
     code, _, err = run_cli(["train-stage2", "--data", gan_images["train"], "--out", tmp_path / "run", "--config", "tiny", "--epochs", "1",

@@ -83,7 +83,7 @@ class _TrainingBar:
         """A line as each run of an ensemble starts (stage1.encoders, train.runs_per_encoder)."""
         self.close()
         self._print_header()
-        err.print(f"run {index + 1}/{count} of an ensemble (the model averages all {count})", highlight=False)
+        err.print(f"run {index + 1}/{count} of an ensemble (the model averages its runs)", highlight=False)
 
     def note(self, message: str) -> None:
         """A line about the run (e.g. the resolution chosen), under the header."""
@@ -209,7 +209,8 @@ def _print_trained(result) -> None:
     s = result.selection
     if s and "members" in s:
         judged = f"; accuracy on the validation models {s['val_models_accuracy']:.3f}" if "val_models_accuracy" in s else ""
-        kept = f" (the mean of {s['members']} runs, kept epochs {', '.join(map(str, s['epochs']))}, chosen on {s['select_on']}{judged})"
+        runs = f"the mean of {s['members']} runs, kept epochs {', '.join(map(str, s['epochs']))}" if s["members"] > 1 else f"kept epoch {s['epochs'][0]}"
+        kept = f" ({runs}, chosen on {s['select_on']}{judged})"
     else:
         kept = f" (kept epoch {s['epoch']}, chosen on {s['select_on']})" if s else ""
     err.print(f"trained {result.epochs_completed} epoch(s), {result.steps} steps; model written to {result.model_dir}{kept}")

@@ -51,8 +51,8 @@ def train_stage1(
     stems = list(range(len(results)))  # each run is a stage-1 encoder of its own
     if len(results) < s.encoders and on_note:
         on_note(
-            f"stage1.budget_minutes {s.budget_minutes:g}: {len(results)} of {s.encoders} encoders fit on this machine; "
-            "--set stage1.budget_minutes=null --resume trains the rest"
+            f"budget: {len(results)} of {s.encoders} encoders fit stage1.budget_minutes {s.budget_minutes:g} on this machine\n"
+            "(--set stage1.budget_minutes=null --resume trains the rest)"
         )
     return write_ensemble(run_dir, results, stems, 0, config, {"stage": 1}, {})
 
