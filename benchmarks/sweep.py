@@ -88,9 +88,12 @@ POINTS = {
     "bf16-ensemble7x1-stage1-24ep": ({**BF16, "stage1.encoders": 7, "stage1.epochs": 24}, {"train.runs_per_encoder": 1}),
     "bf16-ensemble7x2-stage1-24ep": ({**BF16, "stage1.encoders": 7, "stage1.epochs": 24}, {"train.runs_per_encoder": 2}),
     "bf16-ensemble8x2-stage1-24ep": ({**BF16, "stage1.encoders": 8, "stage1.epochs": 24}, {"train.runs_per_encoder": 2}),
-    # the config's own precision (auto); the square's eight symmetries as training augmentation: each shows the output
-    # of a generator of the same architecture with mirrored or turned kernels
+    # the config's own precision (auto); training images mirrored about the diagonal (exactly the output of the same
+    # architecture with transposed kernels) or by any of the square's eight symmetries (flips are not exact so)
     "ensemble2x2-stage1-24ep": ({"stage1.encoders": 2, "stage1.epochs": 24}, {"train.runs_per_encoder": 2}),
+    "ensemble2x2-stage1-24ep-transpose": (
+        {"stage1.encoders": 2, "stage1.epochs": 24}, {"train.runs_per_encoder": 2, "data.augment": [{"op": "transpose", "p": 0.5}]}
+    ),
     "ensemble2x2-stage1-24ep-symmetry": (
         {"stage1.encoders": 2, "stage1.epochs": 24}, {"train.runs_per_encoder": 2, "data.augment": [{"op": "symmetry"}]}
     ),

@@ -90,6 +90,14 @@ def test_symmetry_gives_each_image_one_of_the_squares_eight_symmetries():
     np.testing.assert_array_equal(perturb.symmetry(images, SEED).numpy(), changed)
 
 
+def test_transpose_swaps_rows_and_columns_of_the_images_it_picks():
+    images = noise_images(count=64, size=8)
+    changed = perturb.perturb(images, perturb.parse_augment([{"op": "transpose", "p": 0.5}]), SEED).numpy()
+    transposed = [np.array_equal(after, before.transpose(1, 0, 2)) for before, after in zip(images, changed)]
+    kept = [np.array_equal(after, before) for before, after in zip(images, changed)]
+    assert all(t != k for t, k in zip(transposed, kept)) and 20 <= sum(transposed) <= 44
+
+
 def test_steps_apply_with_their_probability():
     images = noise_images(count=64, size=16)
     never = perturb.perturb(images, [perturb.Step("noise", 0.0)], SEED).numpy()
@@ -112,7 +120,7 @@ def test_parse_augment_reads_the_config_format():
     [
         ("jpeg", "must be a list"),
         (["jpeg"], r"data.augment\[0\] must be a mapping with an 'op' key"),
-        ([{"op": "sharpen"}], "unknown op 'sharpen'. Known ops: crop, blur, jpeg, noise, relight, symmetry"),
+        ([{"op": "sharpen"}], "unknown op 'sharpen'. Known ops: crop, blur, jpeg, noise, relight, symmetry, transpose"),
         ([{"op": "jpeg", "p": 1.5}], r"p must be a probability in \[0, 1\]"),
         ([{"op": "jpeg", "qualty": [1, 2]}], "op 'jpeg' has no parameter 'qualty'. Known: op, p, quality"),
         ([{"op": "jpeg", "quality": [80, 20]}], r"quality must be \[low, high\] with 1 <= low <= high <= 100"),

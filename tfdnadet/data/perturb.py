@@ -1,5 +1,5 @@
 """Image perturbations [5.5, Table 5]: crop, blur, JPEG, noise, relight and their random combination,
-and the square's symmetries as a training augmentation.
+and the square's symmetries (transpose, or any of eight) as training augmentations.
 
 The same TensorFlow ops serve as training augmentation inside tf.data (`data.augment`, see
 `make_augment`) and as deterministic, seeded test attacks (`apply_attack`). Every op maps a uint8 batch
@@ -23,6 +23,7 @@ DEFAULT_PARAMETERS = {
     "noise": {"variance": (5.0, 20.0)},  # i.i.d. Gaussian, on the 0-255 scale
     "relight": {"brightness": (-0.1, 0.1), "contrast": (0.8, 1.2), "gamma": (0.8, 1.25)},
     "symmetry": {},
+    "transpose": {},
 }
 _LIMITS = {
     "fraction": (0.0, 0.9),
@@ -126,8 +127,9 @@ def relight(
 def symmetry(images, seed) -> tf.Tensor:
     """One of the square's eight symmetries (flips, quarter turns) per image of a square batch.
 
-    A generator whose kernels are mirrored or turned is the same architecture, and on an even-sized image its
-    upsampling grid stays aligned, so each symmetry shows the output of another generator of that architecture.
+    A generator whose kernels are mirrored or turned is the same architecture; its images are these images exactly
+    where every layer pads evenly (nearest or bilinear upsampling, k3 convs, k4 s2 transposed convs), not quite
+    where one pads unevenly (see `transpose`).
     """
     turn, left_right, up_down = tf.unstack(tf.random.stateless_uniform([3, tf.shape(images)[0]], seed) < 0.5)
     images = tf.where(turn[:, None, None, None], tf.transpose(images, [0, 2, 1, 3]), images)
@@ -135,7 +137,17 @@ def symmetry(images, seed) -> tf.Tensor:
     return tf.where(up_down[:, None, None, None], tf.reverse(images, [1]), images)
 
 
-OPS = {"crop": crop, "blur": blur, "jpeg": jpeg, "noise": noise, "relight": relight, "symmetry": symmetry}
+def transpose(images, seed) -> tf.Tensor:
+    """Rows and columns swapped (a mirror about the main diagonal) in each image of a square batch, with `p`.
+
+    The generator with every kernel transposed is the same architecture, and it makes exactly the transposed image:
+    each layer's padding and stride grid are the same on both axes. Flips are not exact so (a stride-2 layer with
+    uneven padding, e.g. a k5 transposed conv, would put its pattern on the other pixel phase).
+    """
+    return tf.transpose(images, [0, 2, 1, 3])
+
+
+OPS = {"crop": crop, "blur": blur, "jpeg": jpeg, "noise": noise, "relight": relight, "symmetry": symmetry, "transpose": transpose}
 
 
 def _to_uint8(values: tf.Tensor) -> tf.Tensor:
