@@ -111,3 +111,23 @@ def test_fake_vs_real_manifests_leave_the_zoo_untouched_and_metrics_per_unseen_a
     assert metrics["accuracy"] == pytest.approx(4 / 6) and metrics["reals_passed"] == 0.5
     assert metrics["unseen_fakes_caught"] == 0.75 and metrics["auc"] == pytest.approx(7 / 8)
     assert metrics["dcgan"] == {"caught": 0.5, "auc": 0.75} and metrics["stylegan2"] == {"caught": 1.0, "auc": 1.0}
+
+
+def test_view_augment_scores_single_runs_their_ensemble_and_each_test_seed():
+    import numpy as np
+
+    view_augment = load_benchmark("view_augment")
+    labels = np.array([0, 0, 1, 1])
+    test_paths = np.array(["test/a/seed2/0.png", "test/a/seed3/0.png", "test/b/seed2/0.png", "test/b/seed4/0.png"])
+    right, wrong = np.array([0.9, 0.1]), np.array([0.4, 0.6])
+    # run 1 misses image 1, run 2 misses images 1 and 2 (but by less than run 1 is sure of image 2)
+    first = np.stack([right, wrong, right[::-1], right[::-1]])
+    second = np.stack([right, wrong, np.array([0.6, 0.4]), right[::-1]])
+    runs = [{split: (probabilities, labels, test_paths) for split in view_augment.SCORED} for probabilities in (first, second)]
+    row = view_augment.arm_row(runs)
+    assert row["test"]["runs"] == [75.0, 50.0] and row["test"]["single_mean"] == 62.5
+    assert row["test"]["ensemble"] == 75.0  # mean of [0.1, 0.9] and [0.6, 0.4] is still class 1
+    assert row["test seed 2"]["runs"] == [100.0, 50.0] and row["test seed 3"]["ensemble"] == 0.0
+    assert row["test seed 4"]["ensemble"] == 100.0
+    assert set(row) == {"valB", "closed", "test", "test seed 2", "test seed 3", "test seed 4"}
+    assert "| none | 2 | 62.5 / 75.0 |" in view_augment.table({"none": row})
