@@ -113,6 +113,8 @@ def main(argv=None) -> dict:
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise SystemExit(f"Unknown arm(s): {', '.join(unknown)}. Known: {', '.join(ARMS)}")
+    if not is_model_dir(args.init):
+        raise SystemExit(f"--init {args.init}: not a model directory (a stage-1 run's RUN/model or RUN/members/runK/model)")
     make_data(args.work)
     rows = {arm: arm_row([run_probabilities(args.work, arm, seed, args) for seed in range(args.runs)]) for arm in arms}
     print(table(rows))

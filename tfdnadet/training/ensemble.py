@@ -40,8 +40,10 @@ def train_members(run_dir: str, config: Config, stems: list, train_member, on_me
     for member, stem in enumerate(stems):
         member_dir = os.path.join(run_dir, MEMBERS_DIR, f"run{member}")
         finished = is_model_dir(os.path.join(member_dir, "model"))
-        if budget_minutes is not None and seconds and not finished and sum(seconds) * (1 + 1 / len(seconds)) > 60 * budget_minutes:
-            break
+        if budget_minutes is not None and seconds and not finished:
+            spent, mean = sum(seconds), sum(seconds) / len(seconds)
+            if spent + mean > 60 * budget_minutes:
+                break
         if on_member:
             on_member(member, len(stems))
         seed = config.train.seed * len(stems) + member
