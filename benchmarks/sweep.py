@@ -89,13 +89,17 @@ POINTS = {
     "bf16-ensemble7x2-stage1-24ep": ({**BF16, "stage1.encoders": 7, "stage1.epochs": 24}, {"train.runs_per_encoder": 2}),
     "bf16-ensemble8x2-stage1-24ep": ({**BF16, "stage1.encoders": 8, "stage1.epochs": 24}, {"train.runs_per_encoder": 2}),
     # the config's own precision (auto); training images mirrored about the diagonal (exactly the output of the same
-    # architecture with transposed kernels) or by any of the square's eight symmetries (flips are not exact so)
+    # architecture with transposed kernels) or by any of the square's eight symmetries (flips are not exact so), or
+    # colour channels reordered and inverted (exactly the output of the same architecture with its RGB layer so changed)
     "ensemble2x2-stage1-24ep": ({"stage1.encoders": 2, "stage1.epochs": 24}, {"train.runs_per_encoder": 2}),
     "ensemble2x2-stage1-24ep-transpose": (
         {"stage1.encoders": 2, "stage1.epochs": 24}, {"train.runs_per_encoder": 2, "data.augment": [{"op": "transpose", "p": 0.5}]}
     ),
     "ensemble2x2-stage1-24ep-symmetry": (
         {"stage1.encoders": 2, "stage1.epochs": 24}, {"train.runs_per_encoder": 2, "data.augment": [{"op": "symmetry"}]}
+    ),
+    "ensemble2x2-stage1-24ep-channels": (
+        {"stage1.encoders": 2, "stage1.epochs": 24}, {"train.runs_per_encoder": 2, "data.augment": [{"op": "channels", "p": 0.5}]}
     ),
     "bf16-ensemble3x2-stage1-24ep-upsample": (
         {**BF16, "stage1.encoders": 3, "stage1.epochs": 24, "stage1.transforms": UPSAMPLE_BANK}, {"train.runs_per_encoder": 2}

@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ from tfdnadet.config import load_config
 from tfdnadet.data import perturb
 from tfdnadet.data.pipeline import make_patch_dataset
 from tfdnadet.errors import TfdnadetError
+from tfdnadet.zoo.generators import build_generator, sample_latents, to_uint8
 
 SEED = [3, 4]
 
@@ -98,6 +100,45 @@ def test_transpose_swaps_rows_and_columns_of_the_images_it_picks():
     assert all(t != k for t, k in zip(transposed, kept)) and 20 <= sum(transposed) <= 44
 
 
+def channel_views(image) -> list:
+    """The 48 images with the channels of `image` in another order, each kept or inverted."""
+    return [
+        np.stack([255 - image[..., c] if inverted else image[..., c] for c, inverted in zip(order, flips)], -1)
+        for order in itertools.permutations(range(3))
+        for flips in itertools.product((False, True), repeat=3)
+    ]
+
+
+def test_channels_gives_each_image_one_of_its_48_channel_orders_and_inversions():
+    images = noise_images(count=400, size=4)
+    changed = perturb.channels(images, SEED).numpy()
+    seen = set()
+    for before, after in zip(images, changed):
+        matches = [i for i, view in enumerate(channel_views(before)) if np.array_equal(view, after)]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert seen == set(range(48))
+    np.testing.assert_array_equal(perturb.channels(images, SEED).numpy(), changed)
+
+
+@pytest.mark.parametrize("architecture, output_axis", [("progan", 3), ("dcgan", 2)])  # Conv2D, Conv2DTranspose
+def test_channels_views_are_images_of_a_generator_with_its_rgb_layer_reordered_and_negated(architecture, output_axis):
+    generator = build_generator(architecture, 32, latent_dim=16, width=16, seed=0)
+    latents = sample_latents(4, 16, seed=0)
+    before = to_uint8(generator(latents, training=False))
+    order, signs = [2, 0, 1], np.array([-1.0, 1.0, -1.0], np.float32)
+    to_rgb = generator.get_layer("to_rgb")
+    kernel, bias = (w.numpy() for w in to_rgb.weights)
+    shape = [1] * kernel.ndim
+    shape[output_axis] = 3
+    to_rgb.set_weights([np.take(kernel, order, axis=output_axis) * signs.reshape(shape), bias[order] * signs])
+    after = to_uint8(generator(latents, training=False))
+    view = np.stack([255 - before[..., c] if s < 0 else before[..., c] for c, s in zip(order, signs)], -1)
+    assert np.abs(view.astype(int) - after).max() <= 1  # rounding ties
+    assert np.mean(view == after) > 0.99
+    assert any(np.array_equal(candidate, view[0]) for candidate in channel_views(before[0]))
+
+
 def test_steps_apply_with_their_probability():
     images = noise_images(count=64, size=16)
     never = perturb.perturb(images, [perturb.Step("noise", 0.0)], SEED).numpy()
@@ -120,7 +161,7 @@ def test_parse_augment_reads_the_config_format():
     [
         ("jpeg", "must be a list"),
         (["jpeg"], r"data.augment\[0\] must be a mapping with an 'op' key"),
-        ([{"op": "sharpen"}], "unknown op 'sharpen'. Known ops: crop, blur, jpeg, noise, relight, symmetry, transpose"),
+        ([{"op": "sharpen"}], "unknown op 'sharpen'. Known ops: crop, blur, jpeg, noise, relight, symmetry, transpose, channels"),
         ([{"op": "jpeg", "p": 1.5}], r"p must be a probability in \[0, 1\]"),
         ([{"op": "jpeg", "qualty": [1, 2]}], "op 'jpeg' has no parameter 'qualty'. Known: op, p, quality"),
         ([{"op": "jpeg", "quality": [80, 20]}], r"quality must be \[low, high\] with 1 <= low <= high <= 100"),

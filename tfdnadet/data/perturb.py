@@ -1,5 +1,6 @@
 """Image perturbations [5.5, Table 5]: crop, blur, JPEG, noise, relight and their random combination,
-and the square's symmetries (transpose, or any of eight) as training augmentations.
+and views of other generators of the same architecture (the square's symmetries, colour channels reordered or
+inverted) as training augmentations.
 
 The same TensorFlow ops serve as training augmentation inside tf.data (`data.augment`, see
 `make_augment`) and as deterministic, seeded test attacks (`apply_attack`). Every op maps a uint8 batch
@@ -7,6 +8,7 @@ The same TensorFlow ops serve as training augmentation inside tf.data (`data.aug
 of ints, stateless random ops), and can be called on its own.
 """
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +26,7 @@ DEFAULT_PARAMETERS = {
     "relight": {"brightness": (-0.1, 0.1), "contrast": (0.8, 1.2), "gamma": (0.8, 1.25)},
     "symmetry": {},
     "transpose": {},
+    "channels": {},
 }
 _LIMITS = {
     "fraction": (0.0, 0.9),
@@ -147,7 +150,25 @@ def transpose(images, seed) -> tf.Tensor:
     return tf.transpose(images, [0, 2, 1, 3])
 
 
-OPS = {"crop": crop, "blur": blur, "jpeg": jpeg, "noise": noise, "relight": relight, "symmetry": symmetry, "transpose": transpose}
+def channels(images, seed) -> tf.Tensor:
+    """Colour channels in one of their six orders, each inverted (255 - value) with probability 1/2, per image.
+
+    A generator ends in tanh, an odd function, after a layer whose output channels can be reordered and negated
+    (weights and bias): that generator is the same architecture and makes exactly these images (up to rounding ties).
+    """
+    order_seed, invert_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    batch = tf.shape(images)[0]
+    orders = tf.constant(list(itertools.permutations(range(3))), tf.int32)
+    order = tf.gather(orders, tf.random.stateless_uniform([batch], order_seed, 0, len(orders), tf.int32))
+    images = tf.gather(images, order, axis=3, batch_dims=1)
+    inverted = tf.random.stateless_uniform([batch, 1, 1, 3], invert_seed) < 0.5
+    return tf.where(inverted, 255 - images, images)
+
+
+OPS = {
+    "crop": crop, "blur": blur, "jpeg": jpeg, "noise": noise, "relight": relight,
+    "symmetry": symmetry, "transpose": transpose, "channels": channels,
+}
 
 
 def _to_uint8(values: tf.Tensor) -> tf.Tensor:
