@@ -48,7 +48,7 @@ class DataConfig:
     aggregation: str = "mean_probability"  # mean_probability | mean_logit | vote
     grid_stride: Optional[int] = None  # pixels between cells; null: patch_size (no overlap); patch_size / 2 overlaps
     grid_scales: list = field(default_factory=lambda: [1.0])  # a grid cut from the input resized by each factor
-    # [5.5] train augmentation, in order: [{op: crop|blur|jpeg|noise|relight|symmetry|transpose, p: 0.5, <parameter>: [low, high]}]
+    # [5.5] train augmentation, in order: [{op: crop|blur|jpeg|noise|relight|symmetry|transpose|channels, p: 0.5, <parameter>: [low, high]}]
     augment: list = field(default_factory=list)
 
 
