@@ -61,28 +61,28 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def make_data(work: str) -> None:
-    for split, (seeds, images, real, seed) in SPLITS.items():
+def make_data(work: str, splits: dict = SPLITS) -> None:
+    for split, (seeds, images, real, seed) in splits.items():
         if not os.path.isdir(os.path.join(work, "data", split)):
             make_test_dataset(os.path.join(work, "data", split), ARCHITECTURES, seeds, images, 64, real, seed)
 
 
-def run_probabilities(work: str, arm: str, seed: int, args) -> dict:
+def run_probabilities(work: str, name: str, seed: int, init: str, augment: list, config: str, scored=SCORED) -> dict:
     """{split: (probabilities, labels, paths)} of one stage-2 run, trained unless finished, cached in its folder."""
-    run = os.path.join(work, "runs", f"{arm}-s{seed}")
+    run = os.path.join(work, "runs", f"{name}-s{seed}")
     cache = os.path.join(run, "probabilities.npz")
     if not os.path.isfile(cache):
         if not is_model_dir(os.path.join(run, "model")):
-            config = load_config(args.config, {"train.runs_per_encoder": 1, "train.seed": seed, "data.augment": ARMS[arm]})
-            train_stage2(os.path.join(work, "data", "train"), run, config, init_model=args.init, resume=True, verbose=2, val_data=os.path.join(work, "data", "val"))
+            overrides = {"train.runs_per_encoder": 1, "train.seed": seed, "data.augment": augment}
+            train_stage2(os.path.join(work, "data", "train"), run, load_config(config, overrides), init_model=init, resume=True, verbose=2, val_data=os.path.join(work, "data", "val"))
         detector = load_detector(os.path.join(run, "model"))
         arrays = {}
-        for split in SCORED:
+        for split in scored:
             loaded = load_labelled(detector, os.path.join(work, "data", split))
             arrays.update({f"{split}_probabilities": predict_loaded(detector, loaded, 64)[MULTICLASS], f"{split}_labels": loaded.labels, f"{split}_paths": np.array(loaded.paths)})
         np.savez(cache, **arrays)
     data = np.load(cache)
-    return {split: (data[f"{split}_probabilities"], data[f"{split}_labels"], data[f"{split}_paths"]) for split in SCORED}
+    return {split: (data[f"{split}_probabilities"], data[f"{split}_labels"], data[f"{split}_paths"]) for split in scored}
 
 
 def accuracy(probabilities, labels, keep=None) -> float:
@@ -93,7 +93,7 @@ def accuracy(probabilities, labels, keep=None) -> float:
 def arm_row(runs: list) -> dict:
     """Single runs' accuracies, their mean and the ensemble's, per split; the test split also per generator seed."""
     row = {}
-    for split in SCORED:
+    for split in runs[0]:
         labels, paths = runs[0][split][1], runs[0][split][2]
         groups = {split: None}
         if split == "test":
@@ -123,7 +123,7 @@ def main(argv=None) -> dict:
     if not is_model_dir(args.init):
         raise SystemExit(f"--init {args.init}: not a model directory (a stage-1 run's RUN/model or RUN/members/runK/model)")
     make_data(args.work)
-    rows = {arm: arm_row([run_probabilities(args.work, arm, seed, args) for seed in range(args.runs)]) for arm in arms}
+    rows = {arm: arm_row([run_probabilities(args.work, arm, seed, args.init, ARMS[arm], args.config) for seed in range(args.runs)]) for arm in arms}
     print(table(rows))
     write_json(args.out, {"init": os.path.abspath(args.init), "config": args.config, "splits": {k: list(v) for k, v in SPLITS.items()}, "arms": rows})
     return rows

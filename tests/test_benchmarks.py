@@ -131,3 +131,19 @@ def test_view_augment_scores_single_runs_their_ensemble_and_each_test_seed():
     assert row["test seed 4"]["ensemble"] == 100.0
     assert set(row) == {"valB", "closed", "test", "test seed 2", "test seed 3", "test seed 4"}
     assert "| none | 2 | 62.5 / 75.0 |" in view_augment.table({"none": row})
+
+
+def test_stage1_epochs_reads_groups_of_stage1_models_and_refuses_bad_ones(tmp_path, monkeypatch):
+    from tfdnadet.models.model_dir import METADATA_FILE
+
+    monkeypatch.syspath_prepend(BENCHMARKS)  # it imports view_augment's data and scoring
+    stage1_epochs = load_benchmark("stage1_epochs")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / METADATA_FILE).write_text("{}")
+    assert stage1_epochs.parse_group(f"8ep={model},{model}") == ("8ep", [str(model), str(model)])
+    with pytest.raises(SystemExit, match="expected NAME=MODEL"):
+        stage1_epochs.parse_group("8ep=")
+    with pytest.raises(SystemExit, match="8ep: not a model directory: .*missing"):
+        stage1_epochs.parse_group(f"8ep={model},{tmp_path / 'missing'}")
+    assert stage1_epochs.GROUP_SCORED[0] == "valC" and set(stage1_epochs.VALIDATION["valC"][0]).isdisjoint(stage1_epochs.SPLITS["test"][0])
