@@ -1,5 +1,6 @@
 """Ensembles: several stage-1 encoders and stage-2 runs averaged into one model (tfdnadet.models.ensemble)."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -211,6 +212,59 @@ def test_train_stage1_keeps_the_encoders_its_budget_allows_and_says_so(gan_image
     assert code == 0, err
 
 
+def test_plan_encoders_trades_epochs_for_encoders_only_where_more_of_them_fit():
+    from tfdnadet.training.stage1 import plan_encoders
+
+    cpu = load_config("cpu")  # 8 encoders of 24 epochs, min 8, 47 minutes, 2 stage-2 runs each
+    assert plan_encoders(14.0, cpu) == (8, 24)  # all fit: 8 x 24 x 14 s = 45 min
+    # 75 s an epoch: one of 24 fits (30 min, its stage-2 runs 8.5 more); three of 8 take 30 + 25.5 minutes
+    assert plan_encoders(75.0, cpu) == (3, 8)
+    assert plan_encoders(30.0, cpu) == (7, 8)  # three of 24 fit; seven of 8 in the same 57 minutes
+    assert plan_encoders(300.0, cpu) == (1, 24)  # not even two short ones fit: one full encoder
+    for min_epochs in (None, 24):
+        config = dataclasses.replace(cpu, stage1=dataclasses.replace(cpu.stage1, min_epochs=min_epochs))
+        assert plan_encoders(75.0, config) == (1, 24)
+
+
+def test_train_stage1_trains_more_shorter_encoders_where_the_budget_fits_them(gan_images, tmp_path, monkeypatch, capsys):
+    """A fake 60 s epoch: one encoder of 8 epochs fits 9 minutes, two of 1 epoch (their stage-2 runs counted) do."""
+    from tfdnadet.training import stage1
+
+    monkeypatch.setattr(stage1, "member_seconds", lambda path: 60.0)
+    args = ["train-stage1", "--out", tmp_path / "pt", "--config", "tiny", "--epochs", "8", "--crops", "32"]
+    settings = ["stage1.encoders=3", "stage1.budget_minutes=9", "stage1.min_epochs=1", "train.gradcam_images=0", "train.precision=float32"]
+    command = [*args, *[item for s in settings for item in ("--set", s)]]
+    code, _, err = run_cli(command, monkeypatch, capsys)
+    assert code == 0, err
+    assert "budget: 2 encoders of 1 epochs fit stage1.budget_minutes 9 on this machine" in err
+    assert "(3 of 8 epochs: 0.4 hours; --set stage1.min_epochs=null keeps 8)" in err
+    assert err.count("run 1/3") == 1 and "run 2/2" in err and "run 3/" not in err
+    assert sorted(os.listdir(tmp_path / "pt" / "members")) == ["run0", "run1"]
+    with open(tmp_path / "pt" / stage1.PLAN_RECORD) as f:
+        assert json.load(f) == {"encoders": 2, "epochs": 1, "epoch_seconds": 60.0}
+    for member in ("run0", "run1"):
+        with open(tmp_path / "pt" / "members" / member / "history.csv") as f:
+            assert len(f.readlines()) == 2  # header and one epoch
+    assert len(load_detector(str(tmp_path / "pt" / "model")).backbone.stems) == 2
+    code, _, err = run_cli([*command, "--resume"], monkeypatch, capsys)  # the recorded plan, nothing retrained
+    assert code == 0, err
+    assert "budget:" not in err and sorted(os.listdir(tmp_path / "pt" / "members")) == ["run0", "run1"]
+
+
+def test_train_stage1_keeps_the_epochs_where_every_encoder_fits(gan_images, tmp_path, monkeypatch, capsys):
+    from tfdnadet.training import stage1
+
+    monkeypatch.setattr(stage1, "member_seconds", lambda path: 1.0)
+    args = ["train-stage1", "--out", tmp_path / "pt", "--config", "tiny", "--epochs", "2", "--crops", "32"]
+    settings = ["stage1.encoders=2", "stage1.budget_minutes=9", "stage1.min_epochs=1", "train.gradcam_images=0", "train.precision=float32"]
+    code, _, err = run_cli([*args, *[item for s in settings for item in ("--set", s)]], monkeypatch, capsys)
+    assert code == 0, err
+    assert "budget:" not in err and err.count("run 1/2") == 1 and "run 2/2" in err
+    for member in ("run0", "run1"):  # the first encoder went on from its timed epoch to both
+        with open(tmp_path / "pt" / "members" / member / "history.csv") as f:
+            assert len(f.readlines()) == 3
+
+
 def test_bad_budgets_are_errors():
     for value in (0, -5):
         with pytest.raises(TfdnadetError, match="stage1.budget_minutes must be a number of minutes > 0, or null"):
@@ -219,3 +273,7 @@ def test_bad_budgets_are_errors():
         with pytest.raises(TfdnadetError, match="'stage1.budget_minutes' must be float or null"):
             load_config("tiny", {"stage1.budget_minutes": value})
     assert load_config("cpu").stage1.budget_minutes == 47
+    for value in (0, 2.5, True):
+        with pytest.raises(TfdnadetError, match="stage1.min_epochs must be an integer >= 1, or null|'stage1.min_epochs' must be"):
+            load_config("tiny", {"stage1.min_epochs": value})
+    assert load_config("cpu").stage1.min_epochs == 8 and load_config("tiny").stage1.min_epochs is None

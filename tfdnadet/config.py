@@ -105,6 +105,9 @@ class Stage1Config:
     # Minutes of stage 1: another encoder starts only while the ones trained, at their mean time, leave room for it
     # (the first always trains). None: all `encoders`, however long they take on this machine.
     budget_minutes: Optional[float] = None
+    # With a budget: where fewer than `encoders` fit, encoders of this many epochs instead, if more of them fit (the
+    # first encoder's first epochs are timed to decide). None: encoders always train `epochs`.
+    min_epochs: Optional[int] = None
 
 
 @dataclass
@@ -231,6 +234,10 @@ def validate(config: Config) -> None:
         (
             s.budget_minutes is None or s.budget_minutes > 0,
             f"stage1.budget_minutes must be a number of minutes > 0, or null. Received: {s.budget_minutes!r}",
+        ),
+        (
+            s.min_epochs is None or _positive_int(s.min_epochs),
+            f"stage1.min_epochs must be an integer >= 1, or null. Received: {s.min_epochs!r}",
         ),
         (_positive_int(t.runs_per_encoder), f"train.runs_per_encoder must be an integer >= 1. Received: {t.runs_per_encoder!r}"),
         (

@@ -30,39 +30,52 @@ def ensemble_stems(encoders: int, runs_per_encoder: int) -> list:
     return [encoder for encoder in range(encoders) for _ in range(runs_per_encoder)]
 
 
-def train_members(run_dir: str, config: Config, stems: list, train_member, on_member=None, budget_minutes: Optional[float] = None) -> list:
-    """One run per entry of `stems` in RUN_DIR/members/run{k}, each a single run with seed train.seed x count + k:
+def train_members(
+    run_dir: str, config: Config, stems: list, train_member, on_member=None, budget_minutes: Optional[float] = None, count: Optional[int] = None
+) -> list:
+    """One run per entry of `stems` in RUN_DIR/members/run{k}, each a single run with seed train.seed x len(stems) + k:
     `train_member(member_run_dir, member_config, stem)` trains it; `on_member(index, count)` hears as each starts.
 
     With `budget_minutes`, a run not finished before starts only while the runs so far, at their mean time, leave
-    room for it within the budget; the first always trains. The runs trained are returned (a prefix of `stems`)."""
+    room for it within the budget; the first always trains. `count` trains only the first `count` runs. The runs
+    trained are returned (a prefix of `stems`)."""
     results, seconds = [], []
-    for member, stem in enumerate(stems):
-        member_dir = os.path.join(run_dir, MEMBERS_DIR, f"run{member}")
-        finished = is_model_dir(os.path.join(member_dir, "model"))
+    for member, stem in enumerate(stems[:count]):
+        path = member_dir(run_dir, member)
+        finished = is_model_dir(os.path.join(path, "model"))
         if budget_minutes is not None and seconds and not finished:
             spent, mean = sum(seconds), sum(seconds) / len(seconds)
             if spent + mean > 60 * budget_minutes:
                 break
         if on_member:
-            on_member(member, len(stems))
+            on_member(member, count or len(stems))
         seed = config.train.seed * len(stems) + member
         member_config = config_with_overrides(config.to_dict(), {**ENSEMBLE_KNOBS, "train.seed": seed})
         started = time.perf_counter()
-        results.append(train_member(member_dir, member_config, stem))
-        seconds.append(_add_seconds(member_dir, time.perf_counter() - started))
+        results.append(train_member(path, member_config, stem))
+        seconds.append(_add_seconds(path, time.perf_counter() - started))
     return results
 
 
-def _add_seconds(member_dir: str, seconds: float) -> float:
+def member_dir(run_dir: str, member: int) -> str:
+    """RUN_DIR/members/run{member}."""
+    return os.path.join(run_dir, MEMBERS_DIR, f"run{member}")
+
+
+def member_seconds(member_run_dir: str) -> float:
+    """A member run's recorded training seconds (0 before it started)."""
+    path = os.path.join(member_run_dir, SECONDS_RECORD)
+    if not os.path.isfile(path):
+        return 0.0
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)["seconds"]
+
+
+def _add_seconds(member_run_dir: str, seconds: float) -> float:
     """Add `seconds` to a member run's recorded training time; returns the total."""
-    path = os.path.join(member_dir, SECONDS_RECORD)
-    before = 0.0
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            before = json.load(f)["seconds"]
-    write_json(path, {"seconds": before + seconds})
-    return before + seconds
+    total = member_seconds(member_run_dir) + seconds
+    write_json(os.path.join(member_run_dir, SECONDS_RECORD), {"seconds": total})
+    return total
 
 
 def shared_blocks(config: Config, pretrained: bool) -> int:
