@@ -377,8 +377,9 @@ def main(argv=None) -> dict:
     zoo = read_zoo(args.zoo)
     if VALIDATION_SPLIT not in zoo["splits"]:
         raise TfdnadetError(f"The zoo at {zoo['root']} has no {VALIDATION_SPLIT} split: rebuild it with `tfdnadet zoo build` (finished models are kept).")
-    # every point trains all its stage-1 encoders at their epochs, whatever this machine's speed (no budget)
-    settings = {"data.base_size": zoo["image_size"], "stage1.budget_minutes": None, "stage1.min_epochs": None, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.settings)}}
+    # every point trains all its stage-1 encoders at their epochs and all its runs, whatever this machine's speed (no budget)
+    no_budget = {"stage1.budget_minutes": None, "stage1.min_epochs": None, "train.budget_minutes": None}
+    settings = {"data.base_size": zoo["image_size"], **no_budget, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.settings)}}
     base = with_settings(load_config(args.config), settings)
     stage1_runs = finished_stage1_runs(args.stage1_from)
     report = read_json(f"{args.out}.json", {})

@@ -46,16 +46,19 @@ def test_runs_are_written_as_members_and_averaged_into_one_model(ensemble_run):
     assert ensemble_run["started"] == [(0, 4), (1, 4), (2, 4), (3, 4)]
     detector = load_detector(stage2.model_dir)
     backbone = detector.backbone
-    assert (backbone.stems, backbone.shared_blocks) == ([0, 0, 1, 1], 2)
+    assert (backbone.stems, backbone.shared_blocks) == ([0, 1, 0, 1], 2)  # one run of each encoder, then the second runs
     assert backbone.feature_dim == 4 * backbone.member_dim
     seeds = [load_detector(os.path.join(stage2.run_dir, "members", f"run{k}", "model")).config["train"]["seed"] for k in range(4)]
-    assert seeds == [0, 1, 2, 3]
+    assert seeds == [0, 2, 1, 3]  # each encoder's runs keep the seeds they had when they trained one after another
     with open(os.path.join(stage2.run_dir, "run.json")) as f:
         record = json.load(f)
     assert record["members"] == [os.path.join("members", f"run{k}") for k in range(4)]
     assert stage2.selection["members"] == 4 and len(stage2.selection["epochs"]) == 4
     assert 0 <= stage2.selection["heldout_images_accuracy"] <= 1
-    assert detector.config["ensemble"]["stems"] == [0, 0, 1, 1]
+    assert detector.config["ensemble"]["stems"] == [0, 1, 0, 1]
+    with open(os.path.join(stage2.run_dir, "stems.json")) as f:
+        assert json.load(f) == {"stems": [0, 1, 0, 1]}
+    assert load_detector(stage1.model_dir).config["train_minutes"] > 0 and record["train_minutes"] > 0
 
 
 def test_the_ensemble_answers_with_the_mean_of_its_members_logits(ensemble_run):
@@ -122,7 +125,7 @@ def test_an_ensemble_records_the_precision_its_runs_trained_in_not_auto(ensemble
         with open(os.path.join(run_dir, "run.json")) as f:
             results.append(TrainResult(run_dir, os.path.join(run_dir, "model"), 1, 1, {}, json.load(f)["selection"]))
     config = load_config("tiny", {**SETTINGS, "train.precision": "auto"})
-    result = write_ensemble(str(tmp_path), results, [0, 0, 1, 1], 2, config, {"stage": 2}, {})
+    result = write_ensemble(str(tmp_path), results, [0, 1, 0, 1], 2, config, {"stage": 2}, {})
     assert load_config(str(tmp_path / "config.yaml")).train.precision == "float32"  # the runs', not this machine's choice
     assert load_detector(result.model_dir).config["train"]["precision"] == "float32"
 
@@ -212,6 +215,33 @@ def test_train_stage1_keeps_the_encoders_its_budget_allows_and_says_so(gan_image
     assert code == 0, err
 
 
+def test_a_stage2_budget_gives_every_encoder_a_run_and_second_runs_only_while_they_fit(ensemble_run, gan_images, tmp_path, monkeypatch, capsys):
+    """Stage 1's recorded minutes already exceed the budget: one run of each encoder, no second runs, and --resume
+    without the budget trains them."""
+    args = ["train-stage2", "--data", gan_images["train"], "--out", tmp_path / "run", "--config", "tiny", "--epochs", "1",
+            "--init", ensemble_run["stage1"].model_dir]
+    settings = ["train.runs_per_encoder=2", "train.gradcam_images=0", "train.precision=float32", "train.finetune_from_block=3"]
+    code, _, err = run_cli([*args, *[item for s in [*settings, "train.budget_minutes=0.0001"] for item in ("--set", s)]], monkeypatch, capsys)
+    assert code == 0, err
+    assert "budget: 2 of 4 runs fit train.budget_minutes 0.0001 after stage 1's" in err
+    assert "run 3/4" not in err and sorted(os.listdir(tmp_path / "run" / "members")) == ["init0", "init1", "run0", "run1"]
+    assert load_detector(str(tmp_path / "run" / "model")).backbone.stems == [0, 1]
+    code, _, err = run_cli([*args, "--resume", *[item for s in [*settings, "train.budget_minutes=null"] for item in ("--set", s)]], monkeypatch, capsys)
+    assert code == 0, err
+    assert "budget:" not in err and "run 3/4" in err and "run 4/4" in err
+    assert load_detector(str(tmp_path / "run" / "model")).backbone.stems == [0, 1, 0, 1]
+
+
+def test_a_stage2_ensemble_begun_without_a_record_keeps_its_runs_order(tmp_path):
+    from tfdnadet.training.stage2 import STEMS_RECORD, _recorded_stems
+
+    assert _recorded_stems(str(tmp_path / "new"), [0, 1, 0, 1]) == [0, 1, 0, 1]
+    assert _recorded_stems(str(tmp_path / "new"), [0, 1, 2, 0, 1, 2]) == [0, 1, 0, 1]  # --resume: as it began
+    os.makedirs(tmp_path / "old" / "members" / "run0")  # an earlier release: each encoder's runs one after another
+    assert _recorded_stems(str(tmp_path / "old"), [0, 1, 0, 1]) == [0, 0, 1, 1]
+    assert not os.path.exists(tmp_path / "old" / STEMS_RECORD)
+
+
 def test_plan_encoders_trades_epochs_for_encoders_only_where_more_of_them_fit():
     from tfdnadet.training.stage1 import plan_encoders
 
@@ -277,3 +307,6 @@ def test_bad_budgets_are_errors():
         with pytest.raises(TfdnadetError, match="stage1.min_epochs must be an integer >= 1, or null|'stage1.min_epochs' must be"):
             load_config("tiny", {"stage1.min_epochs": value})
     assert load_config("cpu").stage1.min_epochs == 8 and load_config("tiny").stage1.min_epochs is None
+    with pytest.raises(TfdnadetError, match="train.budget_minutes must be a number of minutes > 0, or null"):
+        load_config("tiny", {"train.budget_minutes": 0})
+    assert load_config("cpu").train.budget_minutes == 60 and load_config("tiny").train.budget_minutes is None

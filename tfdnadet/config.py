@@ -92,6 +92,9 @@ class TrainConfig:
     # Stage-2 runs per stage-1 encoder (seeds train.seed x runs + 0, 1, ...), averaged into one model
     # (tfdnadet.models.ensemble): runs that differ only in their seed disagree most on generators never seen.
     runs_per_encoder: int = 1
+    # Minutes of stage 1 (as its ensemble recorded them) and stage 2 together: every stage-1 encoder gets one run, a
+    # further run starts only while the runs so far, at their mean time, leave room for it. None: all runs.
+    budget_minutes: Optional[float] = None
 
 
 @dataclass
@@ -240,6 +243,10 @@ def validate(config: Config) -> None:
             f"stage1.min_epochs must be an integer >= 1, or null. Received: {s.min_epochs!r}",
         ),
         (_positive_int(t.runs_per_encoder), f"train.runs_per_encoder must be an integer >= 1. Received: {t.runs_per_encoder!r}"),
+        (
+            t.budget_minutes is None or t.budget_minutes > 0,
+            f"train.budget_minutes must be a number of minutes > 0, or null. Received: {t.budget_minutes!r}",
+        ),
         (
             (s.encoders == 1 and t.runs_per_encoder == 1) or config.model.backbone == "dnadet",
             f"stage1.encoders and train.runs_per_encoder above 1 ensemble DNA-Det encoders: model.backbone must be dnadet. Received: {config.model.backbone!r}",

@@ -1,6 +1,7 @@
 """Training an ensemble: member runs in RUN_DIR/members/, each an ordinary run, averaged into RUN_DIR/model.
 
-Member k trains with seed train.seed x count + k, so ensembles of different train.seed values share no member.
+The runs of an ensemble, ordered by stage-1 encoder, train with seeds train.seed x count + 0, 1, ..., whatever order
+they train in, so ensembles of different train.seed values share no member.
 A stopped ensemble resumes like a run: finished members are kept, the stopped one continues from its checkpoint.
 """
 
@@ -26,30 +27,40 @@ ENSEMBLE_KNOBS = {"stage1.encoders": 1, "train.runs_per_encoder": 1}
 
 
 def ensemble_stems(encoders: int, runs_per_encoder: int) -> list:
-    """The stage-1 encoder of each run: runs_per_encoder runs of encoder 0, then of encoder 1, ..."""
-    return [encoder for encoder in range(encoders) for _ in range(runs_per_encoder)]
+    """The stage-1 encoder of each run: one run of each encoder, then a second of each, ... (a budget that stops
+    early leaves out second runs before it leaves out an encoder)."""
+    return [encoder for _ in range(runs_per_encoder) for encoder in range(encoders)]
 
 
 def train_members(
-    run_dir: str, config: Config, stems: list, train_member, on_member=None, budget_minutes: Optional[float] = None, count: Optional[int] = None
+    run_dir: str,
+    config: Config,
+    stems: list,
+    train_member,
+    on_member=None,
+    budget_minutes: Optional[float] = None,
+    count: Optional[int] = None,
+    always: int = 1,
 ) -> list:
-    """One run per entry of `stems` in RUN_DIR/members/run{k}, each a single run with seed train.seed x len(stems) + k:
-    `train_member(member_run_dir, member_config, stem)` trains it; `on_member(index, count)` hears as each starts.
+    """One run per entry of `stems` in RUN_DIR/members/run{k}, each a single run with seed train.seed x len(stems) + its
+    place among the runs ordered by stage-1 encoder: `train_member(member_run_dir, member_config, stem)` trains it;
+    `on_member(index, count)` hears as each starts.
 
     With `budget_minutes`, a run not finished before starts only while the runs so far, at their mean time, leave
-    room for it within the budget; the first always trains. `count` trains only the first `count` runs. The runs
-    trained are returned (a prefix of `stems`)."""
+    room for it within the budget; the first `always` runs train regardless. `count` trains only the first `count`
+    runs. The runs trained are returned (a prefix of `stems`)."""
     results, seconds = [], []
+    by_encoder = sorted(range(len(stems)), key=lambda k: (stems[k], k))
     for member, stem in enumerate(stems[:count]):
         path = member_dir(run_dir, member)
         finished = is_model_dir(os.path.join(path, "model"))
-        if budget_minutes is not None and seconds and not finished:
+        if budget_minutes is not None and member >= always and not finished:
             spent, mean = sum(seconds), sum(seconds) / len(seconds)
             if spent + mean > 60 * budget_minutes:
                 break
         if on_member:
             on_member(member, count or len(stems))
-        seed = config.train.seed * len(stems) + member
+        seed = config.train.seed * len(stems) + by_encoder.index(member)
         member_config = config_with_overrides(config.to_dict(), {**ENSEMBLE_KNOBS, "train.seed": seed})
         started = time.perf_counter()
         results.append(train_member(path, member_config, stem))
@@ -121,12 +132,14 @@ def write_ensemble(run_dir: str, results: list, stems: list, shared_blocks: int,
         "epochs": [result.selection.get("epoch") for result in results],
         **{f"{name}_accuracy": image_accuracy(detector, loaded, config.train.eval_batch_size) for name, loaded in judged.items() if len(loaded.labels)},
     }
-    detector.config = {**detector.config, **config.to_dict(), **info, "selection": selection}
+    minutes = round(sum(member_seconds(result.run_dir) for result in results) / 60, 2)  # a stage-2 budget counts stage 1's
+    detector.config = {**detector.config, **config.to_dict(), **info, "selection": selection, "train_minutes": minutes}
     model_dir = os.path.join(run_dir, "model")
     save_detector(detector, model_dir)
     save_config(config, os.path.join(run_dir, "config.yaml"))
     runs = [os.path.relpath(result.run_dir, run_dir) for result in results]
-    write_json(os.path.join(run_dir, "run.json"), {"class_names": detector.class_names, "members": runs, **info, "selection": selection})
+    record = {"class_names": detector.class_names, "members": runs, **info, "selection": selection, "train_minutes": minutes}
+    write_json(os.path.join(run_dir, "run.json"), record)
     epochs = max(result.epochs_completed for result in results)
     return TrainResult(run_dir, model_dir, epochs, sum(result.steps for result in results), {}, selection)
 

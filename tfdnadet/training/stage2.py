@@ -1,12 +1,14 @@
 """Stage 2 [4.2]: architecture classification (real + N architectures) with patchwise contrastive learning."""
 
 import functools
+import json
 import math
 import os
 from typing import Optional
 
 import numpy as np
 
+from tfdnadet.atomic import write_json
 from tfdnadet.config import Config, config_with_overrides, load_config
 from tfdnadet.data.perturb import make_augment
 from tfdnadet.data.pipeline import LoadedImages, check_classes_present, load_images, make_patch_dataset
@@ -14,15 +16,18 @@ from tfdnadet.data.preprocess import min_image_side
 from tfdnadet.data.sources import ImageList, read_dataset, split_train_val
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.backbones import CLOSED_FORM, backbone_spec
+from tfdnadet.models.model_dir import read_metadata
 from tfdnadet.training.add_head import train_one_vs_all
 from tfdnadet.training.callbacks import read_checkpoint_state
 from tfdnadet.training.closed_form import fit_closed_form
 from tfdnadet.training.gfd import GFD_LOSS, with_perceptual_init
 from tfdnadet.training.resolution import fit_resolution
 from tfdnadet.training.distribute import make_strategy
-from tfdnadet.training.ensemble import ensemble_stems, shared_blocks, split_init, train_members, write_ensemble
+from tfdnadet.training.ensemble import ensemble_stems, member_dir, shared_blocks, split_init, train_members, write_ensemble
 from tfdnadet.training.selection import HELDOUT_IMAGES, VAL_MODELS, validation_data
 from tfdnadet.training.trainer import TrainResult, fit_patch_model
+
+STEMS_RECORD = "stems.json"  # the stage-1 encoder of each run, as the run began (--resume keeps the order)
 
 
 def train_stage2(
@@ -75,16 +80,38 @@ def train_stage2(
         result = fit(run_dir, config, init_model, info)
     else:
 
-        def train_run(member_dir: str, member_config: Config, stem: int) -> TrainResult:
-            return fit(member_dir, member_config, inits[stem], {**info, "init_model": inits[stem]})
+        def train_run(path: str, member_config: Config, stem: int) -> TrainResult:
+            return fit(path, member_config, inits[stem], {**info, "init_model": inits[stem]})
 
-        results = train_members(run_dir, config, stems, train_run, on_member)
+        stems = _recorded_stems(run_dir, stems)
+        stage1_minutes = read_metadata(init_model)["config"].get("train_minutes", 0.0) if init_model else 0.0
+        budget = config.train.budget_minutes
+        left = None if budget is None else budget - stage1_minutes
+        results = train_members(run_dir, config, stems, train_run, on_member, left, always=len(inits))
+        if len(results) < len(stems) and on_note:
+            on_note(
+                f"budget: {len(results)} of {len(stems)} runs fit train.budget_minutes {budget:g} after stage 1's {stage1_minutes:g} "
+                "minutes on this machine\n(--set train.budget_minutes=null --resume trains the rest)"
+            )
         judged = {HELDOUT_IMAGES: val, **({VAL_MODELS: val_models} if val_models else {})}
-        result = write_ensemble(run_dir, results, stems, shared_blocks(config, bool(init_model)), config, info, judged)
+        result = write_ensemble(run_dir, results, stems[: len(results)], shared_blocks(config, bool(init_model)), config, info, judged)
     if config.heads.layout == "one-vs-all":
         # Thresholds and metrics on the validation generators when given: other seeds, not the training ones.
         train_one_vs_all(result.model_dir, train, val_models or val, images.class_names, config, verbose)
     return result
+
+
+def _recorded_stems(run_dir: str, stems: list) -> list:
+    """The runs' stage-1 encoders as the run recorded them when it began (--resume keeps them); a run begun without
+    a record (an earlier release) trained each encoder's runs one after another."""
+    record = os.path.join(run_dir, STEMS_RECORD)
+    if os.path.isfile(record):
+        with open(record, encoding="utf-8") as f:
+            return json.load(f)["stems"]
+    if os.path.isdir(member_dir(run_dir, 0)):
+        return sorted(stems)
+    write_json(record, {"stems": stems})
+    return stems
 
 
 def _fit_classifier(train: LoadedImages, val: tuple, val_models, class_names: list, run_dir: str, config: Config, init_model, info: dict, **fit_options) -> TrainResult:
