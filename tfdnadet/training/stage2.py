@@ -90,8 +90,8 @@ def train_stage2(
         results = train_members(run_dir, config, stems, train_run, on_member, left, always=len(inits))
         if len(results) < len(stems) and on_note:
             on_note(
-                f"budget: {len(results)} of {len(stems)} runs fit train.budget_minutes {budget:g} after stage 1's {stage1_minutes:g} "
-                "minutes on this machine\n(--set train.budget_minutes=null --resume trains the rest)"
+                f"budget: {len(results)} of {len(stems)} runs fit train.budget_minutes {budget:g} (stage 1 took {stage1_minutes:.1f} of them)\n"
+                "(--set train.budget_minutes=null --resume trains the rest)"
             )
         judged = {HELDOUT_IMAGES: val, **({VAL_MODELS: val_models} if val_models else {})}
         result = write_ensemble(run_dir, results, stems[: len(results)], shared_blocks(config, bool(init_model)), config, info, judged)
