@@ -129,6 +129,12 @@ def test_bad_inputs_give_one_line_errors(trained_run, gan_images, tmp_path, monk
     code, _, err = run_cli(["evaluate", trained_run.model_dir, "--data", data], monkeypatch, capsys)
     assert code == 1 and "empty_class" in err
 
+    code, _, err = run_cli(["gradcam", trained_run.model_dir, good, "--out", tmp_path / "corrupt.png" / "maps"], monkeypatch, capsys)
+    assert code == 1 and err.strip().splitlines() == [f"error: Not a directory: {tmp_path / 'corrupt.png' / 'maps'}"]
+
+    code, _, err = run_cli(["predict", trained_run.model_dir, good, "--batch-size", "0"], monkeypatch, capsys)
+    assert code == 2 and "--batch-size" in err and "Traceback" not in err
+
 
 def test_train_stage2_says_and_records_the_resolution_it_chose_from_the_images(gan_images, tmp_path, monkeypatch, capsys):
     """32 px images with data.base_size 16 and max_base_size 64 train at 32 px (input 64), not shrunk to 16."""

@@ -18,7 +18,7 @@ def test_unknown_key_is_an_error_naming_the_key(tmp_path):
     with pytest.raises(TfdnadetError, match=r"data\.patchsize"):
         load_config(str(path))
     path.write_text("trian:\n  epochs: 1\n")
-    with pytest.raises(TfdnadetError, match="trian"):
+    with pytest.raises(TfdnadetError, match=r"^Unknown config key 'trian'\. Known sections: data, model, train,"):
         load_config(str(path))
 
 

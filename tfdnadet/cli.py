@@ -175,7 +175,7 @@ ModelArgument = typer.Argument(None, metavar="MODEL", help=MODEL_HELP, show_defa
 ModelAndInputs = typer.Argument(..., metavar="[MODEL] PATH", help=f"Image files or folders, after the model. {MODEL_HELP}")
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML config file or built-in name: paper, cpu, tiny (default: cpu).")
 SetOption = typer.Option(None, "--set", help="Override any config value: --set data.base_size=64 (repeatable).")
-BatchSizeOption = typer.Option(None, "--batch-size", help="Images per inference batch (default 16).")
+BatchSizeOption = typer.Option(None, "--batch-size", min=1, help="Images per inference batch (default 16).")
 AllowOutsideRootOption = typer.Option(False, "--allow-outside-root", help="Let a manifest list files outside its own folder.")
 
 
@@ -507,7 +507,7 @@ def predict_command(
     arguments: List[str] = ModelAndInputs,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image (JSON lines) on stdout."),
     batch_size: Optional[int] = BatchSizeOption,
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="How many classes to list per image (default 3)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="How many classes to list per image (default 3)."),
 ):
     """Attribute images to the architecture that made them (or to real)."""
     from tfdnadet.inference import attribute
@@ -891,11 +891,19 @@ def main() -> None:
     try:
         app()
     except TfdnadetError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        sys.exit(EXIT_ERROR)
+        _exit_with_error(str(exc))
+    except OSError as exc:  # a path that cannot be read or written: an unwritable --out, a full disk
+        _exit_with_error(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc.strerror or exc))
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+
+
+def _exit_with_error(message: str) -> None:
+    from rich.markup import escape
+
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    sys.exit(EXIT_ERROR)
 
 
 if __name__ == "__main__":

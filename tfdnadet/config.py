@@ -168,15 +168,15 @@ def _build(cls, values: Any, where: str):
     known = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
+        name = f"{where}.{key}" if where else key
         if key not in known:
-            raise TfdnadetError(
-                f"Unknown config key '{where}.{key}'. Known keys in '{where}': {', '.join(known)}."
-            )
+            inside = f"Known keys in '{where}'" if where else "Known sections"
+            raise TfdnadetError(f"Unknown config key '{name}'. {inside}: {', '.join(known)}.")
         sub = known[key].type
         if dataclasses.is_dataclass(sub):
-            value = _build(sub, value, f"{where}.{key}" if where else key)
+            value = _build(sub, value, name)
         else:
-            _check_type(value, sub, f"{where}.{key}")
+            _check_type(value, sub, name)
         kwargs[key] = value
     return cls(**kwargs)
 
