@@ -1,5 +1,8 @@
 """Parity with the official PyTorch DNA-Det network: same weights -> same logits."""
 
+import fractions
+import pickle
+
 import numpy as np
 import pytest
 
@@ -104,8 +107,11 @@ def test_bad_checkpoints_name_the_first_mismatch(tmp_path):
     with pytest.raises(TfdnadetError, match="not found"):
         import_torch_checkpoint(str(tmp_path / "nope.pth"), str(tmp_path / "m"), CLASSES)
     (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(TfdnadetError, match="weights-only"):
+    with pytest.raises(TfdnadetError, match="is not a PyTorch checkpoint: torch.save writes a zip archive"):
         import_torch_checkpoint(str(tmp_path / "garbage.pth"), str(tmp_path / "m"), CLASSES)
+    (tmp_path / "code.pth").write_bytes(pickle.dumps(fractions.Fraction(1, 2), protocol=2))  # a pickle of a class
+    with pytest.raises(TfdnadetError, match="Cannot read .*code.pth as a weights-only PyTorch checkpoint"):
+        import_torch_checkpoint(str(tmp_path / "code.pth"), str(tmp_path / "m"), CLASSES)
 
 
 def test_import_torch_command(tmp_path, monkeypatch, capsys):

@@ -7,6 +7,9 @@ A backbone that holds the encoder's blocks as its spatial branch (`dnadet_spectr
 other layers keep their fresh initialisation.
 """
 
+import os
+import zipfile
+
 import keras
 import numpy as np
 
@@ -28,10 +31,12 @@ def read_torch_checkpoint(path: str) -> dict:
         import torch
     except ImportError:
         raise TfdnadetError("Reading a PyTorch checkpoint needs PyTorch: pip install 'tfdnadet[torch]'") from None
+    if not os.path.isfile(path):
+        raise TfdnadetError(f"Checkpoint not found: {path}")
+    if not _looks_like_torch_save(path):
+        raise TfdnadetError(f"{path} is not a PyTorch checkpoint: torch.save writes a zip archive (a pickle before PyTorch 1.6), and it is neither.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise TfdnadetError(f"Checkpoint not found: {path}") from None
     except Exception as exc:  # torch raises many kinds of errors for a bad or unsafe file
         raise TfdnadetError(f"Cannot read {path} as a weights-only PyTorch checkpoint: {str(exc).splitlines()[0]}") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -39,6 +44,15 @@ def read_torch_checkpoint(path: str) -> dict:
     if not isinstance(state, dict):
         raise TfdnadetError(f"{path} holds a {type(state).__name__}, not a state dict.")
     return {_strip(key): value.detach().cpu().numpy() for key, value in state.items() if hasattr(value, "detach")}
+
+
+def _looks_like_torch_save(path: str) -> bool:
+    """A zip archive (torch.save since 1.6) or a pickle (protocol 2+ starts with 0x80)."""
+    with open(path, "rb") as f:
+        if zipfile.is_zipfile(f):
+            return True
+        f.seek(0)
+        return f.read(1) == b"\x80"
 
 
 def _strip(key: str) -> str:
