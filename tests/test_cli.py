@@ -113,6 +113,8 @@ def test_bad_inputs_give_one_line_errors(trained_run, gan_images, tmp_path, monk
 
     code, _, err = run_cli(["predict", tmp_path / "no-model", good], monkeypatch, capsys)
     assert code == 1 and err.strip().startswith("error:") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    code, _, err = run_cli(["predict", trained_run.run_dir, good], monkeypatch, capsys)  # the run, not its model
+    assert code == 1 and err.strip().splitlines() == [f"error: {trained_run.run_dir} is not a tfdnadet model directory (no detector.json; a training run keeps its model in RUN/model)."]
 
     data = tmp_path / "data"
     (data / "empty_class").mkdir(parents=True)

@@ -117,6 +117,8 @@ def write_head_info(path: str, name: str, info: dict) -> None:
 def read_metadata(path: str) -> dict:
     if not os.path.isdir(path):
         raise TfdnadetError(f"Model directory not found: {path}")
+    if not os.path.isfile(os.path.join(path, METADATA_FILE)):
+        raise TfdnadetError(f"{path} is not a tfdnadet model directory (no {METADATA_FILE}; a training run keeps its model in RUN/model).")
     metadata = _read_json(os.path.join(path, METADATA_FILE))
     if metadata.get("format") != FORMAT:
         raise TfdnadetError(f"{path} is not a tfdnadet model directory ({METADATA_FILE} has no format '{FORMAT}').")
