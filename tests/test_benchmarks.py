@@ -147,3 +147,27 @@ def test_stage1_epochs_reads_groups_of_stage1_models_and_refuses_bad_ones(tmp_pa
     with pytest.raises(SystemExit, match="8ep: not a model directory: .*missing"):
         stage1_epochs.parse_group(f"8ep={model},{tmp_path / 'missing'}")
     assert stage1_epochs.GROUP_SCORED[0] == "valC" and set(stage1_epochs.VALIDATION["valC"][0]).isdisjoint(stage1_epochs.SPLITS["test"][0])
+
+
+def test_open_set_views_widen_the_gaussian_towards_what_the_views_look_like(monkeypatch):
+    """The 'transpose' features sit where a new seed does: fitted with them, the new seed looks known and the
+    unknown architecture (off in another direction) does not."""
+    import numpy as np
+
+    monkeypatch.syspath_prepend(BENCHMARKS)  # it imports cross_test's results writer
+    open_set_views = load_benchmark("open_set_views")
+    rng = np.random.default_rng(0)
+
+    def around(centre, count=40):
+        return np.asarray(centre, np.float32) + 0.1 * rng.standard_normal((count, 3)).astype(np.float32)
+
+    train = np.concatenate([around([0, 0, 0]), around([10, 0, 0])])
+    features = {"train": train, "train_labels": np.repeat([0, 1], 40), "transpose": train + [0, 0, 3], "unknown": around([0, 3, 0])}
+    features.update(channels=train, symmetry=train, validation=around([0, 0, 3]), **{"validation unknown": around([0, 3, 0])})
+    features.update((split, around([0, 0, 3])) for split in open_set_views.TEST_SPLITS)
+    rows = open_set_views.view_rows(features, ["real", "progan"])
+    assert list(rows) == list(open_set_views.VARIANTS)
+    default, transposed = rows["training images (the default)"], rows["+ transpose"]
+    assert transposed["cross-seed"] == transposed["validation"] == transposed["all known"] == 1.0
+    assert default["cross-seed"] < 0.9 and rows["+ channels"]["cross-seed"] < 0.9
+    assert "| + transpose | 1.000 | 1.000 |" in open_set_views.table(rows)
