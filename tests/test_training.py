@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -80,6 +81,15 @@ def test_resume_continues_from_the_last_checkpoint(gan_images, tiny_config, tmp_
     assert (first.epochs_completed, first.steps) == (2, 6)
     with pytest.raises(TfdnadetError, match="--resume"):
         train_stage2(gan_images["train"], run, two, verbose=0)
+    recorded = open(os.path.join(run, "config.yaml")).read()
+    wider = load_config("tiny", {"train.epochs": 3, "train.steps_per_epoch": 3, "model.width": 0.25})
+    expected = (
+        f"Cannot resume {run}: its checkpoint does not fit the model this config builds (it differs from the run's in "
+        f"model.width, train.epochs). Resume with the run's own config: --config {run}/config.yaml"
+    )
+    with pytest.raises(TfdnadetError, match=f"^{re.escape(expected)}$"):
+        train_stage2(gan_images["train"], run, wider, resume=True, verbose=0)
+    assert open(os.path.join(run, "config.yaml")).read() == recorded  # the failed resume kept the run's record
     three = load_config("tiny", {"train.epochs": 3, "train.steps_per_epoch": 3})
     resumed = train_stage2(gan_images["train"], run, three, resume=True, verbose=0)
     assert (resumed.epochs_completed, resumed.steps) == (3, 9)

@@ -335,6 +335,13 @@ def _read_yaml(source: str) -> dict:
     return values
 
 
+def config_changes(before: Config, after: Config) -> list:
+    """'section.key' of each value that differs between two configs, model keys first."""
+    old, new = before.to_dict(), after.to_dict()
+    changed = [f"{section}.{key}" for section in old for key in old[section] if old[section][key] != new[section][key]]
+    return sorted(changed, key=lambda name: not name.startswith("model."))
+
+
 def save_config(config: Config, path: str) -> None:
     with atomic_path(path) as temporary, open(temporary, "w", encoding="utf-8") as f:
         yaml.safe_dump(config.to_dict(), f, sort_keys=False)

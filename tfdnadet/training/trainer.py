@@ -5,6 +5,7 @@ import functools
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -12,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from tfdnadet.atomic import write_json
-from tfdnadet.config import FROZEN_ENCODER, Config, TrainConfig, save_config
+from tfdnadet.config import FROZEN_ENCODER, Config, TrainConfig, config_changes, load_config, save_config
 from tfdnadet.data.pipeline import make_image_dataset
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.backbones import create_backbone
@@ -180,14 +181,14 @@ def _fit(
     selection_dir = os.path.join(run_dir, "best")
     if not state:  # a best epoch kept by a run that stopped before its first checkpoint
         shutil.rmtree(selection_dir, ignore_errors=True)
-    save_config(config, os.path.join(run_dir, "config.yaml"))
     keras.utils.set_random_seed(config.train.seed)
 
     with strategy.scope():
         model = build_training_model(config, class_names, None if state else init_model)
         _build(model, train_dataset)
         if state:
-            model.load_weights(os.path.join(checkpoint_dir, CHECKPOINT_WEIGHTS))
+            _load_checkpoint(model, checkpoint_dir, run_dir, config)
+    save_config(config, os.path.join(run_dir, "config.yaml"))  # after the checkpoint loaded: a failed resume keeps the record
     val_dataset = _validation_dataset(val_images, config, strategy.num_replicas_in_sync)
     initial_epoch = state["epoch"] if state else 0
     select = selection_mode(config.train.select_on, val_models is not None and len(val_models[1]) > 0)
@@ -250,6 +251,25 @@ def _fit(
         write_decoder(model_dir, model.decoder)
     write_json(os.path.join(run_dir, "run.json"), {"class_names": list(class_names), **final_state, **info})
     return TrainResult(run_dir, model_dir, final_state["epoch"], final_state["step"], history, selection)
+
+
+def _load_checkpoint(model: keras.Model, checkpoint_dir: str, run_dir: str, config: Config) -> None:
+    """The run's last checkpoint into `model`; a clear error where this config builds another model than the run's."""
+    with warnings.catch_warnings(record=True) as skipped:  # Keras warns of each part it leaves freshly initialised
+        warnings.simplefilter("always", UserWarning)
+        try:
+            model.load_weights(os.path.join(checkpoint_dir, CHECKPOINT_WEIGHTS))
+            fits = not any("freshly-initialized" in str(warning.message) for warning in skipped)
+        except ValueError:
+            fits = False
+    if not fits:
+        recorded = os.path.join(run_dir, "config.yaml")
+        changed = config_changes(load_config(recorded), config) if os.path.isfile(recorded) else []
+        differs = f" (it differs from the run's in {', '.join(changed[:4])})" if changed else ""
+        raise TfdnadetError(
+            f"Cannot resume {run_dir}: its checkpoint does not fit the model this config builds{differs}. "
+            f"Resume with the run's own config: --config {recorded}"
+        ) from None
 
 
 def _keep_selected_epoch(model: PatchContrastiveModel, select: str, selection_dir: str, epochs_run: int, config: Config) -> dict:
