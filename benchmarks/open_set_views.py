@@ -25,7 +25,8 @@ from cross_test import RESULTS, write_results  # noqa: E402  (the script's own f
 
 from tfdnadet.data.perturb import parse_augment, perturb  # noqa: E402
 from tfdnadet.data.sources import read_dataset  # noqa: E402
-from tfdnadet.evaluation.open_set import _load, _unknown_images, auroc, known_images, pooled_features, unknown_architectures  # noqa: E402
+from tfdnadet.evaluation.open_set import auroc, known_images, pooled_features, unknown_architectures, unknown_images  # noqa: E402
+from tfdnadet.inference import load_for_detector  # noqa: E402
 from tfdnadet.models.model_dir import load_detector  # noqa: E402
 from tfdnadet.rejection import fit_gaussian, gaussian_knownness  # noqa: E402
 from tfdnadet.zoo.build import TEST_SPLITS, TRAIN_SPLIT, VALIDATION_SPLIT, read_zoo  # noqa: E402
@@ -56,20 +57,25 @@ def view_images(images: np.ndarray, view: str) -> np.ndarray:
     return perturb(images, parse_augment([{"op": view, "p": 1.0}]), [7, VIEWS.index(view)]).numpy()
 
 
+def load(detector, images):
+    """The decoded images of an ImageList at the model's base size."""
+    return load_for_detector(detector, images.paths, images.labels)
+
+
 def zoo_features(detector, features_of, zoo: dict, unknown: list) -> dict:
     """Pooled features of the training images of known classes (labels in "train_labels") and of each of their views,
     of the validation split's known and unknown images, of each known test split and of every unknown image."""
     manifests = {split: os.path.join(zoo["root"], entry["manifest"]) for split, entry in zoo["splits"].items()}
-    train = _load(detector, known_images(manifests[TRAIN_SPLIT], detector.class_names), TRAIN_SPLIT)
+    train = load(detector, known_images(manifests[TRAIN_SPLIT], detector.class_names))
     features = {TRAIN_SPLIT: pooled_features(features_of, train), "train_labels": train.labels}
     for view in VIEWS:
         features[view] = pooled_features(features_of, dataclasses.replace(train, images=view_images(train.images, view)))
     validation = read_dataset(manifests[VALIDATION_SPLIT])
     new = [i for i, label in enumerate(validation.labels) if validation.class_names[label] in unknown]
-    features["validation unknown"] = pooled_features(features_of, _load(detector, validation.subset(new), "validation"))
+    features["validation unknown"] = pooled_features(features_of, load(detector, validation.subset(new)))
     for split in (VALIDATION_SPLIT, *TEST_SPLITS):
-        features[split] = pooled_features(features_of, _load(detector, known_images(manifests[split], detector.class_names), split))
-    features["unknown"] = pooled_features(features_of, _load(detector, _unknown_images(manifests, unknown), "unknown images"))
+        features[split] = pooled_features(features_of, load(detector, known_images(manifests[split], detector.class_names)))
+    features["unknown"] = pooled_features(features_of, load(detector, unknown_images(manifests, unknown)))
     return features
 
 

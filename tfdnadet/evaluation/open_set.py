@@ -231,7 +231,7 @@ def evaluate_open_set(
     score = score or stored_score(detector)
     check_score(detector, score)
     manifests = {split: os.path.join(zoo["root"], entry["manifest"]) for split, entry in zoo["splits"].items()}
-    unknown = _answers(detector, _unknown_images(manifests, names), "unknown images", score, batch_size)
+    unknown = _answers(detector, unknown_images(manifests, names), "unknown images", score, batch_size)
     unknown_scores = unknown["knownness"]
     rule_threshold = detector.rejection["threshold"] if detector.rejection and detector.rejection["score"] == score else None
     splits, pooled = {}, ([], [])
@@ -283,7 +283,7 @@ def _holds_known(manifest: str, class_names: list) -> bool:
     return bool(set(read_dataset(manifest).class_names) & set(class_names))
 
 
-def _unknown_images(manifests: dict, names: list) -> ImageList:
+def unknown_images(manifests: dict, names: list) -> ImageList:
     """Every image of the unknown architectures in any split of the zoo, each path once, with its generator model
     (the manifest's group; the architecture where a manifest has none)."""
     paths = {}
