@@ -266,7 +266,7 @@ def test_train_stage1_trains_more_shorter_encoders_where_the_budget_fits_them(ga
     command = [*args, *[item for s in settings for item in ("--set", s)]]
     code, _, err = run_cli(command, monkeypatch, capsys)
     assert code == 0, err
-    assert "budget: 2 encoders of 1 epochs fit stage1.budget_minutes 9 on this machine" in err
+    assert "budget: 2 encoders of 1 epoch fit stage1.budget_minutes 9 on this machine" in err
     assert "(3 of 8 epochs: 0.4 hours; --set stage1.min_epochs=null keeps 8)" in err
     assert err.count("run 1/3") == 1 and "run 2/2" in err and "run 3/" not in err
     assert sorted(os.listdir(tmp_path / "pt" / "members")) == ["run0", "run1"]

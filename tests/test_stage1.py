@@ -21,7 +21,7 @@ from tfdnadet.data.transforms import (
     transform_images,
 )
 from tfdnadet.errors import TfdnadetError
-from tfdnadet.models.model_dir import load_backbone, load_detector
+from tfdnadet.models.model_dir import load_backbone, load_detector, read_metadata
 from tfdnadet.training.stage1 import natural_crops, train_stage1
 from tfdnadet.training.trainer import build_patch_model
 from tfdnadet.zoo.photos import load_photos, random_crops
@@ -198,6 +198,7 @@ def test_train_stage2_cli_with_init_and_with_no_pretrain(stage1_run, gan_images,
     for ours, theirs in zip(pretrained.trainable_weights, stage1.trainable_weights):
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
     assert load_detector(json.loads(out)["model"]).class_names == ["dcgan", "mmdgan", "progan", "real"]
+    assert read_metadata(json.loads(out)["model"])["config"]["train_minutes"] > 0
 
     code, out, err = run_cli(["train-stage2", *common, "--out", tmp_path / "base", "--no-pretrain"], monkeypatch, capsys)
     assert code == 0, err
@@ -218,6 +219,8 @@ def test_train_stage1_cli_on_builtin_photos_then_resume(tmp_path, monkeypatch, c
     assert {k: summary[k] for k in ("model", "epochs", "steps")} == {"model": str(run / "model"), "epochs": 1, "steps": 2}
     assert json.load(open(run / "run.json"))["data_source"].startswith("built-in photos")
     assert err.splitlines()[0].startswith("precision: ")  # the resolved choice, first once training starts
+    first_minutes = read_metadata(str(run / "model"))["config"]["train_minutes"]
+    assert first_minutes > 0  # what a stage-2 budget counts as stage 1's
 
     code, out, err = run_cli([*args, "--epochs", "2"], monkeypatch, capsys)
     assert code == 1 and "--resume" in err and len(err.strip().splitlines()) == 1
@@ -227,6 +230,7 @@ def test_train_stage1_cli_on_builtin_photos_then_resume(tmp_path, monkeypatch, c
     assert json.loads(out)["epochs"] == 2 and json.loads(out)["steps"] == 4  # --epochs is stage1.epochs, above train.epochs
     with open(run / "history.csv") as f:
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1]
+    assert read_metadata(str(run / "model"))["config"]["train_minutes"] > first_minutes  # summed over the resume
 
 
 def test_resume_continues_on_the_photos_the_run_started_on(photo_folder, tmp_path, monkeypatch, capsys):

@@ -17,6 +17,7 @@ from rich.table import Column, Table
 from typer.core import TyperGroup
 
 from tfdnadet.quiet import quiet_startup
+from tfdnadet.wording import counted
 
 PIPELINE_ORDER = (
     "train-stage1", "train-stage2", "add-head", "heads", "calibrate-rejection", "predict", "evaluate", "gradcam", "fingerprint", "export", "import-torch", "zoo", "quickstart"
@@ -213,7 +214,7 @@ def _print_trained(result) -> None:
         kept = f" ({runs}, chosen on {s['select_on']}{judged})"
     else:
         kept = f" (kept epoch {s['epoch']}, chosen on {s['select_on']})" if s else ""
-    err.print(f"trained {result.epochs_completed} epoch(s), {result.steps} steps; model written to {result.model_dir}{kept}")
+    err.print(f"trained {counted(result.epochs_completed, 'epoch')}, {counted(result.steps, 'step')}; model written to {result.model_dir}{kept}")
     out.print_json(json.dumps({"model": result.model_dir, "epochs": result.epochs_completed, "steps": result.steps, "selection": result.selection}))
 
 
@@ -440,7 +441,7 @@ def heads_evaluate_command(
 
     metrics = evaluate_heads(load_detector(_model_dir(model)), data, **_given(batch_size=batch_size))
     if metrics["skipped"]:
-        _warn(f"skipped {len(metrics['skipped'])} unusable image file(s), e.g. {metrics['skipped'][0]['path']}")
+        _warn(f"skipped {counted(len(metrics['skipped']), 'unusable image file')}, e.g. {metrics['skipped'][0]['path']}")
     _print_heads_metrics(metrics)
     if out_dir:
         err.print(f"wrote {write_heads_evaluation(metrics, out_dir)}")
@@ -639,7 +640,7 @@ def _print_open_set(results: dict) -> None:
 
 def _warn_skipped(skipped: list, where: str = "") -> None:
     if skipped:
-        _warn(f"{where}skipped {len(skipped)} unusable image file(s), e.g. {skipped[0]['path']}: {skipped[0]['reason']}")
+        _warn(f"{where}skipped {counted(len(skipped), 'unusable image file')}, e.g. {skipped[0]['path']}: {skipped[0]['reason']}")
 
 
 def _print_robustness(table: dict) -> None:
@@ -693,7 +694,7 @@ def gradcam_command(
     result = explain_files(load_detector(model), paths, out_dir, **_given(head=head, layer=layer, batch_size=batch_size))
     images = [item.to_dict() for item in result.explanations]
     print(json.dumps({"head": result.head, "layer": result.layer, "images": images, "contact_sheet": result.contact_sheet}))
-    err.print(f"wrote {len(result.explanations)} overlay(s) to {out_dir}")
+    err.print(f"wrote {counted(len(result.explanations), 'overlay')} to {out_dir}")
     _failed(result.failures)
 
 
@@ -711,7 +712,7 @@ def fingerprint_command(
     model, paths = _model_and_inputs(arguments)
     result, failures = fingerprint_files(load_detector(model), model, paths, out_dir, group_by=group_by, **_given(batch_size=batch_size))
     print(json.dumps(result.to_dict()))
-    err.print(f"wrote {len(result.fingerprints)} fingerprint(s) to {out_dir}")
+    err.print(f"wrote {counted(len(result.fingerprints), 'fingerprint')} to {out_dir}")
     _failed(failures)
 
 

@@ -9,6 +9,7 @@ from tfdnadet.data.images import ImageError, decode_image, is_plain_png
 from tfdnadet.data.preprocess import resize_to_base, to_model_input
 from tfdnadet.data.sources import ImageList
 from tfdnadet.errors import TfdnadetError
+from tfdnadet.wording import counted
 
 
 @dataclass
@@ -24,7 +25,7 @@ class LoadedImages:
         if not self.failures:
             return ""
         path, reason = self.failures[0]
-        return f"skipped {len(self.failures)} unusable image file(s), e.g. {path}: {reason}"
+        return f"skipped {counted(len(self.failures), 'unusable image file')}, e.g. {path}: {reason}"
 
 
 NO_PIXELS = np.zeros((1, 1, 3), np.uint8)

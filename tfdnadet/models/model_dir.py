@@ -125,6 +125,13 @@ def read_metadata(path: str) -> dict:
     return metadata
 
 
+def record_config(path: str, **values) -> None:
+    """Add `values` to the config recorded in a model directory's detector.json (atomically)."""
+    metadata = read_metadata(path)
+    metadata["config"] = {**metadata["config"], **values}
+    write_json(os.path.join(path, METADATA_FILE), metadata)
+
+
 def is_model_dir(path: str) -> bool:
     """Whether `path` holds a model directory (written atomically, so one that exists is complete)."""
     return os.path.isfile(os.path.join(path, METADATA_FILE))

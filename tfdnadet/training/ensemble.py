@@ -17,12 +17,12 @@ from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.ensemble import EnsembleEncoder, assemble
 from tfdnadet.models.detector import Detector
 from tfdnadet.models.encoder import ENCODER_BLOCKS
-from tfdnadet.models.model_dir import is_model_dir, load_detector, save_detector
+from tfdnadet.models.model_dir import is_model_dir, load_detector, record_config, save_detector
 from tfdnadet.training.selection import image_accuracy
 from tfdnadet.training.trainer import TrainResult
 
 MEMBERS_DIR = "members"
-SECONDS_RECORD = "seconds.json"  # a member run's training seconds, summed over the calls that resumed it
+SECONDS_RECORD = "seconds.json"  # a run's training seconds, summed over the calls that resumed it
 ENSEMBLE_KNOBS = {"stage1.encoders": 1, "train.runs_per_encoder": 1}
 
 
@@ -64,8 +64,18 @@ def train_members(
         member_config = config_with_overrides(config.to_dict(), {**ENSEMBLE_KNOBS, "train.seed": seed})
         started = time.perf_counter()
         results.append(train_member(path, member_config, stem))
-        seconds.append(_add_seconds(path, time.perf_counter() - started))
+        seconds.append(add_seconds(path, time.perf_counter() - started))
     return results
+
+
+def train_alone(run_dir: str, train) -> TrainResult:
+    """Train a run without members (`train()` -> TrainResult) and record its minutes in its model, summed over
+    resumes, as an ensemble records its members'."""
+    started = time.perf_counter()
+    result = train()
+    seconds = add_seconds(run_dir, time.perf_counter() - started)
+    record_config(result.model_dir, train_minutes=round(seconds / 60, 2))
+    return result
 
 
 def member_dir(run_dir: str, member: int) -> str:
@@ -82,7 +92,7 @@ def member_seconds(member_run_dir: str) -> float:
         return json.load(f)["seconds"]
 
 
-def _add_seconds(member_run_dir: str, seconds: float) -> float:
+def add_seconds(member_run_dir: str, seconds: float) -> float:
     """Add `seconds` to a member run's recorded training time; returns the total."""
     total = member_seconds(member_run_dir) + seconds
     write_json(os.path.join(member_run_dir, SECONDS_RECORD), {"seconds": total})

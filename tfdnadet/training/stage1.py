@@ -13,9 +13,10 @@ from tfdnadet.data.images import IMAGE_EXTENSIONS, ImageError, decode_image
 from tfdnadet.data.sources import list_image_files
 from tfdnadet.data.transforms import TransformBank, make_transform_dataset, transform_images
 from tfdnadet.errors import TfdnadetError
+from tfdnadet.wording import counted
 from tfdnadet.training.callbacks import read_checkpoint_state
 from tfdnadet.training.distribute import make_strategy
-from tfdnadet.training.ensemble import member_dir, member_seconds, train_members, write_ensemble
+from tfdnadet.training.ensemble import member_dir, member_seconds, train_alone, train_members, write_ensemble
 from tfdnadet.training.trainer import TrainResult, fit_patch_model
 from tfdnadet.zoo.photos import load_photos, random_crops
 
@@ -48,7 +49,7 @@ def train_stage1(
     """
     s = config.stage1
     if s.encoders == 1:
-        return _train_encoder(data, run_dir, config, resume, verbose, callbacks, on_skipped)
+        return train_alone(run_dir, lambda: _train_encoder(data, run_dir, config, resume, verbose, callbacks, on_skipped))
     timed = set()  # the run timed for the plan, which goes on without --resume
 
     def train_encoder(path: str, member_config: Config, stem: int) -> TrainResult:
@@ -114,7 +115,7 @@ def _plan(run_dir: str, config: Config, stems: list, train_encoder, on_member, o
         if epochs != stage1_epochs(config) and on_note:
             hours = s.encoders * stage1_epochs(config) * epoch_seconds / 3600
             on_note(
-                f"budget: {encoders} encoders of {epochs} epochs fit stage1.budget_minutes {s.budget_minutes:g} on this machine\n"
+                f"budget: {counted(encoders, 'encoder')} of {counted(epochs, 'epoch')} fit stage1.budget_minutes {s.budget_minutes:g} on this machine\n"
                 f"({s.encoders} of {stage1_epochs(config)} epochs: {hours:.1f} hours; --set stage1.min_epochs=null keeps {stage1_epochs(config)})"
             )
     return plan["encoders"], plan["epochs"]
@@ -207,9 +208,9 @@ def natural_crops(data: Optional[str], count: int, size: int, seed: int, max_pix
     if needed and photo is not None:  # the last photos failed: the last good one makes up the rest
         crops.append(random_crops([photo], needed, size, seed))
     if not crops:
-        raise TfdnadetError(f"No usable photos in {data}: none of {len(paths)} file(s) could be used, e.g. {failures[0][0]}: {failures[0][1]}")
+        raise TfdnadetError(f"No usable photos in {data}: none of {counted(len(paths), 'file')} could be used, e.g. {failures[0][0]}: {failures[0][1]}")
     if failures and on_skipped:
-        on_skipped(f"skipped {len(failures)} unusable photo(s), e.g. {failures[0][0]}: {failures[0][1]}")
+        on_skipped(f"skipped {counted(len(failures), 'unusable photo')}, e.g. {failures[0][0]}: {failures[0][1]}")
     return np.concatenate(crops)
 
 

@@ -23,7 +23,7 @@ from tfdnadet.training.closed_form import fit_closed_form
 from tfdnadet.training.gfd import GFD_LOSS, with_perceptual_init
 from tfdnadet.training.resolution import fit_resolution
 from tfdnadet.training.distribute import make_strategy
-from tfdnadet.training.ensemble import ensemble_stems, member_dir, shared_blocks, split_init, train_members, write_ensemble
+from tfdnadet.training.ensemble import ensemble_stems, member_dir, shared_blocks, split_init, train_alone, train_members, write_ensemble
 from tfdnadet.training.selection import HELDOUT_IMAGES, VAL_MODELS, validation_data
 from tfdnadet.training.trainer import TrainResult, fit_patch_model
 
@@ -77,7 +77,7 @@ def train_stage2(
     stems = ensemble_stems(len(inits), config.train.runs_per_encoder)
     fit = functools.partial(_fit_classifier, train, (val.images, val.labels), val_models, images.class_names, resume=resume, verbose=verbose, callbacks=callbacks)
     if len(stems) == 1:
-        result = fit(run_dir, config, init_model, info)
+        result = train_alone(run_dir, lambda: fit(run_dir, config, init_model, info))
     else:
 
         def train_run(path: str, member_config: Config, stem: int) -> TrainResult:
