@@ -26,7 +26,6 @@ from tfdnadet.quiet import quiet_startup  # noqa: E402
 
 quiet_startup()  # before TensorFlow is imported
 
-import keras  # noqa: E402
 import yaml  # noqa: E402
 
 from tfdnadet.atomic import write_json  # noqa: E402
@@ -37,7 +36,7 @@ from tfdnadet.errors import TfdnadetError  # noqa: E402
 from tfdnadet.evaluation.evaluate import evaluate_dataset  # noqa: E402
 from tfdnadet.evaluation.protocol import evaluate_protocol, protocol_summary  # noqa: E402
 from tfdnadet.evaluation.robustness import robustness_table  # noqa: E402
-from tfdnadet.models.model_dir import load_detector  # noqa: E402
+from tfdnadet.models.model_dir import load_detector, read_metadata  # noqa: E402
 from tfdnadet.plots import plt, save_figure  # noqa: E402
 from tfdnadet.training.stage1 import train_stage1  # noqa: E402
 from tfdnadet.training.stage2 import train_stage2  # noqa: E402
@@ -167,30 +166,8 @@ def finished_stage1_runs(run_dirs: list) -> dict:
         model_dir = os.path.join(run_dir, "model")
         if not os.path.isfile(os.path.join(model_dir, "detector.json")):
             raise TfdnadetError(f"--stage1-from {run_dir}: not a finished run (no model/detector.json).")
-        # A run the sweep did not time: from its start (stage1_data.json) to the writing of its model.
-        seconds = read_json(os.path.join(run_dir, "seconds.json"), {"seconds": None})["seconds"]
-        if seconds is None:
-            seconds = os.path.getmtime(os.path.join(model_dir, "detector.json")) - os.path.getmtime(os.path.join(run_dir, "stage1_data.json"))
-        runs[stage1_key(load_config(os.path.join(run_dir, "config.yaml")))] = (model_dir, seconds)
+        runs[stage1_key(load_config(os.path.join(run_dir, "config.yaml")))] = (model_dir, run_seconds(run_dir))
     return runs
-
-
-class Stopwatch(keras.callbacks.Callback):
-    """Seconds a run has trained, over all the calls that resumed it: RUN_DIR/seconds.json after each epoch."""
-
-    def __init__(self, run_dir: str):
-        super().__init__()
-        self.path = os.path.join(run_dir, "seconds.json")
-        self.before = read_json(self.path, {"seconds": 0.0})["seconds"]
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.save()
-
-    def save(self) -> float:
-        seconds = self.before + time.perf_counter() - self.started
-        write_json(self.path, {"seconds": seconds})
-        return seconds
 
 
 def trained(run_dir: str, train) -> tuple:
@@ -198,10 +175,22 @@ def trained(run_dir: str, train) -> tuple:
     os.makedirs(run_dir, exist_ok=True)
     model_dir = os.path.join(run_dir, "model")
     if not os.path.isfile(os.path.join(model_dir, "detector.json")):
-        stopwatch = Stopwatch(run_dir)
-        train(run_dir, (stopwatch,))
-        stopwatch.save()
-    return model_dir, read_json(os.path.join(run_dir, "seconds.json"), {"seconds": 0.0})["seconds"]
+        train(run_dir)
+    return model_dir, run_seconds(run_dir)
+
+
+def run_seconds(run_dir: str) -> float:
+    """Seconds a finished run trained: the train_minutes its model records (summed over the calls that resumed it);
+    for a run from before models recorded them, its seconds.json, else from its start to the writing of its model."""
+    model_dir = os.path.join(run_dir, "model")
+    minutes = read_metadata(model_dir)["config"].get("train_minutes")
+    if minutes is not None:
+        return 60 * minutes
+    seconds = read_json(os.path.join(run_dir, "seconds.json"), {"seconds": None})["seconds"]
+    if seconds is None:
+        started = next(os.path.join(run_dir, name) for name in ("stage1_data.json", "config.yaml") if os.path.isfile(os.path.join(run_dir, name)))
+        seconds = os.path.getmtime(os.path.join(model_dir, "detector.json")) - os.path.getmtime(started)
+    return seconds
 
 
 def read_json(path: str, default):
@@ -219,7 +208,7 @@ def run_point(name: str, base: Config, zoo: dict, work: str, verbose: int, stage
     key = stage1_key(stage1_config)
     progress(f"{name}: stage 1 (settings {key}, shared by points with the same stage-1 settings)")
     stage1, stage1_seconds = stage1_runs.get(key) or trained(
-        os.path.join(work, "stage1", key), lambda run, cb: train_stage1(None, run, stage1_config, resume=True, verbose=verbose, callbacks=cb)
+        os.path.join(work, "stage1", key), lambda run: train_stage1(None, run, stage1_config, resume=True, verbose=verbose)
     )
     runs = earlier_runs(earlier)
     for repeat in range(repeats):
@@ -273,8 +262,8 @@ def stage2_run(config: Config, stage1: str, zoo: dict, run_dir: str, verbose: in
     chosen_on, scored_on = halves[repeat % 2], halves[1 - repeat % 2]
     model_dir, seconds = trained(
         run_dir,
-        lambda run, cb: train_stage2(
-            train_csv, run, config, init_model=stage1, resume=True, verbose=verbose, callbacks=cb, val_data=chosen_on, allow_outside_root=True
+        lambda run: train_stage2(
+            train_csv, run, config, init_model=stage1, resume=True, verbose=verbose, val_data=chosen_on, allow_outside_root=True
         ),
     )
     progress(f"{os.path.basename(run_dir)}: scoring the validation and test splits")
