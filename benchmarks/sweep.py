@@ -44,6 +44,7 @@ from tfdnadet.zoo.build import TRAIN_SPLIT, VALIDATION_SPLIT, read_zoo  # noqa: 
 
 HARD_SPLITS = ("cross-seed", "cross-finetune", "cross-dataset")
 BF16 = {"train.precision": "mixed_bfloat16"}  # ~1.6x float32's speed on this CPU (AVX512_BF16)
+HIGHPASS = {"model.input_filter": "highpass"}
 AUGMENT = table5_augment()  # [5.5] Khoo et al. 3.3
 AUGMENT_LIGHT = [{**op, "p": 0.2} for op in AUGMENT]  # a third of the images stay clean (0.8 ** 5)
 # the cpu bank plus 4 classes of generator upsampling layers with random weights (tfdnadet.data.transforms.random_upsample)
@@ -99,6 +100,11 @@ POINTS = {
     ),
     "ensemble2x2-stage1-24ep-channels": (
         {"stage1.encoders": 2, "stage1.epochs": 24}, {"train.runs_per_encoder": 2, "data.augment": [{"op": "channels", "p": 0.5}]}
+    ),
+    # the encoder sees the image's noise residual (model.input_filter: highpass), both stages
+    "ensemble2x2-stage1-24ep-highpass": ({**HIGHPASS, "stage1.encoders": 2, "stage1.epochs": 24}, {"train.runs_per_encoder": 2}),
+    "ensemble2x2-stage1-24ep-highpass-transpose": (
+        {**HIGHPASS, "stage1.encoders": 2, "stage1.epochs": 24}, {"train.runs_per_encoder": 2, "data.augment": [{"op": "transpose", "p": 0.5}]}
     ),
     "bf16-ensemble3x2-stage1-24ep-upsample": (
         {**BF16, "stage1.encoders": 3, "stage1.epochs": 24, "stage1.transforms": UPSAMPLE_BANK}, {"train.runs_per_encoder": 2}

@@ -33,6 +33,10 @@ def test_overrides_and_validation():
         load_config("tiny", {"data.max_base_size": 16})
     with pytest.raises(TfdnadetError, match="not found"):
         load_config("no-such-config")
+    with pytest.raises(TfdnadetError, match=r"model.input_filter must be one of \('none', 'highpass'\). Received: 'sobel'"):
+        load_config("tiny", {"model.input_filter": "sobel"})
+    with pytest.raises(TfdnadetError, match="model.input_filter filters the DNA-Det encoder's input: model.backbone must be dnadet"):
+        load_config("tiny", {"model.input_filter": "highpass", "model.backbone": "attnet"})
 
 
 def test_values_of_the_wrong_type_are_errors_naming_the_key(tmp_path):

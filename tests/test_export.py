@@ -319,6 +319,18 @@ def test_binary_heads_mixed_precision_export(tmp_path):
     assert check_export(result.path)["requests"][0]["outputs"]["verdict"]
 
 
+def test_a_highpass_encoder_exports_with_the_same_outputs(tmp_path):
+    backbone = Encoder(width=0.125, input_filter="highpass", dtype="mixed_bfloat16", name="encoder")
+    detector = Detector(backbone, {}, {}, PREPROCESSING, {})
+    detector.add_head(MULTICLASS, MulticlassHead(backbone.feature_dim, 3, name=MULTICLASS), {"class_names": ["real", "progan", "sngan"]})
+    save_detector(detector, str(tmp_path / "model"))
+    result = export_model(str(tmp_path / "model"), "highpass", str(tmp_path / "base"))
+    images = np.random.default_rng(3).uniform(-1, 1, (4, 64, 64, 3)).astype("float32")
+    served = tf.saved_model.load(result.path).signatures["predict_images"](images=tf.constant(images))
+    expected = load_detector(str(tmp_path / "model")).predict(images)[MULTICLASS]  # bfloat16 is served as it is
+    np.testing.assert_allclose(served["multiclass_probabilities"].numpy(), expected, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "judges, architectures",
     [((MULTICLASS,), ("progan", "sngan")), (("real",), ("progan", "sngan")), ((), ("progan", "sngan")),

@@ -11,7 +11,8 @@ from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.backbones import CLOSED_FORM, GRADIENT, backbone_names, backbone_spec, create_backbone
 from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing, patch_grid
 from tfdnadet.models.model_dir import load_detector, save_detector
-from tfdnadet.models.encoder import BatchNormalization, Conv2D, Encoder
+from tfdnadet.models.encoder import HIGHPASS_GAIN, BatchNormalization, Conv2D, Encoder, HighPass
+from tfdnadet.models.ensemble import EnsembleEncoder
 from tfdnadet.models.heads import MulticlassHead, ProjectionHead
 
 
@@ -82,6 +83,35 @@ def test_conv_pads_one_on_every_side_for_static_and_unknown_sizes(size, kernel, 
     earlier.save_weights(str(tmp_path / "earlier.weights.h5"))
     model.load_weights(str(tmp_path / "earlier.weights.h5"))
     np.testing.assert_allclose(model(maps), earlier(maps), rtol=1e-5, atol=1e-5)
+
+
+def test_highpass_input_filter_feeds_the_encoder_the_noise_residual(tmp_path):
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 12, 12, 3)).astype("float32")
+    padded = np.pad(images, [(0, 0), (1, 1), (1, 1), (0, 0)], mode="reflect")
+    means = sum(padded[:, i : i + 12, j : j + 12] for i in range(3) for j in range(3)) / 9
+    np.testing.assert_allclose(HighPass()(images), HIGHPASS_GAIN * (images - means), atol=1e-5)
+    np.testing.assert_allclose(HighPass()(np.full((1, 8, 8, 3), 0.7, np.float32)), 0, atol=1e-6)  # flat: no residual
+
+    encoder = Encoder(width=0.125, input_filter="highpass", dtype="mixed_bfloat16", name="encoder")
+    assert encoder.get_layer("highpass").compute_dtype == "float32"  # not rounded to bfloat16
+    patches = np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
+    check_keras_round_trip(encoder, patches, tmp_path)
+    assert Encoder.from_config(encoder.get_config()).input_filter == "highpass"
+    plain = Encoder(width=0.125, dtype="mixed_bfloat16")
+    plain.set_weights(encoder.get_weights())  # same weights, other input: other features
+    assert not np.allclose(plain(patches), encoder(patches))
+    with pytest.raises(TfdnadetError, match="Unknown input filter 'sobel'"):
+        Encoder(width=0.125, input_filter="sobel")
+
+
+def test_an_ensemble_keeps_its_members_input_filter():
+    members = [Encoder(width=0.125, input_filter="highpass", name=f"m{i}") for i in range(2)]
+    ensemble = EnsembleEncoder.from_members(members, [0, 1])
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(ensemble(images), np.concatenate([members[0](images), members[1](images)], axis=1), atol=1e-5)
+    np.testing.assert_allclose(ensemble.member_encoder(1)(images), members[1](images), atol=1e-6)
+    with pytest.raises(TfdnadetError, match="one model.input_filter"):
+        EnsembleEncoder.from_members([members[0], Encoder(width=0.125)], [0, 1])
 
 
 @pytest.mark.parametrize("backbone", backbone_names(GRADIENT))

@@ -186,6 +186,8 @@ def test_stage2_init_takes_the_stage1_encoder_and_drops_its_head(stage1_run):
     assert model.classifier.num_classes == 4
     fresh = build_patch_model(config, 4)
     assert not np.array_equal(np.asarray(fresh.backbone.weights[0]), np.asarray(stage1.weights[0]))
+    with pytest.raises(TfdnadetError, match="trained with model.input_filter none, this config has highpass: set --set model.input_filter=none"):
+        build_patch_model(load_config("tiny", {"model.input_filter": "highpass"}), 4, init_model=stage1_run.model_dir)
 
 
 def test_train_stage2_cli_with_init_and_with_no_pretrain(stage1_run, gan_images, tmp_path, monkeypatch, capsys):

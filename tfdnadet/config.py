@@ -14,6 +14,7 @@ from tfdnadet.atomic import atomic_path
 from tfdnadet.data.perturb import parse_augment
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.detector import Preprocessing
+from tfdnadet.models.encoder import INPUT_FILTERS
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -56,6 +57,7 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "dnadet"
     width: float = 1.0  # channel multiplier of Table 7 (64..512 at 1.0)
+    input_filter: str = "none"  # none: the image; highpass: its noise residual (each channel minus its 3 x 3 mean)
     projection_hidden: int = 512  # [App. A, Table 7] Linear 512, ReLU
     projection_dim: int = 128  # [App. A, Table 7] Linear 128, Normalize
 
@@ -246,6 +248,11 @@ def validate(config: Config) -> None:
         (
             t.budget_minutes is None or t.budget_minutes > 0,
             f"train.budget_minutes must be a number of minutes > 0, or null. Received: {t.budget_minutes!r}",
+        ),
+        (config.model.input_filter in INPUT_FILTERS, f"model.input_filter must be one of {INPUT_FILTERS}. Received: {config.model.input_filter!r}"),
+        (
+            config.model.input_filter == "none" or config.model.backbone == "dnadet",
+            f"model.input_filter filters the DNA-Det encoder's input: model.backbone must be dnadet. Received: {config.model.backbone!r}",
         ),
         (
             (s.encoders == 1 and t.runs_per_encoder == 1) or config.model.backbone == "dnadet",

@@ -16,7 +16,7 @@ import numpy as np
 
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.detector import MULTICLASS, Detector
-from tfdnadet.models.encoder import ENCODER_BLOCKS, POOL_LAYER, Encoder, block_layer_name, channels, encoder_block
+from tfdnadet.models.encoder import ENCODER_BLOCKS, POOL_LAYER, Encoder, block_layer_name, channels, encoder_block, filter_input
 from tfdnadet.models.heads import MulticlassHead
 
 
@@ -24,7 +24,7 @@ from tfdnadet.models.heads import MulticlassHead
 class EnsembleEncoder(keras.Model):
     """Member k reads stage-1 encoder `stems[k]`'s first `shared_blocks` blocks, then its own; features concatenated."""
 
-    def __init__(self, stems, shared_blocks: int = 0, width: float = 1.0, dtype=None, **kwargs):
+    def __init__(self, stems, shared_blocks: int = 0, width: float = 1.0, input_filter: str = "none", dtype=None, **kwargs):
         stems = [int(stem) for stem in stems]
         if len(stems) < 2 or stems[0] != 0 or sorted(set(stems)) != list(range(max(stems) + 1)):
             raise TfdnadetError(f"An ensemble needs >= 2 members and stage-1 encoders numbered 0, 1, ... from member 0. Received: stems={stems}")
@@ -33,9 +33,10 @@ class EnsembleEncoder(keras.Model):
 
         # === Functional Model ===
         images = keras.Input(shape=(None, None, 3), name="images")
+        filtered = filter_input(images, input_filter)  # once for all members
         trunks = {}
         for stem in sorted(set(stems)):
-            x = images
+            x = filtered
             for index in range(1, shared_blocks + 1):
                 x = encoder_block(x, index, width, dtype, _stem_prefix(stem))
             trunks[stem] = x
@@ -52,6 +53,7 @@ class EnsembleEncoder(keras.Model):
         self.stems = stems
         self.shared_blocks = shared_blocks
         self.width = width
+        self.input_filter = input_filter
         self.layer_dtype = keras.dtype_policies.get(dtype).name if dtype else None
         self.member_dim = channels(ENCODER_BLOCKS[-1][0], width)
         self.feature_dim = self.member_dim * len(stems)
@@ -63,7 +65,7 @@ class EnsembleEncoder(keras.Model):
 
     def member_encoder(self, member: int) -> Encoder:
         """Member `member` as a plain encoder with its weights."""
-        encoder = Encoder(self.width, dtype=self.layer_dtype, name="encoder")
+        encoder = Encoder(self.width, self.input_filter, dtype=self.layer_dtype, name="encoder")
         for index in range(1, len(ENCODER_BLOCKS) + 1):
             for part in ("conv", "bn"):
                 source = self.get_layer(f"{self.block_name(member, index)}_{part}")
@@ -76,10 +78,12 @@ class EnsembleEncoder(keras.Model):
         if any(not isinstance(encoder, Encoder) for encoder in encoders):
             names = sorted({type(encoder).__name__ for encoder in encoders})
             raise TfdnadetError(f"Only DNA-Det encoders can be ensembled (model.backbone dnadet). Received: {', '.join(names)}")
-        if len({encoder.width for encoder in encoders}) > 1:
-            raise TfdnadetError(f"Ensemble members must have one model.width. Received: {sorted({e.width for e in encoders})}")
+        for setting in ("width", "input_filter"):
+            values = sorted({getattr(encoder, setting) for encoder in encoders})
+            if len(values) > 1:
+                raise TfdnadetError(f"Ensemble members must have one model.{setting}. Received: {values}")
         first = encoders[0]
-        ensemble = cls(stems, shared_blocks, first.width, dtype=first.layer_dtype, **kwargs)
+        ensemble = cls(stems, shared_blocks, first.width, first.input_filter, dtype=first.layer_dtype, **kwargs)
         for member, encoder in enumerate(encoders):
             for index in range(1, len(ENCODER_BLOCKS) + 1):
                 for part in ("conv", "bn"):
@@ -96,6 +100,7 @@ class EnsembleEncoder(keras.Model):
             "stems": self.stems,
             "shared_blocks": self.shared_blocks,
             "width": self.width,
+            "input_filter": self.input_filter,
             "name": self.name,
             "trainable": self.trainable,
             "dtype": self.layer_dtype,

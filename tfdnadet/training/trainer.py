@@ -60,7 +60,8 @@ def build_backbone(config: Config, init_model: Optional[str] = None) -> keras.Mo
     """A new `config.model.backbone`, its weights copied from model directory `init_model` when given, frozen below
     `train.finetune_from_block`."""
     m, t = config.model, config.train
-    backbone = create_backbone(m.backbone, width=m.width, dtype=resolve_precision(t.precision), name="encoder")
+    filtered = {"input_filter": m.input_filter} if m.input_filter != "none" else {}  # an option of dnadet's only
+    backbone = create_backbone(m.backbone, width=m.width, dtype=resolve_precision(t.precision), name="encoder", **filtered)
     if init_model:
         _copy_backbone_weights(load_backbone(init_model), backbone, init_model)
     freeze_blocks(backbone, t.finetune_from_block)
@@ -108,6 +109,12 @@ def make_optimizer(train: TrainConfig, learning_rate: float) -> keras.optimizers
 
 
 def _copy_backbone_weights(source: keras.Model, target: keras.Model, where: str) -> None:
+    filters = getattr(source, "input_filter", "none"), getattr(target, "input_filter", "none")
+    if filters[0] != filters[1]:
+        raise TfdnadetError(
+            f"--init {where}: its encoder was trained with model.input_filter {filters[0]}, this config has {filters[1]}: "
+            f"set --set model.input_filter={filters[0]}."
+        )
     shapes = [tuple(w.shape) for w in source.weights], [tuple(w.shape) for w in target.weights]
     if shapes[0] != shapes[1]:
         raise TfdnadetError(
