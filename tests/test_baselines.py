@@ -46,6 +46,8 @@ def test_methods_change_the_config():
     assert apply_method(config, "attnet").model.backbone == "attnet" and config.model.backbone == "dnadet"
     with pytest.raises(TfdnadetError, match="Unknown method"):
         apply_method(config, "resnet")
+    filtered = load_config("tiny", {"model.input_filter": "highpass"})  # the DNA-Det encoder's input, not the baselines'
+    assert [apply_method(filtered, m).model.input_filter for m in ("dnadet", "base", "attnet", "dct", "gfd")] == ["highpass", "highpass", "none", "none", "none"]
 
 
 @pytest.mark.parametrize("method", ["prnu", "attnet", "dct", "base"])

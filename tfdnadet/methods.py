@@ -32,6 +32,7 @@ def apply_method(config: Config, method: str) -> Config:
     config.train.loss = loss
     if backbone != "dnadet" or loss == "gfd":  # only the DNA-Det encoder's runs are averaged into one model
         config.stage1.encoders = config.train.runs_per_encoder = 1
+        config.model.input_filter = "none"  # the baselines read the image as their papers do
     if whole_images:
         config.data.patch_size = config.data.input_size
         config.data.patches_per_image = 1
