@@ -18,6 +18,7 @@ from tfdnadet.models.ensemble import EnsembleEncoder, assemble
 from tfdnadet.models.detector import Detector
 from tfdnadet.models.encoder import ENCODER_BLOCKS
 from tfdnadet.models.model_dir import is_model_dir, load_detector, record_config, save_detector
+from tfdnadet.training.distribute import is_chief, make_strategy
 from tfdnadet.training.selection import image_accuracy
 from tfdnadet.training.trainer import TrainResult
 
@@ -68,13 +69,14 @@ def train_members(
     return results
 
 
-def train_alone(run_dir: str, train) -> TrainResult:
+def train_alone(run_dir: str, config: Config, train) -> TrainResult:
     """Train a run without members (`train()` -> TrainResult) and record its minutes in its model, summed over
-    resumes, as an ensemble records its members'."""
+    resumes, as an ensemble records its members'; in a multi-worker run only the chief, which wrote the model."""
     started = time.perf_counter()
     result = train()
-    seconds = add_seconds(run_dir, time.perf_counter() - started)
-    record_config(result.model_dir, train_minutes=round(seconds / 60, 2))
+    if is_chief(make_strategy(config.train.distribution, config.train.devices)):
+        seconds = add_seconds(run_dir, time.perf_counter() - started)
+        record_config(result.model_dir, train_minutes=round(seconds / 60, 2))
     return result
 
 

@@ -49,7 +49,7 @@ def train_stage1(
     """
     s = config.stage1
     if s.encoders == 1:
-        return train_alone(run_dir, lambda: _train_encoder(data, run_dir, config, resume, verbose, callbacks, on_skipped))
+        return train_alone(run_dir, config, lambda: _train_encoder(data, run_dir, config, resume, verbose, callbacks, on_skipped))
     timed = set()  # the run timed for the plan, which goes on without --resume
 
     def train_encoder(path: str, member_config: Config, stem: int) -> TrainResult:

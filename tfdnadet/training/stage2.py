@@ -77,7 +77,7 @@ def train_stage2(
     stems = ensemble_stems(len(inits), config.train.runs_per_encoder)
     fit = functools.partial(_fit_classifier, train, (val.images, val.labels), val_models, images.class_names, resume=resume, verbose=verbose, callbacks=callbacks)
     if len(stems) == 1:
-        result = train_alone(run_dir, lambda: fit(run_dir, config, init_model, info))
+        result = train_alone(run_dir, config, lambda: fit(run_dir, config, init_model, info))
     else:
 
         def train_run(path: str, member_config: Config, stem: int) -> TrainResult:
