@@ -90,6 +90,9 @@ def test_resume_continues_from_the_last_checkpoint(gan_images, tiny_config, tmp_
     with pytest.raises(TfdnadetError, match=f"^{re.escape(expected)}$"):
         train_stage2(gan_images["train"], run, wider, resume=True, verbose=0)
     assert open(os.path.join(run, "config.yaml")).read() == recorded  # the failed resume kept the run's record
+    filtered = load_config("tiny", {"train.epochs": 3, "train.steps_per_epoch": 3, "model.input_filter": "highpass"})
+    with pytest.raises(TfdnadetError, match=r"differs from the run's in model.input_filter, train.epochs\)"):  # same weights, other input
+        train_stage2(gan_images["train"], run, filtered, resume=True, verbose=0)
     three = load_config("tiny", {"train.epochs": 3, "train.steps_per_epoch": 3})
     resumed = train_stage2(gan_images["train"], run, three, resume=True, verbose=0)
     assert (resumed.epochs_completed, resumed.steps) == (3, 9)

@@ -269,9 +269,9 @@ def _load_checkpoint(model: keras.Model, checkpoint_dir: str, run_dir: str, conf
             fits = not any("freshly-initialized" in str(warning.message) for warning in skipped)
         except ValueError:
             fits = False
-    if not fits:
-        recorded = os.path.join(run_dir, "config.yaml")
-        changed = config_changes(load_config(recorded), config) if os.path.isfile(recorded) else []
+    recorded = os.path.join(run_dir, "config.yaml")
+    changed = config_changes(load_config(recorded), config) if os.path.isfile(recorded) else []
+    if not fits or any(name.startswith("model.") for name in changed):  # model.input_filter has no weights to misfit
         differs = f" (it differs from the run's in {', '.join(changed[:4])})" if changed else ""
         raise TfdnadetError(
             f"Cannot resume {run_dir}: its checkpoint does not fit the model this config builds{differs}. "
