@@ -23,6 +23,7 @@ from tfdnadet.data.transforms import (
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.model_dir import load_backbone, load_detector, read_metadata
 from tfdnadet.training.stage1 import natural_crops, train_stage1
+from tfdnadet.training.stage2 import train_stage2
 from tfdnadet.training.trainer import build_patch_model
 from tfdnadet.zoo.photos import load_photos, random_crops
 
@@ -188,6 +189,14 @@ def test_stage2_init_takes_the_stage1_encoder_and_drops_its_head(stage1_run):
     assert not np.array_equal(np.asarray(fresh.backbone.weights[0]), np.asarray(stage1.weights[0]))
     with pytest.raises(TfdnadetError, match="trained with model.input_filter none, this config has highpass: set --set model.input_filter=none"):
         build_patch_model(load_config("tiny", {"model.input_filter": "highpass"}), 4, init_model=stage1_run.model_dir)
+
+
+def test_stage2_refuses_an_init_of_another_input_filter_before_any_run_starts(stage1_run, gan_images, tmp_path):
+    config = load_config("tiny", {"model.input_filter": "highpass", "train.runs_per_encoder": 2})
+    started = []
+    with pytest.raises(TfdnadetError, match="trained with model.input_filter none, this config has highpass"):
+        train_stage2(gan_images["train"], str(tmp_path / "run"), config, init_model=stage1_run.model_dir, on_member=lambda *a: started.append(a))
+    assert started == [] and not os.path.exists(tmp_path / "run")
 
 
 def test_train_stage2_cli_with_init_and_with_no_pretrain(stage1_run, gan_images, tmp_path, monkeypatch, capsys):

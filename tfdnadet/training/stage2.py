@@ -25,7 +25,7 @@ from tfdnadet.training.resolution import fit_resolution
 from tfdnadet.training.distribute import make_strategy
 from tfdnadet.training.ensemble import ensemble_stems, member_dir, shared_blocks, split_init, train_alone, train_members, write_ensemble
 from tfdnadet.training.selection import HELDOUT_IMAGES, VAL_MODELS, validation_data
-from tfdnadet.training.trainer import TrainResult, fit_patch_model
+from tfdnadet.training.trainer import TrainResult, check_init_filter, fit_patch_model
 
 STEMS_RECORD = "stems.json"  # the stage-1 encoder of each run, as the run began (--resume keeps the order)
 
@@ -59,6 +59,8 @@ def train_stage2(
         on_note(note)
     if backbone_spec(config.model.backbone).fit == CLOSED_FORM:
         return fit_closed_form(images, data, run_dir, config, on_skipped)
+    if init_model:
+        check_init_filter(config, init_model)  # before any run starts
     config = config_with_overrides(config.to_dict(), {"train.finetune_from_block": _finetune_from_block(config, init_model, run_dir)})
     make_strategy(config.train.distribution, config.train.devices)  # before any TF op (multi-worker)
     d = config.data

@@ -19,7 +19,7 @@ from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.backbones import create_backbone
 from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing, patch_grid
 from tfdnadet.models.encoder import block_layer_name
-from tfdnadet.models.model_dir import load_backbone, save_detector, write_decoder
+from tfdnadet.models.model_dir import load_backbone, read_metadata, save_detector, write_decoder
 from tfdnadet.precision import resolve_precision, with_resolved_precision
 from tfdnadet.training.callbacks import (
     CHECKPOINT_WEIGHTS,
@@ -63,6 +63,7 @@ def build_backbone(config: Config, init_model: Optional[str] = None) -> keras.Mo
     filtered = {"input_filter": m.input_filter} if m.input_filter != "none" else {}  # an option of dnadet's only
     backbone = create_backbone(m.backbone, width=m.width, dtype=resolve_precision(t.precision), name="encoder", **filtered)
     if init_model:
+        check_init_filter(config, init_model)
         _copy_backbone_weights(load_backbone(init_model), backbone, init_model)
     freeze_blocks(backbone, t.finetune_from_block)
     return backbone
@@ -108,13 +109,18 @@ def make_optimizer(train: TrainConfig, learning_rate: float) -> keras.optimizers
     return optimizer
 
 
-def _copy_backbone_weights(source: keras.Model, target: keras.Model, where: str) -> None:
-    filters = getattr(source, "input_filter", "none"), getattr(target, "input_filter", "none")
-    if filters[0] != filters[1]:
+def check_init_filter(config: Config, init_model: str) -> None:
+    """Refuse an --init encoder trained on another input (model.input_filter) than `config`'s: its weights would fit,
+    its features would not."""
+    trained = read_metadata(init_model)["config"].get("model", {}).get("input_filter", "none")
+    if trained != config.model.input_filter:
         raise TfdnadetError(
-            f"--init {where}: its encoder was trained with model.input_filter {filters[0]}, this config has {filters[1]}: "
-            f"set --set model.input_filter={filters[0]}."
+            f"--init {init_model}: its encoder was trained with model.input_filter {trained}, this config has "
+            f"{config.model.input_filter}: set --set model.input_filter={trained}."
         )
+
+
+def _copy_backbone_weights(source: keras.Model, target: keras.Model, where: str) -> None:
     shapes = [tuple(w.shape) for w in source.weights], [tuple(w.shape) for w in target.weights]
     if shapes[0] != shapes[1]:
         raise TfdnadetError(
