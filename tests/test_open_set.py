@@ -27,11 +27,15 @@ from tfdnadet.evaluation.open_set import (
 )
 from tfdnadet.inference import attribute, load_for_detector, predict_loaded
 from tfdnadet.models.detector import MULTICLASS
-from tfdnadet.models.model_dir import REJECTION_FILE, load_detector, save_detector
+from tfdnadet.models.model_dir import REJECTION_FILE, load_detector, read_metadata, read_rejection, save_detector, write_rejection
 from tfdnadet.models.heads import BinaryHead
 from tfdnadet.rejection import fit_gaussian
 from tfdnadet.serving.graph import DetectorServing
 from tfdnadet.verdict import KNOWNNESS, MULTIPLE, REAL, UNKNOWN, verdicts
+
+def stored_rule(model: str) -> dict:
+    return read_rejection(model, read_metadata(model)["backbone_sha256"])
+
 
 PLANTED = "sngan"  # the planted out-of-distribution class: flat colours and stripes, nothing a GAN of the fixtures makes
 
@@ -143,6 +147,32 @@ MIXED_CASES = [
 ]
 
 
+def test_rule_matrices_are_stored_beside_the_json_and_earlier_inline_rules_still_load(tmp_path):
+    rng = np.random.default_rng(0)
+    rule = {"score": "gaussian", "threshold": -3.5, "backbone_sha256": "abc", "means": rng.normal(size=(3, 4)).tolist(), "precision": np.eye(4)}
+    path = str(tmp_path)
+    with open(tmp_path / REJECTION_FILE, "w") as f:  # as an earlier release wrote it: the matrices inline
+        json.dump({**rule, "precision": rule["precision"].tolist()}, f)
+    earlier = read_rejection(path, "abc")
+    np.testing.assert_allclose(earlier["means"], rule["means"], rtol=1e-6)
+    assert earlier["precision"].dtype == np.float32 and earlier["threshold"] == -3.5
+    write_rejection(path, earlier)
+    (first,) = [name for name in os.listdir(path) if name.endswith(".npz")]
+    record = json.load(open(tmp_path / REJECTION_FILE))
+    assert record["arrays"] == first and "means" not in record and "precision" not in record
+    again = read_rejection(path, "abc")
+    assert all(np.array_equal(again[k], earlier[k]) for k in ("means", "precision")) and "arrays" not in again
+    write_rejection(path, {**earlier, "means": earlier["means"] + 1})  # a new fit: one .npz, the new one
+    assert [name for name in os.listdir(path) if name.endswith(".npz")] != [first]
+    assert len([name for name in os.listdir(path) if name.endswith(".npz")]) == 1
+    write_rejection(path, {"score": "msp", "threshold": 0.5, "backbone_sha256": "abc"})  # no matrices, no .npz
+    assert sorted(os.listdir(path)) == [REJECTION_FILE] and read_rejection(path, "abc")["score"] == "msp"
+    with open(tmp_path / REJECTION_FILE, "w") as f:
+        json.dump({**record}, f)  # names an .npz that is gone
+    with pytest.raises(TfdnadetError, match=rf"{first} \(named in rejection.json\) is missing or unreadable"):
+        read_rejection(path, "abc")
+
+
 def test_mixed_model_verdicts_in_python_and_in_the_serving_graph():
     detector = mixed_detector()
     detector.rejection = {"score": "msp", "threshold": 0.6}
@@ -205,14 +235,17 @@ def test_calibration_is_stored_reloaded_and_predict_rejects_a_planted_class(cali
     code, out, err = run_cli(["calibrate-rejection", calibrated, "--protocol", open_zoo["zoo"], "--score", "gaussian"], monkeypatch, capsys)
     assert code == 0, err
     printed = json.loads(out)
-    stored = json.load(open(os.path.join(calibrated, REJECTION_FILE)))
+    stored = stored_rule(calibrated)
     assert printed["score"] == stored["score"] == "gaussian" and printed["threshold"] == stored["threshold"]
-    assert np.asarray(stored["means"]).shape[0] == 4 and stored["validation_accepted"] >= 0.95
-    assert "means" not in printed and np.asarray(stored["precision"]).shape == (len(stored["means"][0]),) * 2
+    assert stored["means"].shape[0] == 4 and stored["validation_accepted"] >= 0.95
+    assert "means" not in printed and stored["precision"].shape == (stored["means"].shape[1],) * 2
+    with open(os.path.join(calibrated, REJECTION_FILE)) as f:
+        assert "precision" not in json.load(f)  # the matrices live in the .npz it names
     detector = load_detector(calibrated)
     assert detector.rejection["threshold"] == stored["threshold"]
     save_detector(detector, calibrated + "_copy")  # the rule travels with a saved detector
-    assert load_detector(calibrated + "_copy").rejection == detector.rejection
+    copied = load_detector(calibrated + "_copy").rejection
+    assert copied.keys() == detector.rejection.keys() and all(np.array_equal(copied[k], detector.rejection[k]) for k in copied)
     results, _ = attribute(detector, [open_zoo["planted"]])
     planted_verdicts = [r.verdict for r in results]
     assert planted_verdicts.count(UNKNOWN) >= 0.75 * len(results), planted_verdicts
@@ -243,7 +276,7 @@ def test_gaussian_is_fitted_on_validation_images_of_known_classes_unless_train_o
     for flag, splits in (("--fit-validation", ("train", "test")), ("--train-only", ("train",))):
         code, out, err = run_cli(["calibrate-rejection", model, "--protocol", open_zoo["zoo"], flag], monkeypatch, capsys)
         assert code == 0, err
-        stored = json.load(open(os.path.join(model, REJECTION_FILE)))
+        stored = stored_rule(model)
         assert json.loads(out)["fit_validation"] is stored["fit_validation"] is (flag == "--fit-validation")
         np.testing.assert_allclose(stored["means"], class_means(*splits), rtol=1e-4, atol=1e-5)
         if flag == "--fit-validation":

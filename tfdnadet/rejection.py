@@ -9,9 +9,9 @@ Knownness scores (higher = more like a class the model knows):
                Ledoit-Wolf estimate; fitted on training features, or on them plus the validation images of known
                classes (`fit_validation`: their other generator models widen each class towards a new seed)
 
-The rule lives in the model directory as rejection.json: {"score", "threshold", "means", "precision", ...}. An image whose
-knownness is below the threshold has its multiclass answer rejected (tfdnadet.verdict). All scores are tensor
-ops, so `predict` and the SavedModel compute them the same way.
+The rule lives in the model directory as rejection.json: {"score", "threshold", "means", "precision", ...}, its matrices
+in an .npz beside it (tfdnadet.models.model_dir). An image whose knownness is below the threshold has its multiclass
+answer rejected (tfdnadet.verdict). All scores are tensor ops, so `predict` and the SavedModel compute them the same way.
 """
 
 from typing import Optional
