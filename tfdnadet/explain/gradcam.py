@@ -56,7 +56,7 @@ class GradCAM:
         self.head = head
         self.layer = layer
         self.num_outputs = int(detector.heads[head].outputs[0].shape[-1])
-        self._explain_graph = tf.function(self._explain, reduce_retracing=True)
+        self._explain_graph = tf.function(self._explain, reduce_retracing=True, autograph=False)  # as Detector.predict
 
     def __call__(self, images, class_index=None) -> GradCAMResult:
         """float32 [B, H, W, 3] in [-1, 1] -> maps for `class_index` (int or [B]; None: the predicted output)."""
