@@ -108,7 +108,7 @@ def main():
             method_config.train.steps_per_epoch = args.gfd_steps_per_epoch or method_config.train.steps_per_epoch
             method_config = gfd_ablation(method_config, GFD_ABLATIONS[row], lambda: stage1_model(stage1_runs, "dnadet", work, args, zoo["image_size"]))
         model_dir, seconds = trained(
-            run_dir, lambda run, cb: train_stage2(train_csv, run, method_config, init_model=init, resume=True, verbose=2, callbacks=cb)
+            run_dir, lambda run: train_stage2(train_csv, run, method_config, init_model=init, resume=True, verbose=2)
         )
         results = evaluate_protocol(load_detector(model_dir), zoo["root"])
         t = method_config.train
@@ -159,7 +159,7 @@ def stage1_model(runs: dict, backbone: str, work: str, args, base_size: int) -> 
         overrides = {"data.base_size": base_size, "stage1.epochs": args.stage1_epochs, "model.backbone": backbone}
         config = load_config(args.config, overrides)
         run_dir = os.path.join(work, "stage1" if backbone == "dnadet" else f"stage1_{backbone}")
-        model, seconds = trained(run_dir, lambda run, cb: train_stage1(None, run, config, resume=True, verbose=2, callbacks=cb))
+        model, seconds = trained(run_dir, lambda run: train_stage1(None, run, config, resume=True, verbose=2))
         runs[backbone] = {"model": os.path.abspath(model), "train_seconds": seconds}
     return runs[backbone]["model"]
 

@@ -129,7 +129,7 @@ def main():
         stage1 = finished_stage1(args.stage1_from)["model"]
     else:
         stage1_config = load_config(args.config, {"data.base_size": zoo["image_size"], "stage1.epochs": args.stage1_epochs})
-        stage1, _ = trained(os.path.join(work, "stage1"), lambda run, cb: train_stage1(None, run, stage1_config, resume=True, verbose=2, callbacks=cb))
+        stage1, _ = trained(os.path.join(work, "stage1"), lambda run: train_stage1(None, run, stage1_config, resume=True, verbose=2))
     gfd = apply_method(config, "gfd")
     gfd.gfd.adversarial_weight = DETECTION_ADVERSARIAL_WEIGHT
     gfd.train.epochs = args.gfd_epochs or gfd.train.epochs
@@ -143,8 +143,8 @@ def main():
         run_dir = os.path.join(work, "runs", row.split(" ")[0].lower())
         model_dir, seconds = trained(
             run_dir,
-            lambda run, cb: train_stage2(
-                train_csv, run, method_config, init_model=stage1, resume=True, verbose=2, callbacks=cb, allow_outside_root=True, val_data=validation_csv
+            lambda run: train_stage2(
+                train_csv, run, method_config, init_model=stage1, resume=True, verbose=2, allow_outside_root=True, val_data=validation_csv
             ),
         )
         t = method_config.train

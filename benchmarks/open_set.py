@@ -80,10 +80,10 @@ def main():
             continue
         init = None
         if pretrained:
-            init, _ = trained(os.path.join(work, "stage1"), lambda run, cb: train_stage1(None, run, stage1_config, resume=True, verbose=2, callbacks=cb))
+            init, _ = trained(os.path.join(work, "stage1"), lambda run: train_stage1(None, run, stage1_config, resume=True, verbose=2))
         run_dir = os.path.join(work, "runs", row)
         model_dir, seconds = trained(
-            run_dir, lambda run, cb: train_stage2(train_csv, run, apply_method(config, method), init_model=init, resume=True, verbose=2, callbacks=cb)
+            run_dir, lambda run: train_stage2(train_csv, run, apply_method(config, method), init_model=init, resume=True, verbose=2)
         )
         started, scores = time.time(), {}
         calibrate_rejection(model_dir, "gaussian", validation_csv, train_csv, fit_validation=True)

@@ -171,3 +171,26 @@ def test_open_set_views_widen_the_gaussian_towards_what_the_views_look_like(monk
     assert transposed["cross-seed"] == transposed["validation"] == transposed["all known"] == 1.0
     assert default["cross-seed"] < 0.9 and rows["+ channels"]["cross-seed"] < 0.9
     assert "| + transpose | 1.000 | 1.000 |" in open_set_views.table(rows)
+
+
+def test_cross_test_trains_stage1_once_through_the_sweep_s_resumable_runner(tmp_path, monkeypatch):
+    import argparse
+
+    from tfdnadet.models.model_dir import FORMAT, METADATA_FILE
+
+    monkeypatch.syspath_prepend(BENCHMARKS)  # it imports sweep's runner
+    cross_test = load_benchmark("cross_test")
+    calls = []
+
+    def fake_stage1(data, run, config, **options):
+        calls.append((run, config.model.backbone, options))
+        os.makedirs(os.path.join(run, "model"))
+        with open(os.path.join(run, "model", METADATA_FILE), "w") as f:
+            json.dump({"format": FORMAT, "config": {"train_minutes": 1.5}}, f)
+
+    monkeypatch.setattr(cross_test, "train_stage1", fake_stage1)
+    runs, args = {}, argparse.Namespace(config="tiny", stage1_epochs=None)
+    model = cross_test.stage1_model(runs, "dnadet", str(tmp_path), args, 32)
+    assert model == os.path.abspath(tmp_path / "stage1" / "model") and runs["dnadet"]["train_seconds"] == 90.0
+    assert cross_test.stage1_model(runs, "dnadet", str(tmp_path), args, 32) == model and len(calls) == 1
+    assert calls[0][1] == "dnadet" and calls[0][2] == {"resume": True, "verbose": 2}
