@@ -27,7 +27,7 @@ setup(
     extras_require={
         # Reading the official PyTorch checkpoints (tfdnadet import-torch); the tests check parity with it.
         "torch": ["torch==2.13.0"],
-        "test": ["pytest==9.0.3", "torch==2.13.0"],
+        "test": ["pytest==9.0.3", "pytest-xdist==3.8.0", "torch==2.13.0"],
     },
     entry_points={"console_scripts": ["tfdnadet=tfdnadet.cli:main"]},
 )

@@ -77,3 +77,25 @@ def run_cli(args, monkeypatch, capsys):
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+@pytest.fixture(autouse=True)
+def same_random_state():
+    """Each test starts from one random state whatever its worker ran before (tests are spread over workers)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pytest.ini): one worker per core, at most four (each holds TensorFlow and a model in memory)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """With `--dist loadgroup` (pytest.ini) a module's tests share a worker, so its module fixtures are built once,
+    and every test of the tiny zoo shares one, so the zoo (the suite's longest setup) is built once."""
+    for item in items:
+        group = "tiny_zoo" if "tiny_zoo" in item.fixturenames else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))

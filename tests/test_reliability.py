@@ -29,6 +29,12 @@ from tfdnadet.models.model_dir import load_detector, save_detector
 from tfdnadet.training.callbacks import read_checkpoint_state
 from tfdnadet.training.trainer import fit_patch_model
 
+# The fuzzed files and bombs are corrupt on purpose: Pillow's warnings about them are expected, not news.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::UserWarning:PIL.*"),
+    pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
+]
+
 FUZZ_FILES = 2000
 
 
