@@ -81,7 +81,6 @@ def test_head_on_a_block_feature_map_and_layers_past_it():
 
 
 def test_mixed_precision_gives_the_float32_maps():
-    keras.utils.set_random_seed(0)
     full = create_backbone("dnadet", width=0.125, name="encoder")
     mixed = create_backbone("dnadet", width=0.125, dtype="mixed_float16", name="encoder")
     mixed.set_weights(full.get_weights())
