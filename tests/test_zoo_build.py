@@ -5,6 +5,10 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
@@ -250,6 +254,48 @@ def test_workers_train_models_in_parallel_processes(tmp_path):
         assert len(os.listdir(tmp_path / "cross-dataset" / model.architecture / model.id)) == 2
         with open(tmp_path / "models" / model.id / "model.json") as f:
             assert json.load(f)["steps"] == 3
+
+
+def test_a_failing_model_process_stops_the_build_with_its_error(tmp_path):
+    preset = dataclasses.replace(build.get_preset("tiny"), image_size=8, width=16, batch_size=4, steps=3, photo_crops=16)
+    good, bad = [m for m in build.plan_models(preset) if m.split == "cross-dataset"][:2]
+    with pytest.raises(ValueError, match="Unknown generator architecture. Received: name='nosuch'"):
+        build._run_models(str(tmp_path), preset, [good, dataclasses.replace(bad, architecture="nosuch")], 2, None)
+
+
+def test_ctrl_c_stops_every_model_process_at_once(tmp_path):
+    """Ctrl-C reaches the command's whole process group: the build ends within seconds, not after its models."""
+    out = tmp_path / "zoo"
+    command = (
+        "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # as in a terminal
+        f"sys.argv = ['tfdnadet', 'zoo', 'build', '--preset', 'tiny', '--workers', '2', '--out', {str(out)!r}]\n"
+        "from tfdnadet.cli import main; main()"
+    )
+    process = subprocess.Popen([sys.executable, "-c", command], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "build.json").is_file() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(20)  # the two model processes are training
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)  # a tiny zoo takes minutes: it did not finish its models first
+        assert process.returncode == 130 and "Traceback" not in stderr
+        deadline = time.monotonic() + 20
+        while _group_alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _group_alive(process.pid)
+        assert not (out / "zoo.json").exists()
+    finally:
+        if _group_alive(process.pid):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 # === Fidelity ===

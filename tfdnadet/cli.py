@@ -780,7 +780,7 @@ app.add_typer(zoo_app, name="zoo")
 def zoo_build_command(
     out_dir: str = typer.Option(..., "--out", "-o", help="Zoo directory: zoo.json, <split>/<arch>/<model>/*.png, <split>.csv, preview.png."),
     preset: str = typer.Option("tiny", "--preset", help="tiny (minutes, 32 px), small (64 px, six architectures), medium (small's models, a third more GAN steps, bfloat16) or full."),
-    workers: int = typer.Option(1, "--workers", help="Models trained at the same time, each in its own process."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Models trained at the same time, each in its own process (default: one per core, at most 4)."),
 ):
     """Train the zoo's GANs (resumable per model) and write their images, split manifests and a preview grid."""
     from tfdnadet.zoo.build import build_zoo

@@ -21,10 +21,11 @@ import json
 import multiprocessing
 import os
 import queue
+import signal
 import time
 import zlib
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -164,13 +165,15 @@ def _scratch(preset, architecture, seed, loss, content, split):
     return ZooModel(model_id, architecture, seed, loss, content, "scratch", preset.steps, split)
 
 
-def build_zoo(out_dir: str, preset: str = "tiny", workers: int = 1, on_progress=None) -> dict:
+def build_zoo(out_dir: str, preset: str = "tiny", workers: Optional[int] = None, on_progress=None) -> dict:
     """Builds (or finishes) a zoo in `out_dir` and returns its manifest (also written to zoo.json).
 
     Finished models are kept, so an interrupted build resumes where it stopped. `on_progress(model_id,
-    step, total)` hears about GAN steps; with `workers` > 1 models train in that many processes.
+    step, total)` hears about GAN steps; with `workers` > 1 models train in that many processes (None:
+    `default_workers()`).
     """
     settings = get_preset(preset)
+    workers = default_workers() if workers is None else workers
     if not isinstance(workers, int) or workers < 1:
         raise TfdnadetError(f"--workers must be a positive integer. Received: {workers!r}")
     _claim(out_dir, settings)
@@ -215,6 +218,11 @@ def _claim(out_dir: str, preset: ZooPreset) -> None:
     write_json(path, wanted)
 
 
+def default_workers() -> int:
+    """Models trained at once unless told: one process per core, at most four (a small GAN's holds about 1.2 GB)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def _run_models(out_dir, preset, models, workers, on_progress):
     if workers == 1 or len(models) < 2:
         for model in models:
@@ -222,24 +230,28 @@ def _run_models(out_dir, preset, models, workers, on_progress):
         return
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive a fork
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with context.Manager() as manager, ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_limit_threads, initargs=(threads,)
-    ) as pool:
+    # Leaving the pool terminates its processes: Ctrl-C or a failed model stops every model at once (finished ones
+    # are kept, each written atomically), where an executor would wait for all of them.
+    with context.Manager() as manager, context.Pool(min(workers, len(models)), _start_worker, (threads,)) as pool:
         events = manager.Queue()
-        pending = {pool.submit(_build_model_in_worker, out_dir, preset, model, events) for model in models}
+        pending = [pool.apply_async(_build_model_in_worker, (out_dir, preset, model, events)) for model in models]
         while pending:
-            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            pending[0].wait(0.2)
             _drain(events, on_progress)
-            for future in done:
-                future.result()
+            for result in [r for r in pending if r.ready()]:
+                result.get()  # raises what the model's process raised
+                pending.remove(result)
         _drain(events, on_progress)
 
 
-def _limit_threads(threads):
+def _start_worker(threads):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent ends the pool
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
+    for accelerator in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(accelerator, True)  # the processes share it
 
 
 def _build_model_in_worker(out_dir, preset, model, events):
