@@ -266,28 +266,69 @@ def test_a_failing_model_process_stops_the_build_with_its_error(tmp_path):
 def test_ctrl_c_stops_every_model_process_at_once(tmp_path):
     """Ctrl-C reaches the command's whole process group: the build ends within seconds, not after its models."""
     out = tmp_path / "zoo"
+    process = _start_tiny_build(out)
+    try:
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)  # a tiny zoo takes minutes: it did not finish its models first
+        assert process.returncode == 130 and "Traceback" not in stderr
+        _wait_for_group_to_end(process.pid)
+        assert not (out / "zoo.json").exists()
+    finally:
+        _kill_group(process.pid)
+
+
+def test_a_killed_model_process_ends_the_build_with_a_clear_error(tmp_path):
+    """A worker killed from outside (e.g. for memory) ends the command at once, where a pool would wait forever."""
+    process = _start_tiny_build(tmp_path / "zoo")
+    try:
+        os.kill(_busiest_child(process.pid), signal.SIGKILL)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 1 and "Traceback" not in stderr
+        assert "error: The process training" in stderr and "run again with fewer --workers" in stderr
+        _wait_for_group_to_end(process.pid)
+    finally:
+        _kill_group(process.pid)
+
+
+def _start_tiny_build(out):
+    """`tfdnadet zoo build --preset tiny --workers 2` in a process group of its own, once its models are training."""
     command = (
         "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # as in a terminal
         f"sys.argv = ['tfdnadet', 'zoo', 'build', '--preset', 'tiny', '--workers', '2', '--out', {str(out)!r}]\n"
         "from tfdnadet.cli import main; main()"
     )
     process = subprocess.Popen([sys.executable, "-c", command], stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not (out / "build.json").is_file() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        time.sleep(20)  # the two model processes are training
-        os.killpg(process.pid, signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)  # a tiny zoo takes minutes: it did not finish its models first
-        assert process.returncode == 130 and "Traceback" not in stderr
-        deadline = time.monotonic() + 20
-        while _group_alive(process.pid) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not _group_alive(process.pid)
-        assert not (out / "zoo.json").exists()
-    finally:
-        if _group_alive(process.pid):
-            os.killpg(process.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while not (out / "build.json").is_file() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(20)
+    return process
+
+
+def _busiest_child(parent: int) -> int:
+    """The child process of `parent` that has used the most CPU time (a model's, not the idle queue manager)."""
+    children = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
+            continue
+        if int(fields[1]) == parent:  # fields after the name: state, ppid, ..., utime (12th)
+            children[int(entry)] = int(fields[11])
+    return max(children, key=children.get)
+
+
+def _wait_for_group_to_end(group: int) -> None:
+    deadline = time.monotonic() + 20
+    while _group_alive(group) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _group_alive(group)
+
+
+def _kill_group(group: int) -> None:
+    if _group_alive(group):
+        os.killpg(group, signal.SIGKILL)
 
 
 def _group_alive(group: int) -> bool:

@@ -234,14 +234,21 @@ def _run_models(out_dir, preset, models, workers, on_progress):
     # are kept, each written atomically), where an executor would wait for all of them.
     with context.Manager() as manager, context.Pool(min(workers, len(models)), _start_worker, (threads,)) as pool:
         events = manager.Queue()
-        pending = [pool.apply_async(_build_model_in_worker, (out_dir, preset, model, events)) for model in models]
+        pending = {m.id: pool.apply_async(_build_model_in_worker, (out_dir, preset, m, events)) for m in models}
+        processes = {}  # model id -> the process training it
         while pending:
-            pending[0].wait(0.2)
-            _drain(events, on_progress)
-            for result in [r for r in pending if r.ready()]:
-                result.get()  # raises what the model's process raised
-                pending.remove(result)
-        _drain(events, on_progress)
+            next(iter(pending.values())).wait(0.2)
+            _drain(events, on_progress, processes)
+            for model_id, result in list(pending.items()):
+                if result.ready():
+                    result.get()  # raises what the model's process raised
+                    del pending[model_id]
+                elif model_id in processes and not _alive(processes[model_id]):  # a pool would wait for it forever
+                    raise TfdnadetError(
+                        f"The process training {model_id} ended before the model did (killed, e.g. out of memory?): "
+                        "run again with fewer --workers; finished models are kept."
+                    )
+        _drain(events, on_progress, processes)
 
 
 def _start_worker(threads):
@@ -255,17 +262,29 @@ def _start_worker(threads):
 
 
 def _build_model_in_worker(out_dir, preset, model, events):
-    build_model(out_dir, preset, model, lambda *event: events.put(event))
+    events.put(("process", model.id, os.getpid()))
+    build_model(out_dir, preset, model, lambda *progress: events.put(("progress", *progress)))
 
 
-def _drain(events, on_progress):
+def _drain(events, on_progress, processes):
+    """Pass on the workers' progress; note which process trains which model."""
     while True:
         try:
-            event = events.get_nowait()
+            kind, model_id, *rest = events.get_nowait()
         except queue.Empty:
             return
-        if on_progress:
-            on_progress(*event)
+        if kind == "process":
+            processes[model_id] = rest[0]
+        elif on_progress:
+            on_progress(model_id, *rest)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def build_model(out_dir: str, preset: ZooPreset, model: ZooModel, on_progress=None) -> None:
