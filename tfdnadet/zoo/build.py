@@ -229,26 +229,27 @@ def _run_models(out_dir, preset, models, workers, on_progress):
             build_model(out_dir, preset, model, on_progress)
         return
     context = multiprocessing.get_context("spawn")  # TensorFlow does not survive a fork
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    processes = min(workers, len(models))
+    threads = max(1, (os.cpu_count() or 1) // processes)
     # Leaving the pool terminates its processes: Ctrl-C or a failed model stops every model at once (finished ones
     # are kept, each written atomically), where an executor would wait for all of them.
-    with context.Manager() as manager, context.Pool(min(workers, len(models)), _start_worker, (threads,)) as pool:
+    with context.Manager() as manager, context.Pool(processes, _start_worker, (threads,)) as pool:
         events = manager.Queue()
         pending = {m.id: pool.apply_async(_build_model_in_worker, (out_dir, preset, m, events)) for m in models}
-        processes = {}  # model id -> the process training it
+        training = {}  # model id -> the process training it
         while pending:
             next(iter(pending.values())).wait(0.2)
-            _drain(events, on_progress, processes)
+            _drain(events, on_progress, training)
             for model_id, result in list(pending.items()):
                 if result.ready():
                     result.get()  # raises what the model's process raised
                     del pending[model_id]
-                elif model_id in processes and not _alive(processes[model_id]):  # a pool would wait for it forever
+                elif model_id in training and not _alive(training[model_id]):  # a pool would wait for it forever
                     raise TfdnadetError(
                         f"The process training {model_id} ended before the model did (killed, e.g. out of memory?): "
                         "run again with fewer --workers; finished models are kept."
                     )
-        _drain(events, on_progress, processes)
+        _drain(events, on_progress, training)
 
 
 def _start_worker(threads):
@@ -266,7 +267,7 @@ def _build_model_in_worker(out_dir, preset, model, events):
     build_model(out_dir, preset, model, lambda *progress: events.put(("progress", *progress)))
 
 
-def _drain(events, on_progress, processes):
+def _drain(events, on_progress, training):
     """Pass on the workers' progress; note which process trains which model."""
     while True:
         try:
@@ -274,7 +275,7 @@ def _drain(events, on_progress, processes):
         except queue.Empty:
             return
         if kind == "process":
-            processes[model_id] = rest[0]
+            training[model_id] = rest[0]
         elif on_progress:
             on_progress(model_id, *rest)
 
