@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import shlex
 from collections import Counter
 
 import numpy as np
@@ -242,6 +243,34 @@ def test_train_stage1_cli_on_builtin_photos_then_resume(tmp_path, monkeypatch, c
     with open(run / "history.csv") as f:
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1]
     assert read_metadata(str(run / "model"))["config"]["train_minutes"] > first_minutes  # summed over the resume
+
+
+def test_ctrl_c_says_the_command_that_continues_the_run(tmp_path, monkeypatch, capsys):
+    """Ctrl-C after epoch 1 ends with one line naming the command to paste; pasted, it trains epoch 2 only."""
+    from tfdnadet import cli
+
+    show_epoch = cli._TrainingBar.update
+
+    def ctrl_c_after_epoch_1(bar, progress):
+        show_epoch(bar, progress)
+        if progress.epoch_done and progress.epoch == 1:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    args = ["train-stage1", "--out", run, "--config", "tiny", "--steps-per-epoch", "1", "--epochs", "2", "--set", "stage1.crops=40"]
+    with monkeypatch.context() as patched:
+        patched.setattr(cli._TrainingBar, "update", ctrl_c_after_epoch_1)
+        code, out, err = run_cli(args, monkeypatch, capsys)
+    assert code == 130 and out == "" and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("interrupted: tfdnadet train-stage1 ") and last.endswith(" --resume continues from the last finished epoch.")
+    pasted = shlex.split(last.removeprefix("interrupted: ").removesuffix(" continues from the last finished epoch."))
+
+    code, out, err = run_cli(pasted[1:], monkeypatch, capsys)
+    assert code == 0, err
+    assert [line.split()[1] for line in err.splitlines() if line.startswith("epoch ")] == ["2/2"]
+    with open(run / "history.csv") as f:
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1]
 
 
 def test_resume_continues_on_the_photos_the_run_started_on(photo_folder, tmp_path, monkeypatch, capsys):

@@ -271,8 +271,23 @@ def test_ctrl_c_stops_every_model_process_at_once(tmp_path):
         os.killpg(process.pid, signal.SIGINT)
         _, stderr = process.communicate(timeout=60)  # a tiny zoo takes minutes: it did not finish its models first
         assert process.returncode == 130 and "Traceback" not in stderr
+        command = f"tfdnadet zoo build --preset tiny --workers 2 --out {out}"
+        assert stderr.strip().splitlines()[-1] == f"interrupted: {command} again continues; finished models are kept."
         _wait_for_group_to_end(process.pid)
         assert not (out / "zoo.json").exists()
+    finally:
+        _kill_group(process.pid)
+
+
+def test_ctrl_c_while_the_model_processes_start_gives_no_traceback(tmp_path):
+    """Pressed while the workers still import TensorFlow, Ctrl-C reaches them too: they must not print a traceback."""
+    process = _start_tiny_build(tmp_path / "zoo", settle=1)
+    try:
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130 and stderr.strip().splitlines()[-1].startswith("interrupted: ")
+        assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+        _wait_for_group_to_end(process.pid)
     finally:
         _kill_group(process.pid)
 
@@ -290,8 +305,9 @@ def test_a_killed_model_process_ends_the_build_with_a_clear_error(tmp_path):
         _kill_group(process.pid)
 
 
-def _start_tiny_build(out):
-    """`tfdnadet zoo build --preset tiny --workers 2` in a process group of its own, once its models are training."""
+def _start_tiny_build(out, settle=20):
+    """`tfdnadet zoo build --preset tiny --workers 2` in a process group of its own, `settle` seconds after the build
+    began (by then its models are training)."""
     command = (
         "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler)\n"  # as in a terminal
         f"sys.argv = ['tfdnadet', 'zoo', 'build', '--preset', 'tiny', '--workers', '2', '--out', {str(out)!r}]\n"
@@ -301,7 +317,7 @@ def _start_tiny_build(out):
     deadline = time.monotonic() + 120
     while not (out / "build.json").is_file() and time.monotonic() < deadline:
         time.sleep(0.5)
-    time.sleep(20)
+    time.sleep(settle)
     return process
 
 

@@ -8,6 +8,7 @@ argument, MODEL, which may be left out when $TFDNADET_MODEL (else ./model) is th
 import contextlib
 import json
 import os
+import shlex
 import sys
 from typing import List, Optional
 
@@ -122,6 +123,28 @@ def _training_progress(header: str = ""):
         yield bar
     finally:
         bar.close()
+
+
+@contextlib.contextmanager
+def _says_how_to_continue(how: str):
+    """Ctrl-C during a long command: one line on how to continue it, exit 130 (typer would end it in silence)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        err.print(f"interrupted: {how}", highlight=False)
+        raise typer.Exit(130) from None
+
+
+def _this_command(extra: str = "") -> str:
+    """The command line as the user typed it (plus `extra` when it is not there), to paste again."""
+    words = ["tfdnadet", *sys.argv[1:]]
+    if extra and extra not in words:
+        words.append(extra)
+    return shlex.join(words)
+
+
+def _resume_hint() -> str:
+    return f"{_this_command('--resume')} continues from the last finished epoch."
 
 
 def _print_table(table: Table) -> None:
@@ -245,7 +268,7 @@ def train_stage1_command(
         },
         settings,
     )
-    with _training_progress(_precision_line(cfg)) as bar:
+    with _says_how_to_continue(_resume_hint()), _training_progress(_precision_line(cfg)) as bar:
         result = train_stage1(
             data, out_dir, cfg, resume=resume, verbose=0, callbacks=(bar.callback(),), on_skipped=_warn, on_member=bar.member, on_note=bar.note
         )
@@ -317,7 +340,7 @@ def train_stage2_command(
     from tfdnadet.methods import apply_method
 
     cfg = apply_method(cfg, method)
-    with _training_progress(_precision_line(cfg)) as bar:
+    with _says_how_to_continue(_resume_hint()), _training_progress(_precision_line(cfg)) as bar:
         result = train_stage2(
             data,
             out_dir,
@@ -785,7 +808,7 @@ def zoo_build_command(
     """Train the zoo's GANs (resumable per model) and write their images, split manifests and a preview grid."""
     from tfdnadet.zoo.build import build_zoo
 
-    with _model_progress_bars() as on_progress:
+    with _says_how_to_continue(f"{_this_command()} again continues; finished models are kept."), _model_progress_bars() as on_progress:
         zoo = build_zoo(out_dir, preset, workers, on_progress)
     err.print(f"zoo '{preset}' in {out_dir}: {len(zoo['models'])} models; preview {os.path.join(out_dir, zoo['preview'])}")
     splits = {name: split["images"] for name, split in zoo["splits"].items()}
@@ -799,7 +822,7 @@ def quickstart_command(
     """The embedded default job: tiny GAN zoo, stage 1, stage 2, cross-test protocol, a one-vs-all head, export."""
     from tfdnadet.quickstart import run_quickstart
 
-    with _StageConsole() as stages:
+    with _says_how_to_continue(f"{_this_command()} again continues; finished stages are kept."), _StageConsole() as stages:
         result = run_quickstart(out_dir, callbacks=(stages.training.callback(),), on_stage=stages.start, on_progress=stages.progress)
     _print_quickstart(result)
 

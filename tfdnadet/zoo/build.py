@@ -15,6 +15,7 @@ on content B) and `cross-dataset` (models trained on content B from scratch, wit
 finetuned on B, with real crops of A and B): epochs and configs are chosen on it, never on a test split.
 """
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -22,6 +23,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -233,7 +235,10 @@ def _run_models(out_dir, preset, models, workers, on_progress):
     threads = max(1, (os.cpu_count() or 1) // processes)
     # Leaving the pool terminates its processes: Ctrl-C or a failed model stops every model at once (finished ones
     # are kept, each written atomically), where an executor would wait for all of them.
-    with context.Manager() as manager, context.Pool(processes, _start_worker, (threads,)) as pool:
+    with contextlib.ExitStack() as stack:
+        with _children_ignore_ctrl_c():
+            manager = stack.enter_context(context.Manager())
+            pool = stack.enter_context(context.Pool(processes, _start_worker, (threads,)))
         events = manager.Queue()
         pending = {m.id: pool.apply_async(_build_model_in_worker, (out_dir, preset, m, events)) for m in models}
         training = {}  # model id -> the process training it
@@ -252,8 +257,23 @@ def _run_models(out_dir, preset, models, workers, on_progress):
         _drain(events, on_progress, training)
 
 
+@contextlib.contextmanager
+def _children_ignore_ctrl_c():
+    """Processes started inside ignore SIGINT from their first instruction (an ignored signal stays ignored across
+    exec, and Python keeps it so): Ctrl-C reaches the whole process group, and a worker still importing TensorFlow
+    would print a traceback. A Ctrl-C in this window of well under a second is lost; blocking it instead would not
+    reach the children (a spawn unblocks every signal)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _start_worker(threads):
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group; the parent ends the pool
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
