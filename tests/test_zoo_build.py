@@ -292,11 +292,25 @@ def test_ctrl_c_while_the_model_processes_start_gives_no_traceback(tmp_path):
         _kill_group(process.pid)
 
 
+def test_sigterm_to_the_command_alone_stops_its_model_processes(tmp_path):
+    """`kill PID` (or `timeout`, a job scheduler) reaches only the command: left to the default it died at once and
+    its model processes trained on, orphaned, into the zoo a rerun would build."""
+    process = _start_tiny_build(tmp_path / "zoo")
+    try:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130 and "Traceback" not in stderr
+        assert stderr.strip().splitlines()[-1].endswith(" again continues; finished models are kept.")
+        _wait_for_group_to_end(process.pid)
+    finally:
+        _kill_group(process.pid)
+
+
 def test_a_killed_model_process_ends_the_build_with_a_clear_error(tmp_path):
     """A worker killed from outside (e.g. for memory) ends the command at once, where a pool would wait forever."""
     process = _start_tiny_build(tmp_path / "zoo")
     try:
-        os.kill(_busiest_child(process.pid), signal.SIGKILL)
+        os.kill(_child_training_a_model(process.pid), signal.SIGKILL)
         _, stderr = process.communicate(timeout=60)
         assert process.returncode == 1 and "Traceback" not in stderr
         assert "error: The process training" in stderr and "run again with fewer --workers" in stderr
@@ -321,8 +335,19 @@ def _start_tiny_build(out, settle=20):
     return process
 
 
-def _busiest_child(parent: int) -> int:
-    """The child process of `parent` that has used the most CPU time (a model's, not the idle queue manager)."""
+def _child_training_a_model(parent: int) -> int:
+    """The child process of `parent` that has used the most CPU time, once that is more than importing TensorFlow
+    takes (a worker killed before it takes a model is only replaced by the pool)."""
+    deadline = time.monotonic() + 120
+    while True:
+        children = _cpu_seconds_of_children(parent)
+        busiest = max(children, key=children.get)
+        if children[busiest] > 30 or time.monotonic() > deadline:
+            return busiest
+        time.sleep(1)
+
+
+def _cpu_seconds_of_children(parent: int) -> dict:
     children = {}
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -330,9 +355,9 @@ def _busiest_child(parent: int) -> int:
                 fields = f.read().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
             continue
-        if int(fields[1]) == parent:  # fields after the name: state, ppid, ..., utime (12th)
-            children[int(entry)] = int(fields[11])
-    return max(children, key=children.get)
+        if int(fields[1]) == parent:  # fields after the name: state, ppid, ..., utime (12th), stime
+            children[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return children
 
 
 def _wait_for_group_to_end(group: int) -> None:

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import shlex
+import signal
 import sys
 from typing import List, Optional
 
@@ -912,6 +913,7 @@ def main() -> None:
     from tfdnadet.errors import TfdnadetError
 
     quiet_startup()
+    default_sigterm = signal.signal(signal.SIGTERM, _stop_as_on_ctrl_c)
     try:
         app()
     except TfdnadetError as exc:
@@ -921,6 +923,14 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, default_sigterm)  # main() called in-process (tests) leaves no handler behind
+
+
+def _stop_as_on_ctrl_c(signum, frame) -> None:
+    """`kill`, `timeout` and job schedulers stop a command as Ctrl-C does: its processes and temporary files are
+    cleaned up and it says how to continue (left to the default, a zoo build's model processes ran on)."""
+    raise KeyboardInterrupt
 
 
 def _exit_with_error(message: str) -> None:
