@@ -128,7 +128,8 @@ def _training_progress(header: str = ""):
 
 @contextlib.contextmanager
 def _says_how_to_continue(how: str):
-    """Ctrl-C during a long command: one line on how to continue it, exit 130 (typer would end it in silence)."""
+    """Ctrl-C (or SIGTERM) during a long command: one line on how to continue it, exit 130 (typer would end it in
+    silence)."""
     try:
         yield
     except KeyboardInterrupt:
