@@ -75,10 +75,11 @@ def _is_stale(path: str, pid, host) -> bool:
         return False
     if age > STALE_AFTER_S:
         return True
-    return pid is not None and host == _HOST and not _process_alive(int(pid))
+    return pid is not None and host == _HOST and not process_alive(int(pid))
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host (a zombie not yet reaped counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

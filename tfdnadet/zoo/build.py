@@ -32,7 +32,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageDraw
 
-from tfdnadet.atomic import atomic_path, write_json
+from tfdnadet.atomic import atomic_path, process_alive, write_json
 from tfdnadet.errors import TfdnadetError
 
 FORMAT = "tfdnadet-zoo"
@@ -249,7 +249,7 @@ def _run_models(out_dir, preset, models, workers, on_progress):
                 if result.ready():
                     result.get()  # raises what the model's process raised
                     del pending[model_id]
-                elif model_id in training and not _alive(training[model_id]):  # a pool would wait for it forever
+                elif model_id in training and not process_alive(training[model_id]):  # a pool would wait for it forever
                     raise TfdnadetError(
                         f"The process training {model_id} ended before the model did (killed, e.g. out of memory?): "
                         "run again with fewer --workers; finished models are kept."
@@ -298,14 +298,6 @@ def _drain(events, on_progress, training):
             training[model_id] = rest[0]
         elif on_progress:
             on_progress(model_id, *rest)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def build_model(out_dir: str, preset: ZooPreset, model: ZooModel, on_progress=None) -> None:
