@@ -69,13 +69,35 @@ def test_evaluate_protocol_command(tiny_zoo, zoo_model, tmp_path, monkeypatch, c
         (["--protocol", "{missing}"], 1, "No zoo manifest"),
         ([], 2, "either --data DATA or --protocol"),
         (["--protocol", "{zoo}", "--data", "{zoo}"], 2, "either --data DATA or --protocol"),
+        (["--protocol", "{zoo}", "--report", "{out}"], 1, "--report cannot be combined with --protocol"),
+        (["--protocol", "{zoo}", "--attack", "jpeg", "--report", "{out}"], 1, "--report cannot be combined with --protocol"),
+        (["--protocol", "{zoo}", "--open-set", "--attack", "jpeg"], 1, "--attack cannot be combined with --open-set"),
+        (["--protocol", "{zoo}", "--classes", "a,b"], 1, "--classes cannot be combined with --protocol"),
     ],
 )
 def test_evaluate_protocol_errors(args, code, message, tiny_zoo, zoo_model, tmp_path, monkeypatch, capsys):
-    paths = {"missing": str(tmp_path / "nowhere" / "zoo.json"), "zoo": os.path.join(tiny_zoo["root"], "zoo.json")}
+    paths = {"missing": str(tmp_path / "nowhere" / "zoo.json"), "zoo": os.path.join(tiny_zoo["root"], "zoo.json"), "out": str(tmp_path / "r")}
     args = [a.format(**paths) for a in args]
     result, _, err = run_cli(["evaluate", zoo_model, *args], monkeypatch, capsys)
     assert result == code and message in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_protocol_under_attack_has_a_row_per_test_split(tiny_zoo, zoo_model, tmp_path, monkeypatch, capsys):
+    """--attack with --protocol attacks every test split (before, the attacks were silently left out)."""
+    zoo_json = os.path.join(tiny_zoo["root"], "zoo.json")
+    code, out, err = run_cli(["evaluate", zoo_model, "--protocol", zoo_json, "--attack", "jpeg", "--out", tmp_path / "r"], monkeypatch, capsys)
+    assert code == 0, err
+    with open(tmp_path / "r" / "robustness.json") as f:
+        table = json.load(f)
+    assert table["columns"] == ["clean", "jpeg"] and list(table["rows"]) == list(TEST_SPLITS)
+    clean = evaluate_protocol(load_detector(zoo_model), tiny_zoo["root"])
+    for split, row in table["rows"].items():
+        assert row["count"] == tiny_zoo["splits"][split]["images"]
+        assert row["scores"]["clean"]["accuracy"] == pytest.approx(clean[split]["accuracy"])
+        assert 0.0 <= row["scores"]["jpeg"]["accuracy"] <= 1.0
+        assert split in out
+    assert "JPEG" in out
 
 
 def test_a_zoo_without_test_splits_is_an_error(tiny_zoo, tmp_path):

@@ -588,7 +588,7 @@ def evaluate_command(
     batch_size: Optional[int] = BatchSizeOption,
     classes: Optional[str] = typer.Option(None, help="Names of integer labels (annotation txt), comma separated."),
     attack: Optional[str] = typer.Option(
-        None, "--attack", help="Table 5 robustness: crop, blur, jpeg, noise, relight, combo (comma separated) or all."
+        None, "--attack", help="Table 5 robustness: crop, blur, jpeg, noise, relight, combo (comma separated) or all; with --protocol on every test split."
     ),
     attack_seed: int = typer.Option(0, "--attack-seed", help="Seed of the deterministic test attacks."),
     allow_outside_root: bool = AllowOutsideRootOption,

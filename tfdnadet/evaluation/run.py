@@ -2,7 +2,8 @@
 
 Exactly one of `data` (labelled images, or a folder of annotation txt splits) and `protocol` (a zoo's zoo.json)
 is given. The result holds one of: per-split metrics (protocol, annotation folder), open-set metrics (`open_set`,
-with a protocol), a robustness table (`attack`), or one data set's metrics (plain, or with a `report`).
+with a protocol), a robustness table (`attack`: one row for `data`, or one per test split of a protocol), or one
+data set's metrics (plain, or with a `report`). Options that would be ignored by the evaluation chosen are errors.
 """
 
 import os
@@ -13,7 +14,7 @@ from tfdnadet.data.perturb import parse_attacks
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.evaluation.evaluate import evaluate_dataset, write_evaluation
 from tfdnadet.evaluation.open_set import evaluate_open_set, write_open_set
-from tfdnadet.evaluation.protocol import evaluate_protocol, write_protocol
+from tfdnadet.evaluation.protocol import evaluate_protocol, write_protocol, zoo_test_splits
 from tfdnadet.evaluation.report import TSNE_SAMPLES, evaluate_with_report
 from tfdnadet.evaluation.robustness import robustness_table, write_robustness
 from tfdnadet.evaluation.splits import annotation_splits, evaluate_splits, is_annotation_folder
@@ -54,18 +55,32 @@ def run_evaluation(detector, model_dir: str, request: EvaluationRequest) -> Eval
         raise TfdnadetError("Give either --data DATA or --protocol ZOO_DIR/zoo.json.")
     if (request.open_set or request.unknown or request.score) and not (request.open_set and request.protocol):
         raise TfdnadetError("--unknown and --score go with --open-set, and --open-set with --protocol ZOO_DIR/zoo.json.")
+    _refuse_ignored_options(request)
     if request.open_set:
         return _open_set(detector, model_dir, request)
-    if request.protocol:
-        return _protocol(detector, model_dir, request)
     if request.attack:
         return _robustness(detector, request)
+    if request.protocol:
+        return _protocol(detector, model_dir, request)
     if request.report_dir:
         return _report(detector, model_dir, request)
     if is_annotation_folder(request.data):
         return _annotation_splits(detector, request)
     metrics = evaluate_dataset(detector, request.data, request.batch_size, request.class_names, request.allow_outside_root)
     return EvaluationResult(metrics=metrics, written=_write_metrics(metrics, request.out_dir))
+
+
+def _refuse_ignored_options(request: EvaluationRequest) -> None:
+    """An option that the chosen evaluation would not use is an error, not a silent no-op."""
+    conflicts = (
+        ("--report", "--protocol", request.report_dir and request.protocol),
+        ("--report", "--attack", request.report_dir and request.attack),
+        ("--attack", "--open-set", request.attack and request.open_set),
+        ("--classes", "--protocol", request.class_names and request.protocol),
+    )
+    for option, other, both in conflicts:
+        if both:
+            raise TfdnadetError(f"{option} cannot be combined with {other}: evaluate one way at a time.")
 
 
 def _protocol(detector, model_dir: str, request: EvaluationRequest) -> EvaluationResult:
@@ -89,8 +104,9 @@ def _annotation_splits(detector, request: EvaluationRequest) -> EvaluationResult
 
 def _robustness(detector, request: EvaluationRequest) -> EvaluationResult:
     attacks = parse_attacks(request.attack)
+    test_sets = zoo_test_splits(request.protocol) if request.protocol else {"closed-set": request.data}
     table = robustness_table(
-        detector, {"closed-set": request.data}, attacks, request.attack_seed, request.batch_size, request.class_names, request.allow_outside_root
+        detector, test_sets, attacks, request.attack_seed, request.batch_size, request.class_names, request.allow_outside_root
     )
     written = []
     if request.out_dir:
