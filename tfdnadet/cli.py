@@ -609,6 +609,8 @@ def evaluate_command(
 
     if (data is None) == (protocol is None):
         raise typer.BadParameter("give either --data DATA or --protocol ZOO_DIR/zoo.json.")
+    if (run or tsne_samples) and not report:
+        raise typer.BadParameter("--run and --tsne-samples go with --report DIR.")
     model_dir = _model_dir(model)
     request = EvaluationRequest(
         data=data,
