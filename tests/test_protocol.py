@@ -74,6 +74,7 @@ def test_evaluate_protocol_command(tiny_zoo, zoo_model, tmp_path, monkeypatch, c
         (["--protocol", "{zoo}", "--open-set", "--attack", "jpeg"], 1, "--attack cannot be combined with --open-set"),
         (["--protocol", "{zoo}", "--classes", "a,b"], 1, "--classes cannot be combined with --protocol"),
         (["--protocol", "{zoo}", "--tsne-samples", "50"], 2, "--run and --tsne-samples go with --report DIR"),
+        (["--protocol", "{zoo}", "--unknown", "dcgan"], 1, "--unknown and --score go with --open-set"),
     ],
 )
 def test_evaluate_protocol_errors(args, code, message, tiny_zoo, zoo_model, tmp_path, monkeypatch, capsys):

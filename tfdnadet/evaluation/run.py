@@ -39,6 +39,23 @@ class EvaluationRequest:
     unknown: Optional[list] = None  # with open_set: the held-out architectures (default: the zoo's ones the model lacks)
     score: Optional[str] = None  # with open_set: the rejection score (default: the model's own)
 
+    def __post_init__(self):
+        """A request that names no data, or options that the chosen evaluation would not use, is refused here,
+        before any model is loaded."""
+        if (self.data is None) == (self.protocol is None):
+            raise TfdnadetError("Give either --data DATA or --protocol ZOO_DIR/zoo.json.")
+        if (self.open_set or self.unknown or self.score) and not (self.open_set and self.protocol):
+            raise TfdnadetError("--unknown and --score go with --open-set, and --open-set with --protocol ZOO_DIR/zoo.json.")
+        conflicts = (
+            ("--report", "--protocol", self.report_dir and self.protocol),
+            ("--report", "--attack", self.report_dir and self.attack),
+            ("--attack", "--open-set", self.attack and self.open_set),
+            ("--classes", "--protocol", self.class_names and self.protocol),
+        )
+        for option, other, both in conflicts:
+            if both:
+                raise TfdnadetError(f"{option} cannot be combined with {other}: evaluate one way at a time.")
+
 
 @dataclass
 class EvaluationResult:
@@ -51,11 +68,6 @@ class EvaluationResult:
 
 def run_evaluation(detector, model_dir: str, request: EvaluationRequest) -> EvaluationResult:
     """Run the evaluation `request` asks for on `detector` (loaded from `model_dir`) and write its files."""
-    if (request.data is None) == (request.protocol is None):
-        raise TfdnadetError("Give either --data DATA or --protocol ZOO_DIR/zoo.json.")
-    if (request.open_set or request.unknown or request.score) and not (request.open_set and request.protocol):
-        raise TfdnadetError("--unknown and --score go with --open-set, and --open-set with --protocol ZOO_DIR/zoo.json.")
-    _refuse_ignored_options(request)
     if request.open_set:
         return _open_set(detector, model_dir, request)
     if request.attack:
@@ -68,19 +80,6 @@ def run_evaluation(detector, model_dir: str, request: EvaluationRequest) -> Eval
         return _annotation_splits(detector, request)
     metrics = evaluate_dataset(detector, request.data, request.batch_size, request.class_names, request.allow_outside_root)
     return EvaluationResult(metrics=metrics, written=_write_metrics(metrics, request.out_dir))
-
-
-def _refuse_ignored_options(request: EvaluationRequest) -> None:
-    """An option that the chosen evaluation would not use is an error, not a silent no-op."""
-    conflicts = (
-        ("--report", "--protocol", request.report_dir and request.protocol),
-        ("--report", "--attack", request.report_dir and request.attack),
-        ("--attack", "--open-set", request.attack and request.open_set),
-        ("--classes", "--protocol", request.class_names and request.protocol),
-    )
-    for option, other, both in conflicts:
-        if both:
-            raise TfdnadetError(f"{option} cannot be combined with {other}: evaluate one way at a time.")
 
 
 def _protocol(detector, model_dir: str, request: EvaluationRequest) -> EvaluationResult:
