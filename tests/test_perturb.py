@@ -240,11 +240,12 @@ def test_evaluate_attack_prints_table5_and_writes_json(trained_run, gan_images, 
         capsys,
     )
     assert code == 0, err
-    for title in ("Clean", "Crop", "Blur", "JPEG", "Noise", "Relight", "Combination", "closed-set"):
+    row = "test"  # named after the data set (test.csv), not Table 5's closed set
+    for title in ("Clean", "Crop", "Blur", "JPEG", "Noise", "Relight", "Combination", row):
         assert title in out
     saved = json.load(open(tmp_path / "r" / "robustness.json"))
-    assert saved["columns"] == ["clean", *perturb.ATTACKS]
-    clean = saved["rows"]["closed-set"]["scores"]["clean"]["accuracy"]
+    assert saved["columns"] == ["clean", *perturb.ATTACKS] and list(saved["rows"]) == [row]
+    clean = saved["rows"][row]["scores"]["clean"]["accuracy"]
     assert f"{100 * clean:.2f}" in out
     code, out, err = run_cli(["evaluate", trained_run.model_dir, "--data", gan_images["test"], "--attack", "fog"], monkeypatch, capsys)
     assert code == 1 and "Unknown attack 'fog'" in err and "Traceback" not in err

@@ -103,7 +103,7 @@ def _annotation_splits(detector, request: EvaluationRequest) -> EvaluationResult
 
 def _robustness(detector, request: EvaluationRequest) -> EvaluationResult:
     attacks = parse_attacks(request.attack)
-    test_sets = zoo_test_splits(request.protocol) if request.protocol else {"closed-set": request.data}
+    test_sets = zoo_test_splits(request.protocol) if request.protocol else {_data_name(request.data): request.data}
     table = robustness_table(
         detector, test_sets, attacks, request.attack_seed, request.batch_size, request.class_names, request.allow_outside_root
     )
@@ -113,6 +113,11 @@ def _robustness(detector, request: EvaluationRequest) -> EvaluationResult:
         write_robustness(table, path)
         written.append(path)
     return EvaluationResult(robustness=table, written=written)
+
+
+def _data_name(path: str) -> str:
+    """A table row's name for one data set: its CSV's stem or its folder's name (`zoo/cross-seed.csv` -> cross-seed)."""
+    return os.path.splitext(os.path.basename(os.path.normpath(path)))[0]
 
 
 def _report(detector, model_dir: str, request: EvaluationRequest) -> EvaluationResult:
