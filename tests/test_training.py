@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tfdnadet.errors import TfdnadetError
-from tfdnadet.evaluation.evaluate import evaluate_dataset
+from tfdnadet.evaluation.evaluate import evaluate_dataset, load_labelled
 from tfdnadet.methods import apply_method
 from tfdnadet.models.model_dir import load_detector
 from tfdnadet.training.stage2 import train_stage2
@@ -211,6 +211,32 @@ def test_epoch_is_chosen_on_validation_generator_models_and_both_curves_are_reco
     # The kept model is the chosen epoch's, judged as `evaluate` judges it (patch grid of the Detector).
     metrics = evaluate_dataset(load_detector(result.model_dir), gan_images["test"], batch_size=32)
     assert metrics["accuracy"] == pytest.approx(selection["val_models_accuracy"], abs=1e-6)
+
+
+def test_a_run_trained_with_augmentation_is_chosen_on_clean_and_augmented_validation_models(gan_images, tmp_path):
+    from tfdnadet.config import load_config
+    from tfdnadet.data.perturb import table5_augment
+    from tfdnadet.training.selection import augmented_validation
+
+    overrides = {"train.epochs": 3, "train.steps_per_epoch": 3, "data.augment": table5_augment(), "train.gradcam_images": 0}
+    result = train_stage2(gan_images["train"], str(tmp_path / "run"), load_config("tiny", overrides), val_data=gan_images["test"], verbose=0)
+    with open(os.path.join(result.run_dir, "history.csv")) as f:
+        rows = list(csv.DictReader(f))
+    clean = np.array([float(r["val_models_accuracy"]) for r in rows])
+    augmented = np.array([float(r["val_models_augmented_accuracy"]) for r in rows])
+    scores = (clean + augmented) / 2
+    best = int(np.argmax(scores))
+    selection = result.selection
+    assert selection["epoch"] == best + 1 and selection["score_per_epoch"] == pytest.approx(scores.tolist())
+    assert (selection["val_models_accuracy"], selection["val_models_augmented_accuracy"]) == (clean[best], augmented[best])
+    # The augmented copies are the same pixels every time (every epoch is judged alike) and not the clean ones.
+    detector = load_detector(result.model_dir)
+    loaded = load_labelled(detector, gan_images["test"])
+    first = augmented_validation((loaded.images, loaded.labels), overrides["data.augment"])["val_models_augmented"][0]
+    again = augmented_validation((loaded.images, loaded.labels), overrides["data.augment"])["val_models_augmented"][0]
+    np.testing.assert_array_equal(first, again)
+    assert first.shape == loaded.images.shape and first.dtype == np.uint8 and not np.array_equal(first, loaded.images)
+    assert augmented_validation((loaded.images, loaded.labels), []) == {}
 
 
 def test_ema_momentum_saves_the_averaged_weights_and_checkpoints_the_raw_ones(gan_images, tmp_path):

@@ -235,6 +235,8 @@ def _print_trained(result) -> None:
     s = result.selection
     if s and "members" in s:
         judged = f"; accuracy on the validation models {s['val_models_accuracy']:.3f}" if "val_models_accuracy" in s else ""
+        if "val_models_augmented_accuracy" in s:
+            judged += f", under data.augment {s['val_models_augmented_accuracy']:.3f}"
         runs = f"the mean of {s['members']} runs, kept epochs {', '.join(map(str, s['epochs']))}" if s["members"] > 1 else f"kept epoch {s['epochs'][0]}"
         kept = f" ({runs}, chosen on {s['select_on']}{judged})"
     else:

@@ -41,6 +41,7 @@ ACCURACY_CURVES = {
     "val_accuracy": "val_accuracy (held-out patches)",
     "heldout_images_accuracy": "held-out images, training generators",
     "val_models_accuracy": "validation generator models",
+    "val_models_augmented_accuracy": "validation generator models, data.augment",
 }
 
 

@@ -2,6 +2,10 @@
 
 Held-out images of the training generators reward learning those generators' own fingerprints (their accuracy
 keeps rising while other seeds and finetunes fall), so they are recorded beside, never used to choose.
+
+A run trained with `data.augment` is chosen on the validation models both as they are and under that augmentation
+(the mean of the two accuracies): robustness keeps growing for epochs after the clean accuracy has levelled off,
+and a choice on clean images alone keeps an early, fragile epoch.
 """
 
 import contextlib
@@ -11,8 +15,10 @@ from typing import Optional
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tfdnadet.atomic import atomic_path, write_json
+from tfdnadet.data.perturb import make_augment
 from tfdnadet.data.pipeline import LoadedImages
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.inference import predict_loaded
@@ -20,7 +26,10 @@ from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing
 from tfdnadet.zoo.build import VALIDATION_SPLIT, read_zoo
 
 VAL_MODELS = "val_models"  # history.csv column prefix: accuracy on the validation generator models
+VAL_MODELS_AUGMENTED = "val_models_augmented"  # ... the validation generator models under the training augmentation
+SELECTION_SETS = (VAL_MODELS, VAL_MODELS_AUGMENTED)  # the epoch kept is the best on the mean of those judged
 HELDOUT_IMAGES = "heldout_images"  # history.csv column prefix: held-out images of the training generators
+AUGMENT_CHUNK = 256  # images augmented at once (the blur stacks a chunk's images into one)
 BEST_WEIGHTS = "weights.weights.h5"
 BEST_STATE = "state.json"
 
@@ -54,6 +63,18 @@ def _validation_manifest(zoo_dir: str) -> Optional[str]:
     return os.path.join(zoo_dir, split["manifest"]) if split else None
 
 
+def augmented_validation(val_models: Optional[tuple], augment: list) -> dict:
+    """{VAL_MODELS_AUGMENTED: (images, labels)}: the validation models' uint8 images under the training augmentation
+    `augment` (data.augment), drawn once with a fixed seed so that every epoch is judged on the same pixels; {} when
+    training does not augment."""
+    if not augment or val_models is None or not len(val_models[1]):
+        return {}
+    images, labels = val_models
+    apply = make_augment(augment)
+    chunks = [apply(tf.constant(images[start : start + AUGMENT_CHUNK]), tf.constant([0, start], tf.int64)).numpy() for start in range(0, len(images), AUGMENT_CHUNK)]
+    return {VAL_MODELS_AUGMENTED: (np.concatenate(chunks), labels)}
+
+
 def selection_mode(select_on: str, has_val_models: bool) -> str:
     """train.select_on resolved: val_models or last (auto: val_models when there are validation models)."""
     if select_on == VAL_MODELS and not has_val_models:
@@ -64,7 +85,8 @@ def selection_mode(select_on: str, has_val_models: bool) -> str:
 
 
 def read_selection(directory: str) -> Optional[dict]:
-    """The state of a run's best checkpoint ({'epoch', 'accuracy', 'accuracies', 'stopped_early'}), or None."""
+    """The state of a run's best checkpoint ({'epoch', 'accuracy': its score, 'accuracies': each epoch's score,
+    'judged': its accuracy on each selection set, 'stopped_early'}), or None."""
     path = os.path.join(directory, BEST_STATE)
     if not os.path.isfile(path) or not os.path.isfile(os.path.join(directory, BEST_WEIGHTS)):
         return None
@@ -77,8 +99,8 @@ class GeneratorValidation(keras.callbacks.Callback):
     will predict), on each named set of (uint8 base-size images, labels) (None or empty: left out); logged as
     NAME_accuracy.
 
-    With `select=True` the weights of the best epoch on `val_models` go to `directory` (atomically) and, after
-    `patience` epochs without a better one, training stops.
+    With `select=True` the weights of the best epoch on the mean accuracy of the SELECTION_SETS present go to
+    `directory` (atomically) and, after `patience` epochs without a better one, training stops.
     """
 
     def __init__(
@@ -108,10 +130,11 @@ class GeneratorValidation(keras.callbacks.Callback):
             logs[f"{name}_accuracy"] = self._accuracy(loaded)
         if not self.select or VAL_MODELS not in self.sets:
             return
-        accuracy = logs[f"{VAL_MODELS}_accuracy"]
-        self.state["accuracies"].append(accuracy)
-        if accuracy > self.state["accuracy"]:
-            self.state.update(epoch=epoch + 1, accuracy=accuracy)
+        judged = {name: logs[f"{name}_accuracy"] for name in SELECTION_SETS if name in self.sets}
+        score = float(np.mean(list(judged.values())))
+        self.state["accuracies"].append(score)
+        if score > self.state["accuracy"]:
+            self.state.update(epoch=epoch + 1, accuracy=score, judged=judged)
             with atomic_path(self.directory, directory=True) as temporary:
                 self.model.save_weights(os.path.join(temporary, BEST_WEIGHTS))
                 write_json(os.path.join(temporary, BEST_STATE), self.state)

@@ -1,5 +1,6 @@
 """Stage 2 [4.2]: architecture classification (real + N architectures) with patchwise contrastive learning."""
 
+import dataclasses
 import functools
 import json
 import math
@@ -24,7 +25,7 @@ from tfdnadet.training.gfd import GFD_LOSS, with_perceptual_init
 from tfdnadet.training.resolution import fit_resolution
 from tfdnadet.training.distribute import make_strategy
 from tfdnadet.training.ensemble import ensemble_stems, member_dir, shared_blocks, split_init, train_alone, train_members, write_ensemble
-from tfdnadet.training.selection import HELDOUT_IMAGES, VAL_MODELS, validation_data
+from tfdnadet.training.selection import HELDOUT_IMAGES, VAL_MODELS, augmented_validation, validation_data
 from tfdnadet.training.trainer import TrainResult, check_init_filter, fit_patch_model
 
 STEMS_RECORD = "stems.json"  # the stage-1 encoder of each run, as the run began (--resume keeps the order)
@@ -95,12 +96,18 @@ def train_stage2(
                 f"budget: {len(results)} of {len(stems)} runs fit train.budget_minutes {budget:g} (stage 1 took {stage1_minutes:.1f} of them)\n"
                 "(--set train.budget_minutes=null --resume trains the rest)"
             )
-        judged = {HELDOUT_IMAGES: val, **({VAL_MODELS: val_models} if val_models else {})}
+        judged = {HELDOUT_IMAGES: val, **({VAL_MODELS: val_models} if val_models else {}), **_augmented(val_models, d.augment)}
         result = write_ensemble(run_dir, results, stems[: len(results)], shared_blocks(config, bool(init_model)), config, info, judged)
     if config.heads.layout == "one-vs-all":
         # Thresholds and metrics on the validation generators when given: other seeds, not the training ones.
         train_one_vs_all(result.model_dir, train, val_models or val, images.class_names, config, verbose)
     return result
+
+
+def _augmented(val_models: Optional[LoadedImages], augment: list) -> dict:
+    """The validation models under the training augmentation, as the runs were chosen on them ({} without)."""
+    pairs = augmented_validation(val_models and (val_models.images, val_models.labels), augment)
+    return {name: dataclasses.replace(val_models, images=images) for name, (images, _) in pairs.items()}
 
 
 def _recorded_stems(run_dir: str, stems: list) -> list:

@@ -33,7 +33,15 @@ from tfdnadet.training.gfd import GFD_LOSS, GFDModel, build_gfd_model
 from tfdnadet.training.distribute import AverageOverWorkers, is_chief, make_strategy, task_count
 from tfdnadet.training.gradcam_callback import evidence_callbacks
 from tfdnadet.training.patch_model import PatchContrastiveModel
-from tfdnadet.training.selection import BEST_WEIGHTS, HELDOUT_IMAGES, VAL_MODELS, GeneratorValidation, read_selection, selection_mode
+from tfdnadet.training.selection import (
+    BEST_WEIGHTS,
+    HELDOUT_IMAGES,
+    VAL_MODELS,
+    GeneratorValidation,
+    augmented_validation,
+    read_selection,
+    selection_mode,
+)
 
 
 @dataclass
@@ -207,7 +215,7 @@ def _fit(
     select = selection_mode(config.train.select_on, val_models is not None and len(val_models[1]) > 0)
     generator_validation = GeneratorValidation(
         # judged alike, so the gap between the two shows; without validation models Keras' val_accuracy is enough
-        {} if val_models is None else {HELDOUT_IMAGES: val_images, VAL_MODELS: val_models},
+        {} if val_models is None else {HELDOUT_IMAGES: val_images, VAL_MODELS: val_models, **augmented_validation(val_models, config.data.augment)},
         class_names,
         Preprocessing.from_data_config(config.data),
         config.train.eval_batch_size,
@@ -296,8 +304,8 @@ def _keep_selected_epoch(model: PatchContrastiveModel, select: str, selection_di
     return {
         **record,
         "epoch": best["epoch"],
-        f"{VAL_MODELS}_accuracy": best["accuracy"],
-        f"{VAL_MODELS}_accuracy_per_epoch": best["accuracies"],
+        **{f"{name}_accuracy": accuracy for name, accuracy in best.get("judged", {VAL_MODELS: best["accuracy"]}).items()},
+        "score_per_epoch": best["accuracies"],  # the mean over the selection sets (selection.SELECTION_SETS)
         "stopped_early": best["stopped_early"],
     }
 
