@@ -154,12 +154,14 @@ def test_parse_augment_reads_the_config_format():
     steps = perturb.parse_augment([{"op": "jpeg", "p": 0.5, "quality": [30, 60]}, {"op": "blur", "kernel_sizes": [3, 5]}])
     assert steps == [perturb.Step("jpeg", 0.5, (("quality", (30, 60)),)), perturb.Step("blur", 1.0, (("kernel_sizes", (3, 5)),))]
     assert perturb.parse_augment([]) == []
+    assert perturb.parse_augment("table5") == perturb.parse_augment(perturb.table5_augment())
+    assert load_config("tiny", {"data.augment": "table5"}).data.augment == "table5"  # kept as written in config.yaml
 
 
 @pytest.mark.parametrize(
     "entries, message",
     [
-        ("jpeg", "must be a list"),
+        ("jpeg", "must be table5 or a list"),
         (["jpeg"], r"data.augment\[0\] must be a mapping with an 'op' key"),
         ([{"op": "sharpen"}], "unknown op 'sharpen'. Known ops: crop, blur, jpeg, noise, relight, symmetry, transpose, channels"),
         ([{"op": "jpeg", "p": 1.5}], r"p must be a probability in \[0, 1\]"),
@@ -172,8 +174,7 @@ def test_parse_augment_reads_the_config_format():
 def test_bad_augment_configs_are_clear_errors(entries, message):
     with pytest.raises(TfdnadetError, match=message):
         perturb.parse_augment(entries)
-    # A config refuses a value that is not a list by its type (tests/test_config.py).
-    with pytest.raises(TfdnadetError, match=message if isinstance(entries, list) else "'data.augment' must be list"):
+    with pytest.raises(TfdnadetError, match=message):
         load_config("tiny", {"data.augment": entries})
 
 
@@ -181,10 +182,9 @@ def test_cpu_config_documents_a_working_augmentation_option():
     from importlib import resources
 
     text = resources.files("tfdnadet.configs").joinpath("cpu.yaml").read_text()
-    block = [line for line in text.splitlines() if line.strip().startswith("#   - {op:")]
-    entries = yaml.safe_load("\n".join(line.replace("#", "", 1) for line in block))
-    steps = load_config("cpu", {"data.augment": entries}).data.augment
-    assert [s["op"] for s in steps] == list(perturb.COMBINATION) and {s["p"] for s in steps} == {0.5}
+    assert "`augment: table5`" in text
+    steps = perturb.parse_augment(load_config("cpu", {"data.augment": "table5"}).data.augment)
+    assert [s.op for s in steps] == list(perturb.COMBINATION) and {s.p for s in steps} == {0.5}
 
 
 def test_unknown_attacks_are_refused():

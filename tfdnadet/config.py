@@ -6,7 +6,7 @@ import re
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -49,8 +49,9 @@ class DataConfig:
     aggregation: str = "mean_probability"  # mean_probability | mean_logit | vote
     grid_stride: Optional[int] = None  # pixels between cells; null: patch_size (no overlap); patch_size / 2 overlaps
     grid_scales: list = field(default_factory=lambda: [1.0])  # a grid cut from the input resized by each factor
-    # [5.5] train augmentation, in order: [{op: crop|blur|jpeg|noise|relight|symmetry|transpose|channels, p: 0.5, <parameter>: [low, high]}]
-    augment: list = field(default_factory=list)
+    # [5.5] train augmentation, in order: [{op: crop|blur|jpeg|noise|relight|symmetry|transpose|channels, p: 0.5, <parameter>: [low, high]}],
+    # or table5: the five Table 5 attacks in Khoo's combination, each with probability 0.5
+    augment: Union[list, str] = field(default_factory=list)
 
 
 @dataclass

@@ -43,6 +43,9 @@ ATTACKS = ("crop", "blur", "jpeg", "noise", "relight", "combo")  # the columns o
 ATTACK_TITLES = {"crop": "Crop", "blur": "Blur", "jpeg": "JPEG", "noise": "Noise", "relight": "Relight", "combo": "Combination"}
 
 
+TABLE5 = "table5"  # data.augment's shorthand for `table5_augment()`
+
+
 def table5_augment() -> list:
     """Training under the Table 5 attacks as `data.augment` entries: Khoo's combination, each op with p 0.5."""
     return [{"op": op, "p": COMBINATION_PROBABILITY} for op in COMBINATION]
@@ -185,9 +188,11 @@ class Step:
 
 
 def parse_augment(entries, where: str = "data.augment") -> list:
-    """Validate `[{op: NAME, p: PROBABILITY, <parameter>: [low, high]}, ...]` -> [Step]."""
+    """Validate `[{op: NAME, p: PROBABILITY, <parameter>: [low, high]}, ...]` (or TABLE5) -> [Step]."""
+    if entries == TABLE5:
+        entries = table5_augment()
     if not isinstance(entries, (list, tuple)):
-        raise TfdnadetError(f"{where} must be a list of {{op: NAME, p: PROBABILITY}} entries. Received: {entries!r}")
+        raise TfdnadetError(f"{where} must be {TABLE5} or a list of {{op: NAME, p: PROBABILITY}} entries. Received: {entries!r}")
     return [_parse_step(entry, f"{where}[{i}]") for i, entry in enumerate(entries)]
 
 
