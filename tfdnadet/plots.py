@@ -52,7 +52,7 @@ def plot_training_curves(history_csv: str, path: str) -> None:
     if not rows:
         return
     epochs = [int(r["epoch"]) + 1 for r in rows]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4.6))
     for key in ("loss", "supcon", "ce", "val_loss"):
         if key in rows[0]:
             loss_ax.plot(epochs, [_cell(r[key]) for r in rows], marker="o", label=key)
@@ -65,7 +65,7 @@ def plot_training_curves(history_csv: str, path: str) -> None:
     for ax in (loss_ax, acc_ax):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize="small")  # below: curves stay visible
     fig.tight_layout()
     save_figure(fig, path)
 
