@@ -174,6 +174,11 @@ def test_patch_dataset_is_class_balanced():
     # Draws are keyed by (seed, batch index): a second pass repeats the first, another seed does not.
     first, again, other = ([p.numpy() for p, _ in make_patch_dataset(images, labels, 3, config, seed=s).take(4)] for s in (0, 0, 1))
     assert all(np.array_equal(a, b) for a, b in zip(first, again)) and not np.array_equal(first[0], other[0])
+    # From batch `start` on (a resumed run): the same batches as the whole stream's, labels too.
+    resumed = [(p.numpy(), y.numpy()) for p, y in make_patch_dataset(images, labels, 3, config, start=3).take(1)]
+    whole = [(p.numpy(), y.numpy()) for p, y in make_patch_dataset(images, labels, 3, config).take(4)]
+    np.testing.assert_array_equal(resumed[0][0], whole[3][0])
+    np.testing.assert_array_equal(resumed[0][1], whole[3][1])
     full = next(iter(make_image_dataset(images, labels, config.input_size, 8)))
     assert full[0].shape == (8, config.input_size, config.input_size, 3)
 

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import functools
 import os
 import signal
 import struct
@@ -105,10 +106,10 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     config = load_config("tiny", {"train.epochs": 3, "train.steps_per_epoch": 3, "train.tensorboard": False, "train.gradcam_images": 0})
     images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
     labels = np.repeat(np.arange(2, dtype=np.int32), 8)
-    clean = make_patch_dataset(images, labels, 2, config.data)
+    clean = functools.partial(make_patch_dataset, images, labels, 2, config.data, 0, None)
     run = str(tmp_path / "run")
     with pytest.raises(TfdnadetError, match=r"NaN/inf at step 5\. The last good checkpoint \(epoch 1\) is kept in .*--resume"):
-        fit_patch_model(poisoned(clean, from_step=4), 3, None, ["a", "b"], config, run, verbose=0)
+        fit_patch_model(lambda step: poisoned(clean(step), from_step=4), 3, None, ["a", "b"], config, run, verbose=0)
     assert read_checkpoint_state(os.path.join(run, "checkpoint")) == {"epoch": 1, "step": 3}
     assert not os.path.exists(os.path.join(run, "model"))
 

@@ -160,6 +160,10 @@ def test_transform_batches_hold_every_class_k_times():
     assert -1.0 <= float(tf.reduce_min(patches)) and float(tf.reduce_max(patches)) <= 1.0
     again, _ = next(iter(make_transform_dataset(crops, bank, config.data, images_per_class=3)))
     np.testing.assert_array_equal(patches, again)  # noise and patch positions repeat with the seed
+    # A resumed run's stream (start = batches trained) goes on with the uninterrupted run's batches.
+    stream = [p.numpy() for p, _ in make_transform_dataset(crops, bank, config.data, 3).take(3)]
+    later, _ = next(iter(make_transform_dataset(crops, bank, config.data, 3, start=2)))
+    np.testing.assert_array_equal(later, stream[2])
 
 
 def test_crops_from_a_folder_skip_broken_files_and_repeat_with_the_seed(photo_folder):

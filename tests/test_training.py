@@ -101,6 +101,20 @@ def test_resume_continues_from_the_last_checkpoint(gan_images, tiny_config, tmp_
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [0, 1, 2]
 
 
+def test_a_resumed_run_trains_the_weights_of_the_uninterrupted_one(gan_images, tmp_path):
+    """--resume goes on with the batches the run would have trained on (not the first epoch's again)."""
+    from tfdnadet.config import load_config
+
+    settings = {"train.steps_per_epoch": 2, "train.precision": "float32", "data.augment": "table5", "train.gradcam_images": 0}
+    whole = train_stage2(gan_images["train"], str(tmp_path / "whole"), load_config("tiny", {**settings, "train.epochs": 2}), verbose=0)
+    run = str(tmp_path / "stopped")
+    train_stage2(gan_images["train"], run, load_config("tiny", {**settings, "train.epochs": 1}), verbose=0)
+    resumed = train_stage2(gan_images["train"], run, load_config("tiny", {**settings, "train.epochs": 2}), resume=True, verbose=0)
+    assert resumed.steps == whole.steps == 4
+    for a, b in zip(load_detector(whole.model_dir).backbone.get_weights(), load_detector(resumed.model_dir).backbone.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_init_from_model_copies_the_encoder(trained_run, gan_images, tmp_path):
     from tfdnadet.config import load_config
     from tfdnadet.training.trainer import build_patch_model

@@ -126,8 +126,9 @@ def batch_seeds(seed: int, index: tf.Tensor, count: int) -> tf.Tensor:
     return tf.random.experimental.stateless_split(tf.stack([tf.constant(seed, tf.int64), tf.cast(index, tf.int64)]), count)
 
 
-def shuffled_forever(elements: np.ndarray, seed: int) -> tf.data.Dataset:
-    """`elements` in a new order every pass, endlessly; pass e's order is keyed by (seed, e) alone.
+def shuffled_forever(elements: np.ndarray, seed: int, start: int = 0) -> tf.data.Dataset:
+    """`elements` in a new order every pass, endlessly; pass e's order is keyed by (seed, e) alone. The stream begins
+    at its element `start` (skipped as indices, before anything is gathered: cheap).
 
     Unlike `Dataset.shuffle`, whose op seeds mix with TF's global seed, a second run in the same process repeats the first.
     """
@@ -137,7 +138,7 @@ def shuffled_forever(elements: np.ndarray, seed: int) -> tf.data.Dataset:
         order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(elements)[0]), tf.stack([tf.constant(seed, tf.int64), epoch]))
         return tf.data.Dataset.from_tensor_slices(order)
 
-    return tf.data.Dataset.counter().flat_map(one_pass).map(lambda index: tf.gather(elements, index))
+    return tf.data.Dataset.counter().flat_map(one_pass).skip(start).map(lambda index: tf.gather(elements, index))
 
 
 def random_patches(images: tf.Tensor, count: int, patch_size: int, seed) -> tf.Tensor:
@@ -167,8 +168,10 @@ def make_patch_dataset(
     data_config,
     seed: int = 0,
     augment=None,
+    start: int = 0,
 ) -> tf.data.Dataset:
-    """Endless class-balanced batches: k images per class -> patches [k*C*P, p, p, 3] and their labels.
+    """Endless class-balanced batches: k images per class -> patches [k*C*P, p, p, 3] and their labels, from batch
+    `start` on (a resumed run goes on with the batches it would have trained on).
 
     Every random draw is keyed by (seed, batch index), so a run repeats exactly however tf.data schedules its maps.
     """
@@ -176,7 +179,7 @@ def make_patch_dataset(
     per_class = []
     for label in range(num_classes):
         members = images[labels == label]
-        per_class.append(shuffled_forever(members, seed + label).batch(k))
+        per_class.append(shuffled_forever(members, seed + label, start * k).batch(k))
 
     def merge(*batches):
         merged = tf.concat(batches, axis=0)
@@ -191,7 +194,7 @@ def make_patch_dataset(
     return (
         tf.data.Dataset.zip(tuple(per_class))
         .map(merge)
-        .enumerate()
+        .enumerate(start)
         .map(to_patches, num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )

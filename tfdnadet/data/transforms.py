@@ -242,21 +242,24 @@ def transform_images(images: np.ndarray, labels: np.ndarray, bank: TransformBank
     return np.concatenate(list(dataset.as_numpy_iterator()))
 
 
-def make_transform_dataset(crops: np.ndarray, bank: TransformBank, data_config, images_per_class: int, seed: int = 0) -> tf.data.Dataset:
-    """Endless class-balanced batches [4.1]: every class transforms k random crops -> patches and labels.
+def make_transform_dataset(
+    crops: np.ndarray, bank: TransformBank, data_config, images_per_class: int, seed: int = 0, start: int = 0
+) -> tf.data.Dataset:
+    """Endless class-balanced batches [4.1]: every class transforms k random crops -> patches and labels, from batch
+    `start` on.
 
     Random crops meet the classes in a fixed order, so each batch holds each class exactly k times. Draws are keyed
     by (seed, image or batch index), as in `make_patch_dataset`.
     """
     labels = np.repeat(np.arange(len(bank), dtype=np.int32), images_per_class)
-    images = shuffled_forever(crops, seed)
-    classes = tf.data.Dataset.from_tensor_slices(labels).repeat()
+    images = shuffled_forever(crops, seed, start * len(labels))
+    classes = tf.data.Dataset.from_tensor_slices(labels).repeat()  # a batch is one whole cycle: no skip needed
     return (
         tf.data.Dataset.zip((images, classes))
-        .enumerate()
+        .enumerate(start * len(labels))
         .map(lambda i, pair: (bank.apply(*pair, batch_seeds(seed, i, 2)[0]), pair[1]), num_parallel_calls=tf.data.AUTOTUNE)
         .batch(len(labels), drop_remainder=True)
-        .enumerate()
+        .enumerate(start)
         .map(lambda j, batch: to_patch_batch(*batch, data_config, batch_seeds(seed, j, 2)[1]), num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )

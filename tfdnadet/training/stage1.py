@@ -1,5 +1,6 @@
 """Stage 1 [4.1]: pretrain the encoder on image-transformation classification with patchwise contrastive learning."""
 
+import functools
 import json
 import math
 import os
@@ -157,7 +158,7 @@ def _train_encoder(data: Optional[str], run_dir: str, config: Config, resume: bo
     validation = (transform_images(val_crops, val_labels, bank), val_labels) if held_out else None
     steps = config.train.steps_per_epoch or max(1, math.ceil(len(train_crops) / (s.images_per_class * len(bank))))
     return fit_patch_model(
-        make_transform_dataset(train_crops, bank, d, s.images_per_class, seed=config.train.seed),
+        functools.partial(make_transform_dataset, train_crops, bank, d, s.images_per_class, config.train.seed),
         steps,
         validation,
         bank.class_names,

@@ -128,9 +128,8 @@ def _fit_classifier(train: LoadedImages, val: tuple, val_models, class_names: li
     d = config.data
     steps = config.train.steps_per_epoch or max(1, math.ceil(len(train.labels) / (d.images_per_class * len(class_names))))
     augment = make_augment(d.augment) if d.augment else None
-    dataset = make_patch_dataset(train.images, train.labels, len(class_names), d, seed=config.train.seed, augment=augment)
     return fit_patch_model(
-        dataset,
+        functools.partial(make_patch_dataset, train.images, train.labels, len(class_names), d, config.train.seed, augment),
         steps,
         val,
         class_names,

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import keras
 import tensorflow as tf
@@ -139,7 +139,7 @@ def _copy_backbone_weights(source: keras.Model, target: keras.Model, where: str)
 
 
 def fit_patch_model(
-    train_dataset: tf.data.Dataset,
+    make_train_dataset: Callable[[int], tf.data.Dataset],
     steps_per_epoch: int,
     val_images: Optional[tuple],
     class_names: list,
@@ -155,6 +155,8 @@ def fit_patch_model(
 ) -> TrainResult:
     """Train with checkpoints each epoch and write RUN_DIR/model; resume continues from the checkpoint.
 
+    `make_train_dataset(step)` gives the training batches from batch `step` on: a resumed run trains on the batches
+    the uninterrupted run would have, and ends with its weights.
     `val_images` is (uint8 base-size images, labels) of the training classes, held out from training;
     `val_models` the same for generator models not in training, on which the kept epoch is chosen
     (train.select_on). Both are judged each epoch as the model will predict (history.csv, curves.png).
@@ -162,7 +164,7 @@ def fit_patch_model(
     config = with_resolved_precision(config)  # config.yaml and the model record the precision really used
     strategy = make_strategy(config.train.distribution, config.train.devices)
     fit = functools.partial(
-        _fit, strategy, train_dataset, steps_per_epoch, val_images, class_names, config,
+        _fit, strategy, make_train_dataset, steps_per_epoch, val_images, class_names, config,
         init_model=init_model, resume=resume, verbose=verbose, callbacks=callbacks, model_info=model_info,
         val_models=val_models,
     )  # fmt: skip
@@ -180,7 +182,7 @@ def fit_patch_model(
 
 def _fit(
     strategy: tf.distribute.Strategy,
-    train_dataset: tf.data.Dataset,
+    make_train_dataset: Callable[[int], tf.data.Dataset],
     steps_per_epoch: int,
     val_images: Optional[tuple],
     class_names: list,
@@ -203,6 +205,7 @@ def _fit(
     if not state:  # a best epoch kept by a run that stopped before its first checkpoint
         shutil.rmtree(selection_dir, ignore_errors=True)
     keras.utils.set_random_seed(config.train.seed)
+    train_dataset = make_train_dataset(state["step"] if state else 0)
 
     with strategy.scope():
         model = build_training_model(config, class_names, None if state else init_model)
