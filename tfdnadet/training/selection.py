@@ -63,15 +63,16 @@ def _validation_manifest(zoo_dir: str) -> Optional[str]:
     return os.path.join(zoo_dir, split["manifest"]) if split else None
 
 
-def augmented_validation(val_models: Optional[tuple], augment: list) -> dict:
+def augmented_validation(val_models: Optional[tuple], augment) -> dict:
     """{VAL_MODELS_AUGMENTED: (images, labels)}: the validation models' uint8 images under the training augmentation
-    `augment` (data.augment), drawn once with a fixed seed so that every epoch is judged on the same pixels; {} when
-    training does not augment."""
+    `augment` (data.augment: its entries or table5), drawn once with a fixed seed so that every epoch is judged on
+    the same pixels; {} when training does not augment."""
     if not augment or val_models is None or not len(val_models[1]):
         return {}
     images, labels = val_models
     apply = make_augment(augment)
-    chunks = [apply(tf.constant(images[start : start + AUGMENT_CHUNK]), tf.constant([0, start], tf.int64)).numpy() for start in range(0, len(images), AUGMENT_CHUNK)]
+    starts = range(0, len(images), AUGMENT_CHUNK)
+    chunks = [apply(tf.constant(images[start : start + AUGMENT_CHUNK]), tf.constant([0, start], tf.int64)).numpy() for start in starts]
     return {VAL_MODELS_AUGMENTED: (np.concatenate(chunks), labels)}
 
 
