@@ -246,11 +246,11 @@ def test_a_run_trained_with_augmentation_is_chosen_on_clean_and_augmented_valida
     # The augmented copies are the same pixels every time (every epoch is judged alike) and not the clean ones.
     detector = load_detector(result.model_dir)
     loaded = load_labelled(detector, gan_images["test"])
-    first = augmented_validation((loaded.images, loaded.labels), overrides["data.augment"])["val_models_augmented"][0]
-    again = augmented_validation((loaded.images, loaded.labels), overrides["data.augment"])["val_models_augmented"][0]
+    first = augmented_validation(loaded, overrides["data.augment"]).images
+    again = augmented_validation(loaded, overrides["data.augment"]).images
     np.testing.assert_array_equal(first, again)
     assert first.shape == loaded.images.shape and first.dtype == np.uint8 and not np.array_equal(first, loaded.images)
-    assert augmented_validation((loaded.images, loaded.labels), []) == {}
+    assert augmented_validation(loaded, []) is None
 
 
 def test_ema_momentum_saves_the_averaged_weights_and_checkpoints_the_raw_ones(gan_images, tmp_path):

@@ -9,6 +9,7 @@ and a choice on clean images alone keeps an early, fragile epoch.
 """
 
 import contextlib
+import dataclasses
 import json
 import os
 from typing import Optional
@@ -63,17 +64,16 @@ def _validation_manifest(zoo_dir: str) -> Optional[str]:
     return os.path.join(zoo_dir, split["manifest"]) if split else None
 
 
-def augmented_validation(val_models: Optional[tuple], augment) -> dict:
-    """{VAL_MODELS_AUGMENTED: (images, labels)}: the validation models' uint8 images under the training augmentation
-    `augment` (data.augment: its entries or table5), drawn once with a fixed seed so that every epoch is judged on
-    the same pixels; {} when training does not augment."""
-    if not augment or val_models is None or not len(val_models[1]):
-        return {}
-    images, labels = val_models
+def augmented_validation(val_models: Optional[LoadedImages], augment) -> Optional[LoadedImages]:
+    """The validation models with their uint8 images under the training augmentation `augment` (data.augment: its
+    entries or table5), drawn once with a fixed seed so that every epoch of every run is judged on the same pixels;
+    None when training does not augment."""
+    if not val_models or not augment or not len(val_models.labels):
+        return None
     apply = make_augment(augment)
-    starts = range(0, len(images), AUGMENT_CHUNK)
+    images, starts = val_models.images, range(0, len(val_models.images), AUGMENT_CHUNK)
     chunks = [apply(tf.constant(images[start : start + AUGMENT_CHUNK]), tf.constant([0, start], tf.int64)).numpy() for start in starts]
-    return {VAL_MODELS_AUGMENTED: (np.concatenate(chunks), labels)}
+    return dataclasses.replace(val_models, images=np.concatenate(chunks))
 
 
 def selection_mode(select_on: str, has_val_models: bool) -> str:

@@ -1,6 +1,5 @@
 """Stage 2 [4.2]: architecture classification (real + N architectures) with patchwise contrastive learning."""
 
-import dataclasses
 import functools
 import json
 import math
@@ -25,7 +24,7 @@ from tfdnadet.training.gfd import GFD_LOSS, with_perceptual_init
 from tfdnadet.training.resolution import fit_resolution
 from tfdnadet.training.distribute import make_strategy
 from tfdnadet.training.ensemble import ensemble_stems, member_dir, shared_blocks, split_init, train_alone, train_members, write_ensemble
-from tfdnadet.training.selection import HELDOUT_IMAGES, VAL_MODELS, augmented_validation, validation_data
+from tfdnadet.training.selection import HELDOUT_IMAGES, VAL_MODELS, VAL_MODELS_AUGMENTED, augmented_validation, validation_data
 from tfdnadet.training.trainer import TrainResult, check_init_filter, fit_patch_model
 
 STEMS_RECORD = "stems.json"  # the stage-1 encoder of each run, as the run began (--resume keeps the order)
@@ -78,7 +77,9 @@ def train_stage2(
     info = {"data_source": os.path.abspath(data), "stage": 2, "init_model": init_model, "val_data": val_source and os.path.abspath(val_source)}
     inits = split_init(init_model, run_dir, only_one=config.train.loss == GFD_LOSS)  # GFD-Net keeps its own decoder
     stems = ensemble_stems(len(inits), config.train.runs_per_encoder)
-    fit = functools.partial(_fit_classifier, train, (val.images, val.labels), val_models, images.class_names, resume=resume, verbose=verbose, callbacks=callbacks)
+    val_augmented = augmented_validation(val_models, d.augment)  # once: every run and the ensemble judged alike
+    validation = (val_models, val_augmented)
+    fit = functools.partial(_fit_classifier, train, (val.images, val.labels), validation, images.class_names, resume=resume, verbose=verbose, callbacks=callbacks)
     if len(stems) == 1:
         result = train_alone(run_dir, config, lambda: fit(run_dir, config, init_model, info))
     else:
@@ -96,18 +97,12 @@ def train_stage2(
                 f"budget: {len(results)} of {len(stems)} runs fit train.budget_minutes {budget:g} (stage 1 took {stage1_minutes:.1f} of them)\n"
                 "(--set train.budget_minutes=null --resume trains the rest)"
             )
-        judged = {HELDOUT_IMAGES: val, **({VAL_MODELS: val_models} if val_models else {}), **_augmented(val_models, d.augment)}
+        judged = {name: loaded for name, loaded in ((HELDOUT_IMAGES, val), (VAL_MODELS, val_models), (VAL_MODELS_AUGMENTED, val_augmented)) if loaded}
         result = write_ensemble(run_dir, results, stems[: len(results)], shared_blocks(config, bool(init_model)), config, info, judged)
     if config.heads.layout == "one-vs-all":
         # Thresholds and metrics on the validation generators when given: other seeds, not the training ones.
         train_one_vs_all(result.model_dir, train, val_models or val, images.class_names, config, verbose)
     return result
-
-
-def _augmented(val_models: Optional[LoadedImages], augment: list) -> dict:
-    """The validation models under the training augmentation, as the runs were chosen on them ({} without)."""
-    pairs = augmented_validation(val_models and (val_models.images, val_models.labels), augment)
-    return {name: dataclasses.replace(val_models, images=images) for name, (images, _) in pairs.items()}
 
 
 def _recorded_stems(run_dir: str, stems: list) -> list:
@@ -123,8 +118,9 @@ def _recorded_stems(run_dir: str, stems: list) -> list:
     return stems
 
 
-def _fit_classifier(train: LoadedImages, val: tuple, val_models, class_names: list, run_dir: str, config: Config, init_model, info: dict, **fit_options) -> TrainResult:
-    """One stage-2 run on decoded images."""
+def _fit_classifier(train: LoadedImages, val: tuple, validation: tuple, class_names: list, run_dir: str, config: Config, init_model, info: dict, **fit_options) -> TrainResult:
+    """One stage-2 run on decoded images; `validation` is (validation models, the same under data.augment), each
+    LoadedImages or None."""
     d = config.data
     steps = config.train.steps_per_epoch or max(1, math.ceil(len(train.labels) / (d.images_per_class * len(class_names))))
     augment = make_augment(d.augment) if d.augment else None
@@ -137,9 +133,14 @@ def _fit_classifier(train: LoadedImages, val: tuple, val_models, class_names: li
         run_dir,
         init_model=init_model,
         model_info=info,
-        val_models=val_models and (val_models.images, val_models.labels),
+        val_models=_pair(validation[0]),
+        val_models_augmented=_pair(validation[1]),
         **fit_options,
     )
+
+
+def _pair(loaded: Optional[LoadedImages]) -> Optional[tuple]:
+    return loaded and (loaded.images, loaded.labels)
 
 
 def _finetune_from_block(config: Config, init_model: Optional[str], run_dir: str):

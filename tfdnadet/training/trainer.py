@@ -37,8 +37,8 @@ from tfdnadet.training.selection import (
     BEST_WEIGHTS,
     HELDOUT_IMAGES,
     VAL_MODELS,
+    VAL_MODELS_AUGMENTED,
     GeneratorValidation,
-    augmented_validation,
     read_selection,
     selection_mode,
 )
@@ -152,6 +152,7 @@ def fit_patch_model(
     callbacks: tuple = (),
     model_info: Optional[dict] = None,
     val_models: Optional[tuple] = None,
+    val_models_augmented: Optional[tuple] = None,
 ) -> TrainResult:
     """Train with checkpoints each epoch and write RUN_DIR/model; resume continues from the checkpoint.
 
@@ -159,14 +160,15 @@ def fit_patch_model(
     the uninterrupted run would have, and ends with its weights.
     `val_images` is (uint8 base-size images, labels) of the training classes, held out from training;
     `val_models` the same for generator models not in training, on which the kept epoch is chosen
-    (train.select_on). Both are judged each epoch as the model will predict (history.csv, curves.png).
+    (train.select_on), with `val_models_augmented` (their images under data.augment) when training augments.
+    All are judged each epoch as the model will predict (history.csv, curves.png).
     """
     config = with_resolved_precision(config)  # config.yaml and the model record the precision really used
     strategy = make_strategy(config.train.distribution, config.train.devices)
     fit = functools.partial(
         _fit, strategy, make_train_dataset, steps_per_epoch, val_images, class_names, config,
         init_model=init_model, resume=resume, verbose=verbose, callbacks=callbacks, model_info=model_info,
-        val_models=val_models,
+        val_models=val_models, val_models_augmented=val_models_augmented,
     )  # fmt: skip
     if is_chief(strategy):
         return fit(run_dir)
@@ -195,6 +197,7 @@ def _fit(
     callbacks: tuple,
     model_info: Optional[dict],
     val_models: Optional[tuple],
+    val_models_augmented: Optional[tuple],
 ) -> TrainResult:
     checkpoint_dir = os.path.join(run_dir, "checkpoint")
     state = read_checkpoint_state(checkpoint_dir)
@@ -218,7 +221,7 @@ def _fit(
     select = selection_mode(config.train.select_on, val_models is not None and len(val_models[1]) > 0)
     generator_validation = GeneratorValidation(
         # judged alike, so the gap between the two shows; without validation models Keras' val_accuracy is enough
-        {} if val_models is None else {HELDOUT_IMAGES: val_images, VAL_MODELS: val_models, **augmented_validation(val_models, config.data.augment)},
+        {} if val_models is None else {HELDOUT_IMAGES: val_images, VAL_MODELS: val_models, VAL_MODELS_AUGMENTED: val_models_augmented},
         class_names,
         Preprocessing.from_data_config(config.data),
         config.train.eval_batch_size,
