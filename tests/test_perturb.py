@@ -150,6 +150,17 @@ def test_steps_apply_with_their_probability():
     assert [s.op for s in combo] == list(perturb.COMBINATION) and {s.p for s in combo} == {0.5}
 
 
+def test_combo_op_trains_half_the_images_under_the_combination_attack():
+    images = noise_images(count=64, size=16)
+    step = perturb.parse_augment([{"op": "combo", "p": 0.5}])
+    assert step == [perturb.Step("combo", 0.5)]
+    half = perturb.make_augment([{"op": "combo", "p": 0.5}])(images, SEED).numpy()
+    changed = [not np.array_equal(a, b) for a, b in zip(half, images)]
+    assert 20 <= sum(changed) <= 44, sum(changed)
+    whole = perturb.perturb(images, perturb.attack_steps("combo"), tf.random.experimental.stateless_split(tf.constant(SEED, tf.int64), 2)[0]).numpy()
+    np.testing.assert_array_equal(half[changed], whole[changed])  # a chosen image takes the combination attack
+
+
 def test_parse_augment_reads_the_config_format():
     steps = perturb.parse_augment([{"op": "jpeg", "p": 0.5, "quality": [30, 60]}, {"op": "blur", "kernel_sizes": [3, 5]}])
     assert steps == [perturb.Step("jpeg", 0.5, (("quality", (30, 60)),)), perturb.Step("blur", 1.0, (("kernel_sizes", (3, 5)),))]

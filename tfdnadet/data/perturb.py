@@ -27,6 +27,7 @@ DEFAULT_PARAMETERS = {
     "symmetry": {},
     "transpose": {},
     "channels": {},
+    "combo": {},
 }
 _LIMITS = {
     "fraction": (0.0, 0.9),
@@ -168,9 +169,14 @@ def channels(images, seed) -> tf.Tensor:
     return tf.where(inverted, 255 - images, images)
 
 
+def combination(images, seed) -> tf.Tensor:
+    """Table 5's combination attack as one op: Khoo's order, each op with probability 0.5."""
+    return perturb(images, attack_steps("combo"), seed)
+
+
 OPS = {
     "crop": crop, "blur": blur, "jpeg": jpeg, "noise": noise, "relight": relight,
-    "symmetry": symmetry, "transpose": transpose, "channels": channels,
+    "symmetry": symmetry, "transpose": transpose, "channels": channels, "combo": combination,
 }
 
 
