@@ -18,7 +18,7 @@ from tfdnadet.quiet import quiet_startup  # noqa: E402
 quiet_startup()  # before TensorFlow is imported
 
 from tfdnadet.atomic import write_json  # noqa: E402
-from tfdnadet.models.model_dir import is_model_dir  # noqa: E402
+from tfdnadet.model_metadata import is_model_dir  # noqa: E402
 from view_augment import RESULTS, SCORED, SPLITS, arm_row, make_data, run_probabilities, table  # noqa: E402
 
 VALIDATION = {"valC": ((6, 7, 8), 100, 300, 6)}  # more generators to choose on than valB's one seed

@@ -36,7 +36,8 @@ from tfdnadet.errors import TfdnadetError  # noqa: E402
 from tfdnadet.evaluation.evaluate import evaluate_dataset  # noqa: E402
 from tfdnadet.evaluation.protocol import evaluate_protocol, protocol_summary  # noqa: E402
 from tfdnadet.evaluation.robustness import robustness_table  # noqa: E402
-from tfdnadet.models.model_dir import load_detector, read_metadata  # noqa: E402
+from tfdnadet.model_metadata import read_metadata  # noqa: E402
+from tfdnadet.models.model_dir import load_detector  # noqa: E402
 from tfdnadet.plots import plt, save_figure  # noqa: E402
 from tfdnadet.training.stage1 import train_stage1  # noqa: E402
 from tfdnadet.training.stage2 import train_stage2  # noqa: E402

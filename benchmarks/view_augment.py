@@ -26,7 +26,8 @@ from tfdnadet.config import load_config  # noqa: E402
 from tfdnadet.evaluation.evaluate import load_labelled  # noqa: E402
 from tfdnadet.inference import predict_loaded  # noqa: E402
 from tfdnadet.models.detector import MULTICLASS  # noqa: E402
-from tfdnadet.models.model_dir import is_model_dir, load_detector  # noqa: E402
+from tfdnadet.model_metadata import is_model_dir  # noqa: E402
+from tfdnadet.models.model_dir import load_detector  # noqa: E402
 from tfdnadet.training.stage2 import train_stage2  # noqa: E402
 from tfdnadet.zoo.testdata import make_test_dataset  # noqa: E402
 

@@ -134,7 +134,7 @@ def test_view_augment_scores_single_runs_their_ensemble_and_each_test_seed():
 
 
 def test_stage1_epochs_reads_groups_of_stage1_models_and_refuses_bad_ones(tmp_path, monkeypatch):
-    from tfdnadet.models.model_dir import METADATA_FILE
+    from tfdnadet.model_metadata import METADATA_FILE
 
     monkeypatch.syspath_prepend(BENCHMARKS)  # it imports view_augment's data and scoring
     stage1_epochs = load_benchmark("stage1_epochs")
@@ -176,7 +176,7 @@ def test_open_set_views_widen_the_gaussian_towards_what_the_views_look_like(monk
 def test_cross_test_trains_stage1_once_through_the_sweep_s_resumable_runner(tmp_path, monkeypatch):
     import argparse
 
-    from tfdnadet.models.model_dir import FORMAT, METADATA_FILE
+    from tfdnadet.model_metadata import FORMAT, METADATA_FILE
 
     monkeypatch.syspath_prepend(BENCHMARKS)  # it imports sweep's runner
     cross_test = load_benchmark("cross_test")

@@ -168,7 +168,29 @@ def test_console_script_runs_as_a_process(tmp_path):
     )
     assert done.returncode == 1
     assert "error: Model directory not found" in done.stderr and "Traceback" not in done.stderr
-    assert "absl::InitializeLog" not in done.stderr and "I0000" not in done.stderr  # TensorFlow was imported, silently
+    assert "absl::InitializeLog" not in done.stderr and "I0000" not in done.stderr
+
+
+def test_a_wrong_model_path_is_refused_before_tensorflow_is_imported(tmp_path):
+    missing = str(tmp_path / "nope")
+    commands = [
+        ["predict", missing, "x.png"], ["gradcam", str(tmp_path), "x.png"], ["evaluate", missing, "--data", "x"],
+        ["heads", "list", missing], ["heads", "remove", missing, "h"], ["export", missing, "--name", "d"],
+    ]
+    script = (
+        "import sys\n"
+        "from tfdnadet.cli import main\n"
+        f"for argv in {commands!r}:\n"
+        "    sys.argv = ['tfdnadet', *argv]\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit as stop:\n"
+        "        print(stop.code, 'tensorflow' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split("\n")[:-1] == ["1 False"] * len(commands), done.stderr
+    assert done.stderr.count("error: Model directory not found") == len(commands) - 1
+    assert "is not a tfdnadet model directory" in done.stderr
 
 
 def test_tensorflow_startup_lines_of_child_processes_are_dropped_and_the_rest_kept():

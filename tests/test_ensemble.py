@@ -174,7 +174,7 @@ def test_cli_says_which_run_of_the_ensemble_trains(gan_images, tmp_path, monkeyp
 
 def test_a_budget_starts_another_member_only_while_the_runs_so_far_leave_room_for_it(tmp_path, monkeypatch):
     """Each fake run takes 10 minutes of a fake clock; finished runs are kept on resume, and their minutes count."""
-    from tfdnadet.models.model_dir import METADATA_FILE
+    from tfdnadet.model_metadata import METADATA_FILE
     from tfdnadet.training import ensemble
 
     now = [0.0]

@@ -27,7 +27,8 @@ from tfdnadet.evaluation.open_set import (
 )
 from tfdnadet.inference import attribute, load_for_detector, predict_loaded
 from tfdnadet.models.detector import MULTICLASS
-from tfdnadet.models.model_dir import REJECTION_FILE, load_detector, read_metadata, read_rejection, save_detector, write_rejection
+from tfdnadet.model_metadata import read_metadata
+from tfdnadet.models.model_dir import REJECTION_FILE, load_detector, read_rejection, save_detector, write_rejection
 from tfdnadet.models.heads import BinaryHead
 from tfdnadet.rejection import fit_gaussian
 from tfdnadet.serving.graph import DetectorServing

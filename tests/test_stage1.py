@@ -22,7 +22,8 @@ from tfdnadet.data.transforms import (
     transform_images,
 )
 from tfdnadet.errors import TfdnadetError
-from tfdnadet.models.model_dir import load_backbone, load_detector, read_metadata
+from tfdnadet.model_metadata import read_metadata
+from tfdnadet.models.model_dir import load_backbone, load_detector
 from tfdnadet.training.stage1 import natural_crops, train_stage1
 from tfdnadet.training.stage2 import train_stage2
 from tfdnadet.training.trainer import build_patch_model

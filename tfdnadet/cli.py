@@ -169,16 +169,22 @@ def _failed(failures: list) -> None:
 # --- The model argument: MODEL first everywhere, optional when the default model exists ---
 
 
-def _model_dir(model: Optional[str]) -> str:
-    from tfdnadet.models.model_dir import default_model_dir
+# Commands resolve their model before importing TensorFlow: a wrong path is refused in a second, not after ten.
 
-    return model or default_model_dir()
+
+def _model_dir(model: Optional[str]) -> str:
+    """MODEL, else the default model, checked to be a model directory."""
+    from tfdnadet.model_metadata import default_model_dir, read_metadata
+
+    path = model or default_model_dir()
+    read_metadata(path)
+    return path
 
 
 def _model_then(model: Optional[str], second: Optional[str], metavar: str) -> tuple:
     """`[MODEL] SECOND`: given alone, the one argument is SECOND and the model is the default one."""
     if second is not None:
-        return model, second
+        return _model_dir(model), second
     if model is None:
         raise typer.BadParameter(f"missing argument {metavar}.")
     return _model_dir(None), model
@@ -186,14 +192,14 @@ def _model_then(model: Optional[str], second: Optional[str], metavar: str) -> tu
 
 def _model_and_inputs(arguments: List[str]) -> tuple:
     """`[MODEL] PATH...`: the first argument is the model unless it is no model directory while the default is one."""
-    from tfdnadet.models.model_dir import is_model_dir
+    from tfdnadet.model_metadata import default_model_dir, is_model_dir
 
     first, *rest = arguments
-    default = _model_dir(None)
+    default = default_model_dir()
     if is_model_dir(first) or not is_model_dir(default):
         if not rest:
             raise typer.BadParameter("give MODEL and then image files or folders (MODEL may be left out when $TFDNADET_MODEL is set).")
-        return first, rest
+        return _model_dir(first), rest
     return default, arguments
 
 
@@ -379,9 +385,9 @@ def add_head_command(
     replace: bool = typer.Option(False, "--replace", help="Train again a head that already exists."),
 ):
     """Add a one-vs-all head for one architecture; the backbone and every other head stay bit-for-bit unchanged."""
+    model_dir, name = _model_then(model, name, "NAME")
     from tfdnadet.training.add_head import add_head
 
-    model_dir, name = _model_then(model, name, "NAME")
     with _progress_to_stderr():
         info = add_head(
             model_dir,
@@ -410,9 +416,10 @@ def heads_list_command(
     as_json: bool = typer.Option(False, "--json", help="A JSON list on stdout."),
 ):
     """Name, kind, positives count, threshold, validation precision/recall and date of every head."""
+    model_dir = _model_dir(model)
     from tfdnadet.models.model_dir import LIST_FIELDS, list_heads
 
-    rows = list_heads(_model_dir(model))
+    rows = list_heads(model_dir)
     if as_json:
         print(json.dumps(rows))
         return
@@ -428,9 +435,9 @@ def heads_remove_command(
     name: Optional[str] = typer.Argument(None, metavar="NAME", help="The head to remove."),
 ):
     """Delete one head; the backbone and the other heads are not touched."""
+    model_dir, name = _model_then(model, name, "NAME")
     from tfdnadet.models.model_dir import remove_head
 
-    model_dir, name = _model_then(model, name, "NAME")
     left = remove_head(model_dir, name)
     err.print(f"removed head '{name}' from {model_dir}; heads left: {', '.join(left)}")
 
@@ -444,9 +451,9 @@ def heads_calibrate_command(
     batch_size: Optional[int] = BatchSizeOption,
 ):
     """Choose a binary head's threshold on validation data and store it with the head."""
+    model_dir, name = _model_then(model, name, "NAME")
     from tfdnadet.evaluation.heads import calibrate_head
 
-    model_dir, name = _model_then(model, name, "NAME")
     info = calibrate_head(model_dir, name, data, target_precision, **_given(batch_size=batch_size))
     err.print(
         f"head '{name}': threshold {info['threshold']:.4f} ({info['threshold_rule']}), "
@@ -463,10 +470,11 @@ def heads_evaluate_command(
     batch_size: Optional[int] = BatchSizeOption,
 ):
     """Per-head precision/recall/F1/AUC, failed/multiple attribution and self-contradiction rates, open-set rate."""
+    model_dir = _model_dir(model)
     from tfdnadet.evaluation.heads import evaluate_heads, write_heads_evaluation
     from tfdnadet.models.model_dir import load_detector
 
-    metrics = evaluate_heads(load_detector(_model_dir(model)), data, **_given(batch_size=batch_size))
+    metrics = evaluate_heads(load_detector(model_dir), data, **_given(batch_size=batch_size))
     if metrics["skipped"]:
         _warn(f"skipped {counted(len(metrics['skipped']), 'unusable image file')}, e.g. {metrics['skipped'][0]['path']}")
     _print_heads_metrics(metrics)
@@ -506,13 +514,14 @@ def calibrate_rejection_command(
     batch_size: Optional[int] = BatchSizeOption,
 ):
     """Fit the open-set rejection rule on known classes and store it in the model (predict then says unknown-generator)."""
-    from tfdnadet.evaluation.open_set import calibrate_rejection, zoo_calibration_data
-
     if (protocol is None) == (validation is None):
         raise typer.BadParameter("give either --protocol ZOO_DIR/zoo.json or --validation DATA (and --train DATA for gaussian).")
+    model_dir = _model_dir(model)
+    from tfdnadet.evaluation.open_set import calibrate_rejection, zoo_calibration_data
+
     data = zoo_calibration_data(protocol) if protocol else {"train": train, "validation": validation}
     rule = calibrate_rejection(
-        _model_dir(model), score, data["validation"], data["train"], accept, fit_validation=fit_validation, **_given(batch_size=batch_size)
+        model_dir, score, data["validation"], data["train"], accept, fit_validation=fit_validation, **_given(batch_size=batch_size)
     )
     err.print(
         f"rejection score {rule['score']}: threshold {rule['threshold']:.4f} accepts "
@@ -538,10 +547,10 @@ def predict_command(
     top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="How many classes to list per image (default 3)."),
 ):
     """Attribute images to the architecture that made them (or to real)."""
+    model, paths = _model_and_inputs(arguments)
     from tfdnadet.inference import attribute
     from tfdnadet.models.model_dir import load_detector
 
-    model, paths = _model_and_inputs(arguments)
     results, failures = attribute(load_detector(model), paths, **_given(batch_size=batch_size, top_k=top_k))
     if as_json:
         for result in results:
@@ -606,14 +615,14 @@ def evaluate_command(
     score: Optional[str] = typer.Option(None, "--score", help="With --open-set: rejection score msp, heads or gaussian (default: the model's own)."),
 ):
     """Accuracy, macro-F1, per-class precision/recall and the confusion matrix on labelled images."""
-    from tfdnadet.evaluation.run import EvaluationRequest, run_evaluation
-    from tfdnadet.models.model_dir import load_detector
-
     if (data is None) == (protocol is None):
         raise typer.BadParameter("give either --data DATA or --protocol ZOO_DIR/zoo.json.")
     if (run or tsne_samples) and not report:
         raise typer.BadParameter("--run and --tsne-samples go with --report DIR.")
     model_dir = _model_dir(model)
+    from tfdnadet.evaluation.run import EvaluationRequest, run_evaluation
+    from tfdnadet.models.model_dir import load_detector
+
     request = EvaluationRequest(
         data=data,
         protocol=protocol,
@@ -716,10 +725,10 @@ def gradcam_command(
     batch_size: Optional[int] = BatchSizeOption,
 ):
     """Grad-CAM evidence: a heatmap over each image showing where the attribution comes from."""
+    model, paths = _model_and_inputs(arguments)
     from tfdnadet.explain.gradcam import explain_files
     from tfdnadet.models.model_dir import load_detector
 
-    model, paths = _model_and_inputs(arguments)
     result = explain_files(load_detector(model), paths, out_dir, **_given(head=head, layer=layer, batch_size=batch_size))
     images = [item.to_dict() for item in result.explanations]
     print(json.dumps({"head": result.head, "layer": result.layer, "images": images, "contact_sheet": result.contact_sheet}))
@@ -735,10 +744,10 @@ def fingerprint_command(
     batch_size: Optional[int] = BatchSizeOption,
 ):
     """GFD-Net fingerprints (models trained with --method gfd): G(x) per image, each class's mean and its spectrum."""
+    model, paths = _model_and_inputs(arguments)
     from tfdnadet.explain.fingerprint import fingerprint_files
     from tfdnadet.models.model_dir import load_detector
 
-    model, paths = _model_and_inputs(arguments)
     result, failures = fingerprint_files(load_detector(model), model, paths, out_dir, group_by=group_by, **_given(batch_size=batch_size))
     print(json.dumps(result.to_dict()))
     err.print(f"wrote {counted(len(result.fingerprints), 'fingerprint')} to {out_dir}")
@@ -762,13 +771,14 @@ def export_command(
     """Export a SavedModel for TensorFlow Serving to BASE/NAME/VERSION/, or validate an export with --check."""
     import dataclasses
 
-    from tfdnadet.export import check_export, export_model
-
     if name is None and not (check and model):
         raise typer.BadParameter("give --name NAME to export MODEL, or --check EXPORT_DIR to validate an export.")
+    model_dir = _model_dir(model) if name is not None else None
+    from tfdnadet.export import check_export, export_model
+
     result = {}
     if name is not None:
-        exported = export_model(_model_dir(model), name, version=version, **_given(base=base, server_base=server_base, precision=precision))
+        exported = export_model(model_dir, name, version=version, **_given(base=base, server_base=server_base, precision=precision))
         err.print(f"exported {exported.path} (computes in {exported.precision}); {exported.models_config} lists every model beside it")
         result = dataclasses.asdict(exported)
         model = exported.path

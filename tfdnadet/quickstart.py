@@ -12,7 +12,8 @@ from tfdnadet.config import load_config
 from tfdnadet.evaluation.protocol import evaluate_protocol, write_protocol
 from tfdnadet.export import export_model
 from tfdnadet.models.detector import MULTICLASS
-from tfdnadet.models.model_dir import is_model_dir, load_detector, read_head_info
+from tfdnadet.model_metadata import is_model_dir
+from tfdnadet.models.model_dir import load_detector, read_head_info
 from tfdnadet.training.add_head import add_head
 from tfdnadet.training.stage1 import train_stage1
 from tfdnadet.training.stage2 import train_stage2

@@ -14,7 +14,8 @@ from tfdnadet.errors import TfdnadetError
 from tfdnadet.inference import load_for_detector, predict_loaded
 from tfdnadet.models.detector import MULTICLASS, Detector
 from tfdnadet.models.heads import BinaryHead
-from tfdnadet.models.model_dir import load_detector, read_metadata, require_head, write_head_info
+from tfdnadet.model_metadata import read_metadata
+from tfdnadet.models.model_dir import load_detector, require_head, write_head_info
 from tfdnadet.verdict import REAL, UNKNOWN, binary_heads, threshold_of, verdicts
 
 

@@ -19,7 +19,8 @@ from tfdnadet.data.sources import ImageList, align_to_classes, read_dataset
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.inference import load_for_detector, predict_loaded, predict_loaded_with_features
 from tfdnadet.models.detector import MULTICLASS, Detector, weights_hash
-from tfdnadet.models.model_dir import load_detector, read_metadata, write_rejection
+from tfdnadet.model_metadata import read_metadata
+from tfdnadet.models.model_dir import load_detector, write_rejection
 from tfdnadet.plots import plot_score_distributions
 from tfdnadet.rejection import (
     GAUSSIAN,

@@ -1,4 +1,5 @@
-"""The model directory, the one place that writes and reads it, and the management of its heads.
+"""The model directory, the one place that writes and loads it, and the management of its heads (its location and
+detector.json are read, without TensorFlow, by tfdnadet.model_metadata).
 
 Layout:
     detector.json              format, preprocessing (tfdnadet.models.detector.Preprocessing), config, backbone hash
@@ -12,7 +13,6 @@ Layout:
 
 import hashlib
 import io
-import json
 import os
 import re
 import shutil
@@ -23,13 +23,9 @@ import numpy as np
 
 from tfdnadet.atomic import atomic_path, write_json
 from tfdnadet.errors import TfdnadetError
+from tfdnadet.model_metadata import FORMAT, FORMAT_VERSION, METADATA_FILE, read_json, read_metadata
 from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing, weights_hash
 
-FORMAT = "tfdnadet-detector"
-FORMAT_VERSION = 1
-MODEL_ENV = "TFDNADET_MODEL"
-DEFAULT_MODEL_DIR = "model"
-METADATA_FILE = "detector.json"
 DECODER_FILE = os.path.join("gfd", "decoder.keras")
 REJECTION_FILE = "rejection.json"
 # Matrices of a rule, kept out of its JSON: as text, a 16-run ensemble's 2048 x 2048 precision is 87 MB and takes 3 s to read.
@@ -88,7 +84,7 @@ def read_rejection(path: str, backbone_hash: str):
     come as float32 arrays (from the .npz it names, or inline in a rule written by an earlier release)."""
     if not os.path.isfile(os.path.join(path, REJECTION_FILE)):
         return None
-    rule = _read_json(os.path.join(path, REJECTION_FILE))
+    rule = read_json(os.path.join(path, REJECTION_FILE))
     if rule.get("backbone_sha256") != backbone_hash:
         raise TfdnadetError(f"{REJECTION_FILE} in {path} was calibrated on another backbone: run `tfdnadet calibrate-rejection` again.")
     arrays_file = rule.pop("arrays", None)
@@ -136,7 +132,7 @@ def head_names(path: str) -> list:
 
 
 def read_head_info(path: str, name: str) -> dict:
-    return _read_json(os.path.join(path, "heads", name, "head.json"))
+    return read_json(os.path.join(path, "heads", name, "head.json"))
 
 
 def write_head_info(path: str, name: str, info: dict) -> None:
@@ -144,27 +140,11 @@ def write_head_info(path: str, name: str, info: dict) -> None:
     write_json(os.path.join(path, "heads", name, "head.json"), info)
 
 
-def read_metadata(path: str) -> dict:
-    if not os.path.isdir(path):
-        raise TfdnadetError(f"Model directory not found: {path}")
-    if not os.path.isfile(os.path.join(path, METADATA_FILE)):
-        raise TfdnadetError(f"{path} is not a tfdnadet model directory (no {METADATA_FILE}; a training run keeps its model in RUN/model).")
-    metadata = _read_json(os.path.join(path, METADATA_FILE))
-    if metadata.get("format") != FORMAT:
-        raise TfdnadetError(f"{path} is not a tfdnadet model directory ({METADATA_FILE} has no format '{FORMAT}').")
-    return metadata
-
-
 def record_config(path: str, **values) -> None:
     """Add `values` to the config recorded in a model directory's detector.json (atomically)."""
     metadata = read_metadata(path)
     metadata["config"] = {**metadata["config"], **values}
     write_json(os.path.join(path, METADATA_FILE), metadata)
-
-
-def is_model_dir(path: str) -> bool:
-    """Whether `path` holds a model directory (written atomically, so one that exists is complete)."""
-    return os.path.isfile(os.path.join(path, METADATA_FILE))
 
 
 def load_backbone(path: str) -> keras.Model:
@@ -186,11 +166,6 @@ def load_decoder(model_dir: str) -> keras.Model:
             f"{model_dir} has no fingerprint generator ({DECODER_FILE}): only models trained with --method gfd draw fingerprints."
         )
     return load_keras_file(os.path.join(model_dir, DECODER_FILE))
-
-
-def default_model_dir() -> str:
-    """$TFDNADET_MODEL, else ./model."""
-    return os.environ.get(MODEL_ENV) or DEFAULT_MODEL_DIR
 
 
 def check_head_name(name: str) -> None:
@@ -232,13 +207,3 @@ def load_keras_file(path: str) -> keras.Model:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # a damaged file raises many kinds of errors
         raise TfdnadetError(f"Cannot load {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise TfdnadetError(f"Missing file: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise TfdnadetError(f"{path} is not valid JSON: {exc}") from None

@@ -17,7 +17,8 @@ from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.ensemble import EnsembleEncoder, assemble
 from tfdnadet.models.detector import Detector
 from tfdnadet.models.encoder import ENCODER_BLOCKS
-from tfdnadet.models.model_dir import is_model_dir, load_detector, record_config, save_detector
+from tfdnadet.model_metadata import is_model_dir
+from tfdnadet.models.model_dir import load_detector, record_config, save_detector
 from tfdnadet.training.distribute import is_chief, make_strategy
 from tfdnadet.training.selection import image_accuracy
 from tfdnadet.training.trainer import TrainResult

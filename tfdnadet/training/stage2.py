@@ -16,7 +16,7 @@ from tfdnadet.data.preprocess import min_image_side
 from tfdnadet.data.sources import ImageList, read_dataset, split_train_val
 from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.backbones import CLOSED_FORM, backbone_spec
-from tfdnadet.models.model_dir import read_metadata
+from tfdnadet.model_metadata import read_metadata
 from tfdnadet.training.add_head import train_one_vs_all
 from tfdnadet.training.callbacks import read_checkpoint_state
 from tfdnadet.training.closed_form import fit_closed_form

@@ -19,7 +19,8 @@ from tfdnadet.errors import TfdnadetError
 from tfdnadet.models.backbones import create_backbone
 from tfdnadet.models.detector import MULTICLASS, Detector, Preprocessing, patch_grid
 from tfdnadet.models.encoder import block_layer_name
-from tfdnadet.models.model_dir import load_backbone, read_metadata, save_detector, write_decoder
+from tfdnadet.model_metadata import read_metadata
+from tfdnadet.models.model_dir import load_backbone, save_detector, write_decoder
 from tfdnadet.precision import resolve_precision, with_resolved_precision
 from tfdnadet.training.callbacks import (
     CHECKPOINT_WEIGHTS,
